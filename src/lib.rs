@@ -1,0 +1,14 @@
+//! driftd keeps an application's local copy of vendor-owned state correct.
+//!
+//! # Layout
+//! - [`config`]: the TOML file, `${VAR}` substitution, whole-file validation.
+//! - [`canonical`]: canonical JSON, record hashes, buckets, bucket digests (pure).
+//! - [`patch`]: JSON merge patch and pointer helpers (pure).
+//! - [`store`]: SQLite and PostgreSQL behind one type; the only module with SQL.
+//! - [`cli`]: the `driftd` command line; `main.rs` only calls [`cli::main`].
+
+pub mod canonical;
+pub mod cli;
+pub mod config;
+pub mod patch;
+pub mod store;

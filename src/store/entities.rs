@@ -1,0 +1,652 @@
+//! Entity writes and reads: every write updates its bucket digest and appends to the hash-chained `changes` log in one transaction.
+//!
+//! Every write transaction of a producer first locks that producer's row in
+//! `chain_heads`. That one lock serializes the producer's writers, which keeps
+//! the read-modify-write of an entity, its bucket digest and the chain exact
+//! under concurrency on both backends.
+
+use futures::TryStreamExt;
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use super::{db, now_ms, Store, StoreError};
+use crate::canonical::{bucket_of, Digest, RecordHash, RecordHasher};
+use crate::patch::merge_patch;
+
+/// What a write does to an entity.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The full record.
+    Replace(Value),
+    /// An RFC 7396 merge patch applied to the stored record (or to `{}`).
+    MergePatch(Value),
+    Delete,
+}
+
+/// Where a write came from; stored on the entity and in `changes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Webhook,
+    Email,
+    /// A corrective `apply` work item from a keyframe.
+    Keyframe,
+    Replay,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Email => "email",
+            Self::Keyframe => "keyframe",
+            Self::Replay => "replay",
+        }
+    }
+}
+
+/// Whether a write must be newer than what is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    /// Deltas: applied only when the version is newer than the stored one
+    /// (without versions on either side, arrival order decides).
+    IfNewer,
+    /// Corrections from a keyframe: make the row equal the producer's record.
+    Force,
+}
+
+/// One write of one entity.
+#[derive(Debug, Clone)]
+pub struct EntityWrite {
+    pub key: String,
+    pub change: Change,
+    pub version: Option<i64>,
+    pub source: Source,
+    pub ordering: Ordering,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The row changed.
+    Applied,
+    /// Same content as stored (a version bump may have been recorded).
+    Unchanged,
+    /// Older than (or as old as) the stored version: nothing changed.
+    Stale,
+}
+
+/// A stored entity. A deleted entity is kept as a tombstone (no doc, no hash)
+/// so its version still orders later deltas; tombstones are not in any digest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entity {
+    pub key: String,
+    pub doc: Option<Value>,
+    pub hash: Option<RecordHash>,
+    pub bucket: u32,
+    pub version: Option<i64>,
+    pub deleted: bool,
+    pub source: String,
+    pub updated_at: i64,
+}
+
+/// What a keyframe needs of a local row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRow {
+    pub key: String,
+    pub hash: Option<RecordHash>,
+    pub version: Option<i64>,
+    pub deleted: bool,
+    pub updated_at: i64,
+}
+
+/// The first broken link `verify_chain` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBreak {
+    pub id: i64,
+    pub producer: String,
+    pub seq: i64,
+    pub reason: String,
+}
+
+struct Current {
+    doc: Option<Value>,
+    hash: Option<RecordHash>,
+    bucket: u32,
+    version: Option<i64>,
+    deleted: bool,
+}
+
+const ZERO_CHAIN: [u8; 32] = [0; 32];
+
+impl Store {
+    /// Applies `writes` to one producer's entities in one transaction.
+    pub async fn write_entities(
+        &self,
+        producer: &str,
+        bucket_bits: u8,
+        hasher: &RecordHasher,
+        writes: &[EntityWrite],
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let outcomes = self
+            .write_entities_in(&mut tx, producer, bucket_bits, hasher, writes)
+            .await?;
+        tx.commit().await.map_err(db("commit entity writes"))?;
+        Ok(outcomes)
+    }
+
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        self.pool
+            .begin_with(self.backend.begin_write())
+            .await
+            .map_err(db("begin a write transaction"))
+    }
+
+    /// The body of [`Store::write_entities`], inside a caller's transaction.
+    pub(crate) async fn write_entities_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        producer: &str,
+        bucket_bits: u8,
+        hasher: &RecordHasher,
+        writes: &[EntityWrite],
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO chain_heads (producer, seq, chain) VALUES ($1, 0, $2) ON CONFLICT (producer) DO NOTHING",
+        )
+        .bind(producer)
+        .bind(ZERO_CHAIN.to_vec())
+        .execute(&mut **tx)
+        .await
+        .map_err(db("create a chain head"))?;
+        let head = sqlx::query(&format!(
+            "SELECT seq, chain FROM chain_heads WHERE producer = $1{}",
+            self.backend.for_update()
+        ))
+        .bind(producer)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db("lock the chain head"))?;
+        let mut seq: i64 = head.try_get(0).map_err(db("read the chain head"))?;
+        let chain: Vec<u8> = head.try_get(1).map_err(db("read the chain head"))?;
+        let mut chain = <[u8; 32]>::try_from(chain.as_slice()).map_err(|_| StoreError::Corrupt {
+            table: "chain_heads",
+            reason: format!("chain of producer {producer:?} is not 32 bytes"),
+        })?;
+
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for w in writes {
+            let current = self.current(tx, producer, &w.key).await?;
+            let (outcome, next) = decide(current.as_ref(), w, hasher)?;
+            outcomes.push(outcome);
+            let Some(next) = next else { continue };
+
+            let bucket = bucket_of(&w.key, bucket_bits);
+            let mut delta_old = Digest::default();
+            if let Some(Current { hash: Some(h), bucket: old_bucket, .. }) = &current {
+                delta_old.remove(&w.key, h);
+                self.add_to_bucket(tx, producer, *old_bucket, &delta_old).await?;
+            }
+            let (doc_text, hash) = match &next {
+                Next::Put { doc, hash } => (Some(doc.to_string()), Some(*hash)),
+                Next::Tombstone => (None, None),
+            };
+            if let Some(h) = &hash {
+                let mut delta_new = Digest::default();
+                delta_new.add(&w.key, h);
+                self.add_to_bucket(tx, producer, bucket, &delta_new).await?;
+            }
+            let version = w.version.or(current.as_ref().and_then(|c| c.version));
+            sqlx::query(
+                "INSERT INTO entities (producer, key, doc, hash, bucket, version, deleted, source, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (producer, key) DO UPDATE SET doc = excluded.doc, hash = excluded.hash,
+                   bucket = excluded.bucket, version = excluded.version, deleted = excluded.deleted,
+                   source = excluded.source, updated_at = excluded.updated_at",
+            )
+            .bind(producer)
+            .bind(&w.key)
+            .bind(doc_text)
+            .bind(hash.map(|h| h.0.to_vec()))
+            .bind(i64::from(bucket))
+            .bind(version)
+            .bind(i64::from(hash.is_none()))
+            .bind(w.source.as_str())
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(db("write an entity"))?;
+
+            seq += 1;
+            let op = if hash.is_some() { "put" } else { "delete" };
+            let link = ChangeLink {
+                producer,
+                seq,
+                key: &w.key,
+                op,
+                hash: hash.as_ref(),
+                version,
+                source: w.source.as_str(),
+                at: now,
+            };
+            chain = link.chain(&chain);
+            sqlx::query(
+                "INSERT INTO changes (producer, seq, key, op, hash, version, source, at, chain)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(producer)
+            .bind(seq)
+            .bind(&w.key)
+            .bind(op)
+            .bind(hash.map(|h| h.0.to_vec()))
+            .bind(version)
+            .bind(w.source.as_str())
+            .bind(now)
+            .bind(chain.to_vec())
+            .execute(&mut **tx)
+            .await
+            .map_err(db("append to the changes log"))?;
+        }
+        sqlx::query("UPDATE chain_heads SET seq = $2, chain = $3 WHERE producer = $1")
+            .bind(producer)
+            .bind(seq)
+            .bind(chain.to_vec())
+            .execute(&mut **tx)
+            .await
+            .map_err(db("advance the chain head"))?;
+        Ok(outcomes)
+    }
+
+    async fn current(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        producer: &str,
+        key: &str,
+    ) -> Result<Option<Current>, StoreError> {
+        let row = sqlx::query(
+            "SELECT doc, hash, bucket, version, deleted FROM entities WHERE producer = $1 AND key = $2",
+        )
+        .bind(producer)
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("read an entity"))?;
+        let Some(row) = row else { return Ok(None) };
+        let doc: Option<String> = row.try_get(0).map_err(db("read an entity"))?;
+        let doc = doc
+            .map(|d| serde_json::from_str(&d))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt {
+                table: "entities",
+                reason: format!("doc of key {key:?} is not JSON: {e}"),
+            })?;
+        Ok(Some(Current {
+            doc,
+            hash: hash_col(&row, 1)?,
+            bucket: row.try_get::<i64, _>(2).map_err(db("read an entity"))? as u32,
+            version: row.try_get(3).map_err(db("read an entity"))?,
+            deleted: row.try_get::<i64, _>(4).map_err(db("read an entity"))? != 0,
+        }))
+    }
+
+    async fn add_to_bucket(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        producer: &str,
+        bucket: u32,
+        d: &Digest,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO buckets (producer, bucket, rows, l0, l1, l2, l3) VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (producer, bucket) DO UPDATE SET rows = buckets.rows + excluded.rows,
+               l0 = buckets.l0 + excluded.l0, l1 = buckets.l1 + excluded.l1,
+               l2 = buckets.l2 + excluded.l2, l3 = buckets.l3 + excluded.l3",
+        )
+        .bind(producer)
+        .bind(i64::from(bucket))
+        .bind(d.rows)
+        .bind(d.lanes[0])
+        .bind(d.lanes[1])
+        .bind(d.lanes[2])
+        .bind(d.lanes[3])
+        .execute(&mut **tx)
+        .await
+        .map_err(db("update a bucket digest"))?;
+        Ok(())
+    }
+
+    /// Reads one entity, tombstones included.
+    pub async fn entity(&self, producer: &str, key: &str) -> Result<Option<Entity>, StoreError> {
+        let row = sqlx::query(
+            "SELECT key, doc, hash, bucket, version, deleted, source, updated_at
+             FROM entities WHERE producer = $1 AND key = $2",
+        )
+        .bind(producer)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read an entity"))?;
+        row.map(|r| entity_from_row(&r)).transpose()
+    }
+
+    /// Every live entity of a producer, in key order (for tests, exports and the naive compare).
+    pub async fn entities(&self, producer: &str) -> Result<Vec<Entity>, StoreError> {
+        sqlx::query(
+            "SELECT key, doc, hash, bucket, version, deleted, source, updated_at
+             FROM entities WHERE producer = $1 AND deleted = 0 ORDER BY key",
+        )
+        .bind(producer)
+        .fetch(&self.pool)
+        .map_err(db("read entities"))
+        .and_then(|r| async move { entity_from_row(&r) })
+        .try_collect()
+        .await
+    }
+
+    pub async fn count_entities(&self, producer: &str) -> Result<i64, StoreError> {
+        sqlx::query("SELECT COUNT(*) FROM entities WHERE producer = $1 AND deleted = 0")
+            .bind(producer)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(db("count entities"))
+    }
+
+    /// `(key, hash, version)` of every row, tombstones included, in the given buckets.
+    pub async fn rows_in_buckets(
+        &self,
+        producer: &str,
+        buckets: &[u32],
+    ) -> Result<Vec<LocalRow>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in buckets.chunks(500) {
+            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT key, hash, version, deleted, updated_at FROM entities
+                 WHERE producer = $1 AND bucket IN ({})",
+                placeholders.join(",")
+            );
+            let mut q = sqlx::query(&sql).bind(producer);
+            for b in chunk {
+                q = q.bind(i64::from(*b));
+            }
+            let rows = q.fetch_all(&self.pool).await.map_err(db("read rows of buckets"))?;
+            for r in rows {
+                out.push(LocalRow {
+                    key: r.try_get(0).map_err(db("read rows of buckets"))?,
+                    hash: hash_col(&r, 1)?,
+                    version: r.try_get(2).map_err(db("read rows of buckets"))?,
+                    deleted: r.try_get::<i64, _>(3).map_err(db("read rows of buckets"))? != 0,
+                    updated_at: r.try_get(4).map_err(db("read rows of buckets"))?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every non-empty bucket digest of a producer.
+    pub async fn bucket_digests(&self, producer: &str) -> Result<Vec<(u32, Digest)>, StoreError> {
+        sqlx::query(
+            "SELECT bucket, rows, l0, l1, l2, l3 FROM buckets WHERE producer = $1 AND
+             (rows <> 0 OR l0 <> 0 OR l1 <> 0 OR l2 <> 0 OR l3 <> 0) ORDER BY bucket",
+        )
+        .bind(producer)
+        .fetch(&self.pool)
+        .map_err(db("read bucket digests"))
+        .and_then(|r| async move {
+            let get = |i| r.try_get::<i64, _>(i).map_err(db("read bucket digests"));
+            Ok((
+                get(0)? as u32,
+                Digest {
+                    rows: get(1)?,
+                    lanes: [get(2)?, get(3)?, get(4)?, get(5)?],
+                },
+            ))
+        })
+        .try_collect()
+        .await
+    }
+
+    /// Walks every producer's `changes` chain and returns the first broken link.
+    pub async fn verify_chain(&self) -> Result<(u64, Option<ChainBreak>), StoreError> {
+        let mut rows = sqlx::query(
+            "SELECT id, producer, seq, key, op, hash, version, source, at, chain
+             FROM changes ORDER BY producer, seq",
+        )
+        .fetch(&self.pool);
+        let mut checked = 0u64;
+        let mut producer = String::new();
+        let mut prev = ZERO_CHAIN;
+        let mut expected_seq = 1;
+        while let Some(r) = rows.try_next().await.map_err(db("read the changes log"))? {
+            let get_err = db("read the changes log");
+            let id: i64 = r.try_get(0).map_err(get_err)?;
+            let p: String = r.try_get(1).map_err(db("read the changes log"))?;
+            let seq: i64 = r.try_get(2).map_err(db("read the changes log"))?;
+            if p != producer {
+                producer = p.clone();
+                prev = ZERO_CHAIN;
+                expected_seq = 1;
+            }
+            let broken = |reason: String| ChainBreak {
+                id,
+                producer: p.clone(),
+                seq,
+                reason,
+            };
+            if seq != expected_seq {
+                return Ok((checked, Some(broken(format!("expected seq {expected_seq}, found {seq}")))));
+            }
+            let key: String = r.try_get(3).map_err(db("read the changes log"))?;
+            let op: String = r.try_get(4).map_err(db("read the changes log"))?;
+            let hash = hash_col(&r, 5)?;
+            let version: Option<i64> = r.try_get(6).map_err(db("read the changes log"))?;
+            let source: String = r.try_get(7).map_err(db("read the changes log"))?;
+            let at: i64 = r.try_get(8).map_err(db("read the changes log"))?;
+            let stored: Vec<u8> = r.try_get(9).map_err(db("read the changes log"))?;
+            let link = ChangeLink {
+                producer: &p,
+                seq,
+                key: &key,
+                op: &op,
+                hash: hash.as_ref(),
+                version,
+                source: &source,
+                at,
+            };
+            let computed = link.chain(&prev);
+            if stored != computed {
+                return Ok((
+                    checked,
+                    Some(broken("chain does not match the row's content".into())),
+                ));
+            }
+            prev = computed;
+            expected_seq += 1;
+            checked += 1;
+        }
+        Ok((checked, None))
+    }
+}
+
+enum Next {
+    Put { doc: Value, hash: RecordHash },
+    Tombstone,
+}
+
+/// Decides what a write does given the stored row: the version rule lives here.
+fn decide(
+    current: Option<&Current>,
+    w: &EntityWrite,
+    hasher: &RecordHasher,
+) -> Result<(WriteOutcome, Option<Next>), StoreError> {
+    if w.ordering == Ordering::IfNewer {
+        if let (Some(stored), Some(incoming)) = (current.and_then(|c| c.version), w.version) {
+            if incoming <= stored {
+                return Ok((WriteOutcome::Stale, None));
+            }
+        }
+    }
+    let live = current.filter(|c| !c.deleted);
+    let next = match &w.change {
+        Change::Delete => {
+            if live.is_none() {
+                // Already absent: record a newer version on an existing tombstone only.
+                let newer = current.is_some_and(|c| w.version > c.version);
+                if current.is_none() && w.version.is_none() {
+                    return Ok((WriteOutcome::Unchanged, None));
+                }
+                if current.is_some() && !newer {
+                    return Ok((WriteOutcome::Unchanged, None));
+                }
+            }
+            Next::Tombstone
+        }
+        Change::Replace(doc) => Next::Put {
+            hash: hasher.hash(doc),
+            doc: doc.clone(),
+        },
+        Change::MergePatch(patch) => {
+            let mut doc = live
+                .and_then(|c| c.doc.clone())
+                .unwrap_or_else(|| Value::Object(Default::default()));
+            merge_patch(&mut doc, patch);
+            Next::Put {
+                hash: hasher.hash(&doc),
+                doc,
+            }
+        }
+    };
+    if let (Next::Put { hash, .. }, Some(c)) = (&next, live) {
+        if c.hash == Some(*hash) && (w.version.is_none() || w.version == c.version) {
+            return Ok((WriteOutcome::Unchanged, None));
+        }
+    }
+    Ok((WriteOutcome::Applied, Some(next)))
+}
+
+fn hash_col(row: &AnyRow, i: usize) -> Result<Option<RecordHash>, StoreError> {
+    let bytes: Option<Vec<u8>> = row.try_get(i).map_err(db("read a hash"))?;
+    bytes
+        .map(|b| {
+            RecordHash::from_slice(&b).ok_or_else(|| StoreError::Corrupt {
+                table: "entities",
+                reason: format!("hash of {} bytes", b.len()),
+            })
+        })
+        .transpose()
+}
+
+fn entity_from_row(r: &AnyRow) -> Result<Entity, StoreError> {
+    let key: String = r.try_get(0).map_err(db("read an entity"))?;
+    let doc: Option<String> = r.try_get(1).map_err(db("read an entity"))?;
+    let doc = doc
+        .map(|d| serde_json::from_str(&d))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt {
+            table: "entities",
+            reason: format!("doc of key {key:?} is not JSON: {e}"),
+        })?;
+    Ok(Entity {
+        doc,
+        hash: hash_col(r, 2)?,
+        bucket: r.try_get::<i64, _>(3).map_err(db("read an entity"))? as u32,
+        version: r.try_get(4).map_err(db("read an entity"))?,
+        deleted: r.try_get::<i64, _>(5).map_err(db("read an entity"))? != 0,
+        source: r.try_get(6).map_err(db("read an entity"))?,
+        updated_at: r.try_get(7).map_err(db("read an entity"))?,
+        key,
+    })
+}
+
+/// One `changes` row as it is chained: `chain = blake3(prev_chain || json)`.
+struct ChangeLink<'a> {
+    producer: &'a str,
+    seq: i64,
+    key: &'a str,
+    op: &'a str,
+    hash: Option<&'a RecordHash>,
+    version: Option<i64>,
+    source: &'a str,
+    at: i64,
+}
+
+impl ChangeLink<'_> {
+    fn chain(&self, prev: &[u8; 32]) -> [u8; 32] {
+        let body = serde_json::json!([
+            self.producer,
+            self.seq,
+            self.key,
+            self.op,
+            self.hash.map(|h| h.to_hex()),
+            self.version,
+            self.source,
+            self.at
+        ]);
+        let mut h = blake3::Hasher::new();
+        h.update(prev);
+        h.update(body.to_string().as_bytes());
+        *h.finalize().as_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cur(version: Option<i64>, deleted: bool) -> Current {
+        let doc = json!({"a": 1});
+        Current {
+            hash: (!deleted).then(|| RecordHasher::default().hash(&doc)),
+            doc: (!deleted).then_some(doc),
+            bucket: 0,
+            version,
+            deleted,
+        }
+    }
+
+    fn write(change: Change, version: Option<i64>, ordering: Ordering) -> EntityWrite {
+        EntityWrite {
+            key: "k".into(),
+            change,
+            version,
+            source: Source::Webhook,
+            ordering,
+        }
+    }
+
+    #[test]
+    fn version_rule_table() {
+        use WriteOutcome::*;
+        let h = RecordHasher::default();
+        let put = |v| write(Change::Replace(json!({"a": 2})), v, Ordering::IfNewer);
+        let same = |v| write(Change::Replace(json!({"a": 1})), v, Ordering::IfNewer);
+        let del = |v| write(Change::Delete, v, Ordering::IfNewer);
+        let cases: Vec<(&str, Option<Current>, EntityWrite, WriteOutcome)> = vec![
+            ("new row", None, put(Some(1)), Applied),
+            ("newer version", Some(cur(Some(1), false)), put(Some(2)), Applied),
+            ("older version", Some(cur(Some(5), false)), put(Some(2)), Stale),
+            ("same version", Some(cur(Some(5), false)), put(Some(5)), Stale),
+            ("no versions: arrival order", Some(cur(None, false)), put(None), Applied),
+            ("same content", Some(cur(None, false)), same(None), Unchanged),
+            ("same content, newer version", Some(cur(Some(1), false)), same(Some(2)), Applied),
+            ("delete live row", Some(cur(Some(1), false)), del(Some(2)), Applied),
+            ("delete absent row", None, del(None), Unchanged),
+            ("older put after delete", Some(cur(Some(5), true)), put(Some(4)), Stale),
+            ("newer put after delete", Some(cur(Some(5), true)), put(Some(6)), Applied),
+            (
+                "force older version",
+                Some(cur(Some(5), false)),
+                write(Change::Replace(json!({"a": 2})), Some(3), Ordering::Force),
+                Applied,
+            ),
+        ];
+        for (name, current, w, expected) in cases {
+            let (got, _) = decide(current.as_ref(), &w, &h).unwrap();
+            assert_eq!(got, expected, "{name}");
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The store: one interface over SQLite and PostgreSQL. Only this module contains SQL.
+//!
+//! Both backends go through sqlx's `Any` driver with the same SQL text
+//! (`$1` placeholders work on both); where the dialects differ the difference
+//! is one small method on [`Backend`] (`FOR UPDATE`, `BEGIN IMMEDIATE`).
+//! Migrations are per backend under `migrations/`.
+//!
+//! SQLite is the embedded, single-replica default: its pool holds one
+//! connection, so writes are serialized in the process and no code path may
+//! hold a connection while acquiring another.
+
+mod entities;
+
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Row};
+
+pub use entities::{
+    Change, ChainBreak, Entity, EntityWrite, LocalRow, Ordering, Source, WriteOutcome,
+};
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn from_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+
+    /// Row-lock suffix for a `SELECT` inside a write transaction. SQLite needs
+    /// none: a write transaction already excludes every other writer.
+    fn for_update(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// The statement that opens a write transaction. SQLite takes the write
+    /// lock up front so a read-then-write transaction never fails to upgrade.
+    fn begin_write(self) -> &'static str {
+        match self {
+            Self::Sqlite => "BEGIN IMMEDIATE",
+            Self::Postgres => "BEGIN",
+        }
+    }
+}
+
+/// Errors from the store. Messages name the operation; they never carry the
+/// database URL or any document content.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL scheme {0:?}: use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("cannot connect to the {backend} database: {source}")]
+    Connect {
+        backend: &'static str,
+        source: sqlx::Error,
+    },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error while trying to {op}: {source}")]
+    Db { op: &'static str, source: sqlx::Error },
+    #[error("corrupt row in {table}: {reason}")]
+    Corrupt { table: &'static str, reason: String },
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed (connection trouble, pool exhaustion).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect { .. } => true,
+            Self::Db { source, .. } => matches!(
+                source,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Wraps an sqlx error with the operation that failed.
+pub(crate) fn db(op: &'static str) -> impl Fn(sqlx::Error) -> StoreError + Copy {
+    move |source| StoreError::Db { op, source }
+}
+
+/// Milliseconds since the Unix epoch, the unit of every time column.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects to `url` (creating a SQLite file if missing). Does not migrate.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url).ok_or_else(|| {
+            StoreError::UnsupportedUrl(url.split(':').next().unwrap_or_default().to_string())
+        })?;
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_string(),
+        };
+        let options: AnyConnectOptions = url.parse().map_err(|source| StoreError::Connect {
+            backend: backend.name(),
+            source,
+        })?;
+        let pool_size = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => max_connections.max(2),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(pool_size)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Connect {
+                backend: backend.name(),
+                source,
+            })?;
+        if backend == Backend::Sqlite {
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await
+                .map_err(db("enable SQLite WAL mode"))?;
+        }
+        Ok(Self { pool, backend })
+    }
+
+    /// Connects and applies pending migrations.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let store = Self::connect(url, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await?,
+            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Whether the database answers and every migration has been applied.
+    pub async fn readiness(&self) -> Result<(), String> {
+        let applied: i64 = sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| format!("database unreachable: {e}"))?;
+        let expected = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").iter().count(),
+            Backend::Postgres => sqlx::migrate!("migrations/postgres").iter().count(),
+        };
+        if (applied as usize) < expected {
+            return Err(format!(
+                "database migrations pending: {applied} of {expected} applied"
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
