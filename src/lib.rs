@@ -5,10 +5,14 @@
 //! - [`canonical`]: canonical JSON, record hashes, buckets, bucket digests (pure).
 //! - [`patch`]: JSON merge patch and pointer helpers (pure).
 //! - [`store`]: SQLite and PostgreSQL behind one type; the only module with SQL.
+//! - [`keyframe`]: pulling snapshots, comparing digests, classifying drift.
+//! - [`ingest`]: webhook signatures, email parsing and rules.
 //! - [`cli`]: the `driftd` command line; `main.rs` only calls [`cli::main`].
 
 pub mod canonical;
 pub mod cli;
 pub mod config;
+pub mod ingest;
+pub mod keyframe;
 pub mod patch;
 pub mod store;

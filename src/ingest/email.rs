@@ -1,0 +1,1 @@
+//! Parsing inbound emails and matching them against rules.

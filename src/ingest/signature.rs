@@ -1,0 +1,1 @@
+//! Webhook signature schemes: HMAC-SHA256, GitHub, Stripe, Standard Webhooks.

@@ -1,0 +1,1 @@
+//! Pulling a producer snapshot over HTTP: pagination, retries, streaming, spill.

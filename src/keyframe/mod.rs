@@ -1,0 +1,3 @@
+//! Keyframes: pull a producer's full state, compare bucket digests, classify drift.
+
+pub mod fetch;
