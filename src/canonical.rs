@@ -111,7 +111,10 @@ fn write_canonical<W: Write>(v: &Value, ignore: &[&[String]], out: &mut W) -> io
             let mut first = true;
             for (i, item) in items.iter().enumerate() {
                 let index = i.to_string();
-                if ignore.iter().any(|p| p.len() == 1 && token_matches(&p[0], &index)) {
+                if ignore
+                    .iter()
+                    .any(|p| p.len() == 1 && token_matches(&p[0], &index))
+                {
                     continue;
                 }
                 if !first {
@@ -131,7 +134,10 @@ fn write_canonical<W: Write>(v: &Value, ignore: &[&[String]], out: &mut W) -> io
             out.write_all(b"{")?;
             let mut first = true;
             for (k, item) in members {
-                if ignore.iter().any(|p| p.len() == 1 && token_matches(&p[0], k)) {
+                if ignore
+                    .iter()
+                    .any(|p| p.len() == 1 && token_matches(&p[0], k))
+                {
                     continue;
                 }
                 if !first {
@@ -190,6 +196,30 @@ pub fn key_string(v: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// A record's version as a comparable integer: an integer as is, a string of
+/// digits as that integer, an RFC 3339 timestamp as nanoseconds since the epoch.
+pub fn version_value(v: &Value) -> Result<i64, String> {
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| format!("version {n} is not an integer in the i64 range")),
+        Value::String(s) => {
+            if let Ok(i) = s.parse::<i64>() {
+                return Ok(i);
+            }
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map_err(|e| {
+                    format!("version {s:?} is neither an integer nor an RFC 3339 timestamp: {e}")
+                })?
+                .timestamp_nanos_opt()
+                .ok_or_else(|| format!("version {s:?} is outside the representable time range"))
+        }
+        other => Err(format!(
+            "version {other} is neither an integer nor an RFC 3339 timestamp"
+        )),
     }
 }
 
@@ -262,7 +292,10 @@ mod tests {
     #[test]
     fn canonical_forms() {
         let cases = [
-            (json!({"b": 1, "a": [true, null]}), r#"{"a":[true,null],"b":1}"#),
+            (
+                json!({"b": 1, "a": [true, null]}),
+                r#"{"a":[true,null],"b":1}"#,
+            ),
             (json!(1.0), "1"),
             (json!(-0.0), "0"),
             (json!(1.5), "1.5"),
@@ -285,6 +318,26 @@ mod tests {
             r#"{"id":1,"lines":[{"q":2}],"meta":{"keep":1}}"#
         );
         assert!(RecordHasher::new(&["no-slash"]).is_err());
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(version_value(&json!(7)), Ok(7));
+        assert_eq!(version_value(&json!("42")), Ok(42));
+        assert_eq!(
+            version_value(&json!("2026-01-01T00:00:01Z")).unwrap()
+                - version_value(&json!("2026-01-01T00:00:00Z")).unwrap(),
+            1_000_000_000
+        );
+        assert_eq!(
+            version_value(&json!("2026-01-01T01:00:00+01:00")),
+            version_value(&json!("2026-01-01T00:00:00Z"))
+        );
+        assert!(version_value(&json!(1.5)).is_err());
+        assert!(version_value(&json!("yesterday"))
+            .unwrap_err()
+            .contains("yesterday"));
+        assert!(version_value(&json!(null)).is_err());
     }
 
     #[test]
@@ -324,7 +377,9 @@ mod tests {
                 let members: Vec<String> = m
                     .iter()
                     .rev()
-                    .map(|(k, x)| format!(" {} :\n {} ", Value::String(k.clone()), reordered_text(x)))
+                    .map(|(k, x)| {
+                        format!(" {} :\n {} ", Value::String(k.clone()), reordered_text(x))
+                    })
                     .collect();
                 format!("{{ {} }}", members.join(" , "))
             }

@@ -12,10 +12,19 @@ use crate::store::Store;
 pub const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "driftd", version, about = "Keeps a local copy of vendor-owned state correct")]
+#[command(
+    name = "driftd",
+    version,
+    about = "Keeps a local copy of vendor-owned state correct"
+)]
 pub struct Cli {
     /// Log format: human on a terminal, or one JSON object per line.
-    #[arg(long, global = true, env = "DRIFTD_LOG_FORMAT", default_value = "human")]
+    #[arg(
+        long,
+        global = true,
+        env = "DRIFTD_LOG_FORMAT",
+        default_value = "human"
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -79,21 +88,27 @@ pub fn main() -> ExitCode {
                 }
             }
         }),
-        Command::Status { config, json } => with_store(&config.config, move |loaded, store| async move {
-            let mut producers = Vec::new();
-            for p in &loaded.config.producers {
-                let entities = store.count_entities(&p.name).await?;
-                producers.push(serde_json::json!({"producer": p.name, "entities": entities}));
-            }
-            if json {
-                println!("{}", serde_json::json!({ "producers": producers }));
-            } else {
-                for p in &producers {
-                    println!("{:<24} entities {}", p["producer"].as_str().unwrap_or_default(), p["entities"]);
+        Command::Status { config, json } => {
+            with_store(&config.config, move |loaded, store| async move {
+                let mut producers = Vec::new();
+                for p in &loaded.config.producers {
+                    let entities = store.count_entities(&p.name).await?;
+                    producers.push(serde_json::json!({"producer": p.name, "entities": entities}));
                 }
-            }
-            Ok(ExitCode::SUCCESS)
-        }),
+                if json {
+                    println!("{}", serde_json::json!({ "producers": producers }));
+                } else {
+                    for p in &producers {
+                        println!(
+                            "{:<24} entities {}",
+                            p["producer"].as_str().unwrap_or_default(),
+                            p["entities"]
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
     }
 }
 
@@ -126,7 +141,11 @@ fn check(path: &Path) -> ExitCode {
                 "{}: ok ({} producer{})",
                 path.display(),
                 loaded.config.producers.len(),
-                if loaded.config.producers.len() == 1 { "" } else { "s" }
+                if loaded.config.producers.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                }
             );
             ExitCode::SUCCESS
         }

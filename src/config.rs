@@ -520,24 +520,25 @@ impl Config {
         let mut tree: toml::Value = match text.parse::<toml::Table>() {
             Ok(t) => toml::Value::Table(t),
             Err(e) => {
-                return Err(fail(vec![Problem {
-                    path: String::new(),
-                    message: format!("invalid TOML: {}", e.message().trim()),
-                }]
-                .into_iter()
-                .chain(e.span().map(|s| Problem {
-                    path: String::new(),
-                    message: format!("at line {}", line_of(text, s.start)),
-                }))
-                .collect()));
+                return Err(fail(
+                    vec![Problem {
+                        path: String::new(),
+                        message: format!("invalid TOML: {}", e.message().trim()),
+                    }]
+                    .into_iter()
+                    .chain(e.span().map(|s| Problem {
+                        path: String::new(),
+                        message: format!("at line {}", line_of(text, s.start)),
+                    }))
+                    .collect(),
+                ));
             }
         };
         let mut problems = Vec::new();
         substitute_env(&mut tree, &mut String::new(), env, &mut problems);
 
         let mut unknown = Vec::new();
-        let mut on_unknown =
-            |path: serde_ignored::Path<'_>| unknown.push(format_ignored(&path));
+        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(format_ignored(&path));
         let de = serde_ignored::Deserializer::new(tree, &mut on_unknown);
         let parsed: Result<Config, _> = serde_path_to_error::deserialize(de);
         for path in unknown {
@@ -745,17 +746,17 @@ fn validate(config: &Config, problems: &mut Vec<Problem>, warnings: &mut Vec<Pro
     if let Err(e) = config.server.listen.parse::<SocketAddr>() {
         c.push(
             "server.listen",
-            format!(
-                "invalid socket address {:?}: {e}",
-                config.server.listen
-            ),
+            format!("invalid socket address {:?}: {e}", config.server.listen),
         );
     }
     if config.server.body_limit_bytes == 0 {
         c.push("server.body_limit_bytes", "must be greater than 0");
     }
     let url = config.database.url.expose();
-    if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+    if !(url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://"))
+    {
         let scheme = url.split(':').next().unwrap_or_default();
         c.push(
             "database.url",
@@ -783,10 +784,16 @@ fn validate(config: &Config, problems: &mut Vec<Problem>, warnings: &mut Vec<Pro
         if !valid_name {
             c.push(
                 format!("{at}.name"),
-                format!("invalid producer name {:?}: use 1-64 of a-z, 0-9, '-', '_'", p.name),
+                format!(
+                    "invalid producer name {:?}: use 1-64 of a-z, 0-9, '-', '_'",
+                    p.name
+                ),
             );
         } else if !names.insert(p.name.as_str()) {
-            c.push(format!("{at}.name"), format!("duplicate producer name {:?}", p.name));
+            c.push(
+                format!("{at}.name"),
+                format!("duplicate producer name {:?}", p.name),
+            );
         }
         if let Err(e) = parse_cron(&p.schedule) {
             c.push(
@@ -796,7 +803,10 @@ fn validate(config: &Config, problems: &mut Vec<Problem>, warnings: &mut Vec<Pro
         }
         if let Some(tz) = &p.timezone {
             if tz.parse::<chrono_tz::Tz>().is_err() {
-                c.push(format!("{at}.timezone"), format!("unknown time zone {tz:?}"));
+                c.push(
+                    format!("{at}.timezone"),
+                    format!("unknown time zone {tz:?}"),
+                );
             }
         }
         if p.bucket_bits > 24 {
@@ -837,7 +847,10 @@ fn validate_snapshot(c: &mut Check<'_>, at: &str, s: &SnapshotConfig) {
     }
     for name in s.headers.keys() {
         if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            c.push(format!("{at}.headers"), format!("invalid header name {name:?}"));
+            c.push(
+                format!("{at}.headers"),
+                format!("invalid header name {name:?}"),
+            );
         }
     }
     if s.timeout_secs == 0 {
@@ -848,7 +861,10 @@ fn validate_snapshot(c: &mut Check<'_>, at: &str, s: &SnapshotConfig) {
     }
     if let Some(r) = s.rate_limit {
         if !(r > 0.0 && r.is_finite()) {
-            c.push(format!("{at}.rate_limit"), format!("rate_limit {r} must be a positive number of requests per second"));
+            c.push(
+                format!("{at}.rate_limit"),
+                format!("rate_limit {r} must be a positive number of requests per second"),
+            );
         }
     }
     let pg = &s.pagination;
@@ -863,10 +879,9 @@ fn validate_snapshot(c: &mut Check<'_>, at: &str, s: &SnapshotConfig) {
     match pg.style {
         PaginationStyle::Cursor => need(c, "cursor", &pg.cursor),
         PaginationStyle::NextUrl => need(c, "next", &pg.next),
-        PaginationStyle::Offset if pg.limit.is_none() => c.push(
-            format!("{pat}.limit"),
-            "required for style \"offset\"",
-        ),
+        PaginationStyle::Offset if pg.limit.is_none() => {
+            c.push(format!("{pat}.limit"), "required for style \"offset\"")
+        }
         _ => {}
     }
     for (field, value) in [("total_pages", &pg.total_pages), ("has_more", &pg.has_more)] {
@@ -902,15 +917,27 @@ fn validate_webhook(c: &mut Check<'_>, warnings: &mut Vec<Problem>, at: &str, w:
                 c.push(format!("{at}.secret"), "required unless scheme is \"none\"");
             }
             if scheme == SignatureScheme::HmacSha256 && w.header.is_none() {
-                c.push(format!("{at}.header"), "required for scheme \"hmac-sha256\"");
+                c.push(
+                    format!("{at}.header"),
+                    "required for scheme \"hmac-sha256\"",
+                );
             }
             if scheme == SignatureScheme::StandardWebhooks {
-                for (field, s) in [("secret", &w.secret), ("previous_secret", &w.previous_secret)] {
+                for (field, s) in [
+                    ("secret", &w.secret),
+                    ("previous_secret", &w.previous_secret),
+                ] {
                     if let Some(s) = s {
                         let raw = s.expose().strip_prefix("whsec_").unwrap_or(s.expose());
                         use base64::Engine as _;
-                        if base64::engine::general_purpose::STANDARD.decode(raw).is_err() {
-                            c.push(format!("{at}.{field}"), "must be base64, optionally prefixed with whsec_ (value not shown)");
+                        if base64::engine::general_purpose::STANDARD
+                            .decode(raw)
+                            .is_err()
+                        {
+                            c.push(
+                                format!("{at}.{field}"),
+                                "must be base64, optionally prefixed with whsec_ (value not shown)",
+                            );
                         }
                     }
                 }
@@ -989,7 +1016,10 @@ fn validate_work(c: &mut Check<'_>, at: &str, w: &WorkConfig) {
     if w.backoff_base_ms > w.backoff_max_ms {
         c.push(
             format!("{at}.backoff_base_ms"),
-            format!("{} exceeds backoff_max_ms {}", w.backoff_base_ms, w.backoff_max_ms),
+            format!(
+                "{} exceeds backoff_max_ms {}",
+                w.backoff_base_ms, w.backoff_max_ms
+            ),
         );
     }
 }
@@ -1023,8 +1053,14 @@ headers = { Authorization = "Bearer ${TOKEN}" }
         let p = &c.producers[0];
         assert_eq!(p.bucket_bits, 16);
         assert_eq!(p.snapshot.key, "/id");
-        assert_eq!(p.snapshot.headers["Authorization"].expose(), "Bearer s3cret");
-        assert!(!format!("{c:?}").contains("s3cret"), "secret leaked into Debug");
+        assert_eq!(
+            p.snapshot.headers["Authorization"].expose(),
+            "Bearer s3cret"
+        );
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "secret leaked into Debug"
+        );
     }
 
     #[test]
@@ -1062,20 +1098,44 @@ headers = { X-Key = "${MISSING_VAR}" }
     fn type_errors_name_the_path() {
         let text = "[[producer]]\nname = \"a\"\nschedule = \"* * * * * *\"\nbucket_bits = \"x\"\n[producer.snapshot]\nurl = \"http://127.0.0.1:9/\"\n";
         let err = Config::parse("t.toml", text, &env).unwrap_err();
-        assert!(err.to_string().contains("producer[0].bucket_bits: invalid type"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("producer[0].bucket_bits: invalid type"),
+            "{err}"
+        );
     }
 
     #[test]
     fn semantic_checks() {
         let cases: &[(&str, &str)] = &[
-            ("name = \"Bad Name\"", "producer[0].name: invalid producer name \"Bad Name\""),
-            ("timezone = \"Mars/Base\"", "producer[0].timezone: unknown time zone \"Mars/Base\""),
-            ("bucket_bits = 30", "producer[0].bucket_bits: bucket_bits 30 is out of range"),
-            ("max_drift_ratio = 0.0", "producer[0].max_drift_ratio: max_drift_ratio 0 must be in (0, 1]"),
+            (
+                "name = \"Bad Name\"",
+                "producer[0].name: invalid producer name \"Bad Name\"",
+            ),
+            (
+                "timezone = \"Mars/Base\"",
+                "producer[0].timezone: unknown time zone \"Mars/Base\"",
+            ),
+            (
+                "bucket_bits = 30",
+                "producer[0].bucket_bits: bucket_bits 30 is out of range",
+            ),
+            (
+                "max_drift_ratio = 0.0",
+                "producer[0].max_drift_ratio: max_drift_ratio 0 must be in (0, 1]",
+            ),
         ];
         for (line, expected) in cases {
             let text = format!("[[producer]]\nname = \"a\"\nschedule = \"* * * * * *\"\n{line}\n[producer.snapshot]\nurl = \"http://127.0.0.1:9/\"\n");
-            let text = text.replacen("name = \"a\"\n", if line.starts_with("name") { "" } else { "name = \"a\"\n" }, 1);
+            let text = text.replacen(
+                "name = \"a\"\n",
+                if line.starts_with("name") {
+                    ""
+                } else {
+                    "name = \"a\"\n"
+                },
+                1,
+            );
             let err = Config::parse("t.toml", &text, &env).unwrap_err();
             assert!(err.to_string().contains(expected), "{line}: {err}");
         }
@@ -1092,7 +1152,11 @@ headers = { X-Key = "${MISSING_VAR}" }
     fn secrets_never_appear_in_errors() {
         let text = "[[producer]]\nname = \"a\"\nschedule = \"* * * * * *\"\n[producer.snapshot]\nurl = \"http://127.0.0.1:9/\"\n[producer.webhook]\nscheme = \"standard-webhooks\"\nsecret = \"whsec_${TOKEN}!!\"\n";
         let err = Config::parse("t.toml", text, &env).unwrap_err();
-        assert!(err.to_string().contains("producer[0].webhook.secret: must be base64"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("producer[0].webhook.secret: must be base64"),
+            "{err}"
+        );
         assert!(!err.to_string().contains("s3cret"));
     }
 }

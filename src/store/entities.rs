@@ -171,10 +171,11 @@ impl Store {
         .map_err(db("lock the chain head"))?;
         let mut seq: i64 = head.try_get(0).map_err(db("read the chain head"))?;
         let chain: Vec<u8> = head.try_get(1).map_err(db("read the chain head"))?;
-        let mut chain = <[u8; 32]>::try_from(chain.as_slice()).map_err(|_| StoreError::Corrupt {
-            table: "chain_heads",
-            reason: format!("chain of producer {producer:?} is not 32 bytes"),
-        })?;
+        let mut chain =
+            <[u8; 32]>::try_from(chain.as_slice()).map_err(|_| StoreError::Corrupt {
+                table: "chain_heads",
+                reason: format!("chain of producer {producer:?} is not 32 bytes"),
+            })?;
 
         let mut outcomes = Vec::with_capacity(writes.len());
         for w in writes {
@@ -185,9 +186,15 @@ impl Store {
 
             let bucket = bucket_of(&w.key, bucket_bits);
             let mut delta_old = Digest::default();
-            if let Some(Current { hash: Some(h), bucket: old_bucket, .. }) = &current {
+            if let Some(Current {
+                hash: Some(h),
+                bucket: old_bucket,
+                ..
+            }) = &current
+            {
                 delta_old.remove(&w.key, h);
-                self.add_to_bucket(tx, producer, *old_bucket, &delta_old).await?;
+                self.add_to_bucket(tx, producer, *old_bucket, &delta_old)
+                    .await?;
             }
             let (doc_text, hash) = match &next {
                 Next::Put { doc, hash } => (Some(doc.to_string()), Some(*hash)),
@@ -362,7 +369,8 @@ impl Store {
     ) -> Result<Vec<LocalRow>, StoreError> {
         let mut out = Vec::new();
         for chunk in buckets.chunks(500) {
-            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
                 "SELECT key, hash, version, deleted, updated_at FROM entities
                  WHERE producer = $1 AND bucket IN ({})",
@@ -372,7 +380,10 @@ impl Store {
             for b in chunk {
                 q = q.bind(i64::from(*b));
             }
-            let rows = q.fetch_all(&self.pool).await.map_err(db("read rows of buckets"))?;
+            let rows = q
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("read rows of buckets"))?;
             for r in rows {
                 out.push(LocalRow {
                     key: r.try_get(0).map_err(db("read rows of buckets"))?,
@@ -437,7 +448,10 @@ impl Store {
                 reason,
             };
             if seq != expected_seq {
-                return Ok((checked, Some(broken(format!("expected seq {expected_seq}, found {seq}")))));
+                return Ok((
+                    checked,
+                    Some(broken(format!("expected seq {expected_seq}, found {seq}"))),
+                ));
             }
             let key: String = r.try_get(3).map_err(db("read the changes log"))?;
             let op: String = r.try_get(4).map_err(db("read the changes log"))?;
@@ -627,16 +641,61 @@ mod tests {
         let del = |v| write(Change::Delete, v, Ordering::IfNewer);
         let cases: Vec<(&str, Option<Current>, EntityWrite, WriteOutcome)> = vec![
             ("new row", None, put(Some(1)), Applied),
-            ("newer version", Some(cur(Some(1), false)), put(Some(2)), Applied),
-            ("older version", Some(cur(Some(5), false)), put(Some(2)), Stale),
-            ("same version", Some(cur(Some(5), false)), put(Some(5)), Stale),
-            ("no versions: arrival order", Some(cur(None, false)), put(None), Applied),
-            ("same content", Some(cur(None, false)), same(None), Unchanged),
-            ("same content, newer version", Some(cur(Some(1), false)), same(Some(2)), Applied),
-            ("delete live row", Some(cur(Some(1), false)), del(Some(2)), Applied),
+            (
+                "newer version",
+                Some(cur(Some(1), false)),
+                put(Some(2)),
+                Applied,
+            ),
+            (
+                "older version",
+                Some(cur(Some(5), false)),
+                put(Some(2)),
+                Stale,
+            ),
+            (
+                "same version",
+                Some(cur(Some(5), false)),
+                put(Some(5)),
+                Stale,
+            ),
+            (
+                "no versions: arrival order",
+                Some(cur(None, false)),
+                put(None),
+                Applied,
+            ),
+            (
+                "same content",
+                Some(cur(None, false)),
+                same(None),
+                Unchanged,
+            ),
+            (
+                "same content, newer version",
+                Some(cur(Some(1), false)),
+                same(Some(2)),
+                Applied,
+            ),
+            (
+                "delete live row",
+                Some(cur(Some(1), false)),
+                del(Some(2)),
+                Applied,
+            ),
             ("delete absent row", None, del(None), Unchanged),
-            ("older put after delete", Some(cur(Some(5), true)), put(Some(4)), Stale),
-            ("newer put after delete", Some(cur(Some(5), true)), put(Some(6)), Applied),
+            (
+                "older put after delete",
+                Some(cur(Some(5), true)),
+                put(Some(4)),
+                Stale,
+            ),
+            (
+                "newer put after delete",
+                Some(cur(Some(5), true)),
+                put(Some(6)),
+                Applied,
+            ),
             (
                 "force older version",
                 Some(cur(Some(5), false)),

@@ -17,7 +17,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 
 pub use entities::{
-    Change, ChainBreak, Entity, EntityWrite, LocalRow, Ordering, Source, WriteOutcome,
+    ChainBreak, Change, Entity, EntityWrite, LocalRow, Ordering, Source, WriteOutcome,
 };
 
 /// Which database a [`Store`] talks to.
@@ -78,7 +78,10 @@ pub enum StoreError {
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error while trying to {op}: {source}")]
-    Db { op: &'static str, source: sqlx::Error },
+    Db {
+        op: &'static str,
+        source: sqlx::Error,
+    },
     #[error("corrupt row in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
 }
@@ -164,7 +167,11 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self.backend {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await?,
-            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&self.pool).await?,
+            Backend::Postgres => {
+                sqlx::migrate!("migrations/postgres")
+                    .run(&self.pool)
+                    .await?
+            }
         }
         Ok(())
     }
@@ -179,11 +186,12 @@ impl Store {
 
     /// Whether the database answers and every migration has been applied.
     pub async fn readiness(&self) -> Result<(), String> {
-        let applied: i64 = sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE")
-            .fetch_one(&self.pool)
-            .await
-            .and_then(|r| r.try_get(0))
-            .map_err(|e| format!("database unreachable: {e}"))?;
+        let applied: i64 =
+            sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_one(&self.pool)
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(|e| format!("database unreachable: {e}"))?;
         let expected = match self.backend {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").iter().count(),
             Backend::Postgres => sqlx::migrate!("migrations/postgres").iter().count(),
