@@ -610,7 +610,7 @@ fn format_ignored(path: &serde_ignored::Path<'_>) -> String {
     }
 }
 
-/// Replaces `${NAME}` in every string of `v`; `$${` stays a literal `${`.
+/// Replaces `${NAME}` (or `${NAME:-default}`) in every string of `v`; `$${` stays a literal `${`.
 fn substitute_env(
     v: &mut toml::Value,
     path: &mut String,
@@ -666,10 +666,15 @@ pub fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, V
         } else if let Some(tail) = after.strip_prefix("${") {
             match tail.find('}') {
                 Some(end) => {
-                    let name = &tail[..end];
-                    match env(name) {
-                        Some(value) => out.push_str(&value),
-                        None => missing.push(name.to_string()),
+                    let reference = &tail[..end];
+                    let (name, default) = match reference.split_once(":-") {
+                        Some((name, default)) => (name, Some(default)),
+                        None => (reference, None),
+                    };
+                    match (env(name), default) {
+                        (Some(value), _) => out.push_str(&value),
+                        (None, Some(default)) => out.push_str(default),
+                        (None, None) => missing.push(name.to_string()),
                     }
                     rest = &tail[end + 1..];
                 }
@@ -1146,6 +1151,7 @@ headers = { X-Key = "${MISSING_VAR}" }
         assert_eq!(expand("a${TOKEN}b", &env).unwrap(), "as3cretb");
         assert_eq!(expand("$${TOKEN} $x", &env).unwrap(), "${TOKEN} $x");
         assert_eq!(expand("${A}${B}", &env).unwrap_err(), vec!["A", "B"]);
+        assert_eq!(expand("${A:-x}-${TOKEN:-y}", &env).unwrap(), "x-s3cret");
     }
 
     #[test]

@@ -1,0 +1,117 @@
+//! The command line as a user runs it: `check`, `verify`, `migrate` through the real binary.
+
+use std::process::Command;
+
+use crate::support::{driftd_bin, repo_root, TestDb};
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(driftd_bin())
+        .args(args)
+        .env_remove("DRIFTD_CONFIG")
+        .output()
+        .expect("run driftd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let example = repo_root().join("config/example.toml");
+    let (code, stdout, stderr) = run(&["check", "--config", example.to_str().unwrap()]);
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("ok (2 producers)"), "{stdout}");
+}
+
+#[test]
+fn check_lists_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[database]
+url = "sqlite://x.db"
+pool_size = 3
+
+[[producer]]
+name = "orders"
+schedule = "*/5 * *"
+[producer.snapshot]
+url = "http://127.0.0.1:9/orders"
+headers = { Authorization = "Bearer ${DRIFTD_TEST_SURELY_UNSET_TOKEN}" }
+"#,
+    )
+    .unwrap();
+    let (code, _, stderr) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("database.pool_size: unknown key"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("producer[0].schedule: invalid cron expression \"*/5 * *\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "producer[0].snapshot.headers.Authorization: environment variable \"DRIFTD_TEST_SURELY_UNSET_TOKEN\" is not set"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("3 problems"), "{stderr}");
+    // check never opens a connection: the database file must not exist.
+    assert!(!std::path::Path::new("x.db").exists());
+}
+
+#[tokio::test]
+async fn verify_fails_naming_the_altered_row() {
+    let db = TestDb::sqlite();
+    let store = db.store().await;
+    let hasher = driftd::canonical::RecordHasher::default();
+    let writes: Vec<_> = (0..4)
+        .map(|i| driftd::store::EntityWrite {
+            key: format!("k{i}"),
+            change: driftd::store::Change::Replace(serde_json::json!({"i": i})),
+            version: None,
+            source: driftd::store::Source::Webhook,
+            ordering: driftd::store::Ordering::IfNewer,
+        })
+        .collect();
+    store
+        .write_entities("orders", 16, &hasher, &writes)
+        .await
+        .unwrap();
+    store.close().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftd.toml");
+    std::fs::write(&config, format!("[database]\nurl = \"{}\"\n", db.url)).unwrap();
+    let cfg = config.to_str().unwrap();
+
+    let (code, stdout, stderr) = run(&["verify", "--config", cfg]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("4 rows verified"), "{stdout}");
+
+    let store = db.store().await;
+    sqlx::query("UPDATE changes SET source = 'forged' WHERE seq = 2")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let id: i64 = sqlx::query_scalar("SELECT id FROM changes WHERE seq = 2")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+
+    let (code, _, stderr) = run(&["verify", "--config", cfg]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "broken at row id {id} (producer \"orders\", seq 2)"
+        )),
+        "{stderr}"
+    );
+}

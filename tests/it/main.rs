@@ -1,0 +1,5 @@
+//! Integration tests, one binary: store conformance on both backends, the CLI, keyframes end to end.
+
+mod cli;
+mod store;
+mod support;

@@ -1,0 +1,310 @@
+//! Store conformance: the same tests against SQLite and PostgreSQL.
+
+use std::collections::BTreeMap;
+
+use driftd::canonical::{bucket_of, Digest, RecordHash, RecordHasher};
+use driftd::store::{Change, EntityWrite, Ordering, Source, Store, WriteOutcome};
+use serde_json::{json, Value};
+
+use crate::support::TestDb;
+
+const BITS: u8 = 4;
+
+fn put(key: &str, doc: Value, version: Option<i64>) -> EntityWrite {
+    EntityWrite {
+        key: key.into(),
+        change: Change::Replace(doc),
+        version,
+        source: Source::Webhook,
+        ordering: Ordering::IfNewer,
+    }
+}
+
+fn delete(key: &str, version: Option<i64>) -> EntityWrite {
+    EntityWrite {
+        key: key.into(),
+        change: Change::Delete,
+        version,
+        source: Source::Webhook,
+        ordering: Ordering::IfNewer,
+    }
+}
+
+async fn write(store: &Store, w: EntityWrite) -> WriteOutcome {
+    store
+        .write_entities("p", BITS, &RecordHasher::default(), &[w])
+        .await
+        .expect("write")[0]
+}
+
+/// Recomputes every bucket digest from the rows and compares with the stored digests.
+async fn assert_digests_exact(store: &Store, producer: &str) {
+    let all: Vec<u32> = (0..1 << BITS).collect();
+    let mut fresh: BTreeMap<u32, Digest> = BTreeMap::new();
+    for row in store.rows_in_buckets(producer, &all).await.unwrap() {
+        if let Some(h) = row.hash {
+            fresh
+                .entry(bucket_of(&row.key, BITS))
+                .or_default()
+                .add(&row.key, &h);
+        }
+    }
+    let stored: BTreeMap<u32, Digest> = store
+        .bucket_digests(producer)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        stored, fresh,
+        "stored bucket digests differ from a recomputation from rows"
+    );
+}
+
+async fn put_read_delete(db: &TestDb) {
+    let store = db.store().await;
+    let doc = json!({"id": "a1", "status": "open", "amount": 1.0});
+    assert_eq!(
+        write(&store, put("a1", doc.clone(), Some(3))).await,
+        WriteOutcome::Applied
+    );
+    let e = store.entity("p", "a1").await.unwrap().expect("stored");
+    assert_eq!(e.doc, Some(doc.clone()));
+    assert_eq!(e.hash, Some(RecordHasher::default().hash(&doc)));
+    assert_eq!(e.bucket, bucket_of("a1", BITS));
+    assert_eq!(e.version, Some(3));
+    assert_eq!(e.source, "webhook");
+    assert!(!e.deleted);
+    assert_eq!(store.count_entities("p").await.unwrap(), 1);
+    assert_eq!(store.count_entities("other").await.unwrap(), 0);
+
+    assert_eq!(
+        write(&store, delete("a1", Some(4))).await,
+        WriteOutcome::Applied
+    );
+    let e = store
+        .entity("p", "a1")
+        .await
+        .unwrap()
+        .expect("tombstone kept");
+    assert!(e.deleted);
+    assert_eq!(e.doc, None);
+    assert_eq!(e.version, Some(4));
+    assert_eq!(store.count_entities("p").await.unwrap(), 0);
+    assert!(store.entities("p").await.unwrap().is_empty());
+    assert!(store.bucket_digests("p").await.unwrap().is_empty());
+}
+
+async fn versions_order_writes(db: &TestDb) {
+    let store = db.store().await;
+    assert_eq!(
+        write(&store, put("k", json!({"v": 2}), Some(2))).await,
+        WriteOutcome::Applied
+    );
+    assert_eq!(
+        write(&store, put("k", json!({"v": 1}), Some(1))).await,
+        WriteOutcome::Stale
+    );
+    assert_eq!(
+        write(&store, put("k", json!({"v": 2}), Some(2))).await,
+        WriteOutcome::Stale
+    );
+    assert_eq!(
+        write(&store, delete("k", Some(1))).await,
+        WriteOutcome::Stale
+    );
+    let e = store.entity("p", "k").await.unwrap().unwrap();
+    assert_eq!(e.doc, Some(json!({"v": 2})));
+    // A delete at version 5 then a late update at version 4: the delete wins.
+    assert_eq!(
+        write(&store, delete("k", Some(5))).await,
+        WriteOutcome::Applied
+    );
+    assert_eq!(
+        write(&store, put("k", json!({"v": 4}), Some(4))).await,
+        WriteOutcome::Stale
+    );
+    assert!(store.entity("p", "k").await.unwrap().unwrap().deleted);
+    // A correction from a keyframe is forced whatever the versions.
+    let forced = EntityWrite {
+        ordering: Ordering::Force,
+        source: Source::Keyframe,
+        ..put("k", json!({"v": 3}), Some(3))
+    };
+    assert_eq!(write(&store, forced).await, WriteOutcome::Applied);
+    assert_eq!(
+        store.entity("p", "k").await.unwrap().unwrap().doc,
+        Some(json!({"v": 3}))
+    );
+    assert_digests_exact(&store, "p").await;
+}
+
+async fn merge_patches_apply_to_stored_doc(db: &TestDb) {
+    let store = db.store().await;
+    write(
+        &store,
+        put(
+            "m",
+            json!({"status": "open", "eta": "mon", "n": {"a": 1}}),
+            None,
+        ),
+    )
+    .await;
+    let patch = EntityWrite {
+        change: Change::MergePatch(json!({"status": "closed", "eta": null, "n": {"b": 2}})),
+        ..put("m", Value::Null, None)
+    };
+    assert_eq!(write(&store, patch).await, WriteOutcome::Applied);
+    let doc = store.entity("p", "m").await.unwrap().unwrap().doc.unwrap();
+    assert_eq!(doc, json!({"status": "closed", "n": {"a": 1, "b": 2}}));
+    assert_digests_exact(&store, "p").await;
+}
+
+async fn rows_in_buckets_reads_only_those_buckets(db: &TestDb) {
+    let store = db.store().await;
+    let hasher = RecordHasher::default();
+    let writes: Vec<EntityWrite> = (0..200)
+        .map(|i| put(&format!("key-{i}"), json!({"i": i}), None))
+        .collect();
+    store
+        .write_entities("p", BITS, &hasher, &writes)
+        .await
+        .unwrap();
+    store
+        .write_entities(
+            "q",
+            BITS,
+            &hasher,
+            &[put("key-1", json!({"other": true}), None)],
+        )
+        .await
+        .unwrap();
+    let wanted = [1u32, 7];
+    let rows = store.rows_in_buckets("p", &wanted).await.unwrap();
+    let expected: Vec<String> = (0..200)
+        .map(|i| format!("key-{i}"))
+        .filter(|k| wanted.contains(&bucket_of(k, BITS)))
+        .collect();
+    let mut got: Vec<String> = rows.iter().map(|r| r.key.clone()).collect();
+    got.sort();
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort();
+    assert_eq!(got, expected_sorted);
+    for r in &rows {
+        let i: i64 = r.key.trim_start_matches("key-").parse().unwrap();
+        assert_eq!(r.hash, Some(hasher.hash(&json!({"i": i}))));
+    }
+    // The digests the store keeps equal the ones built from the same documents elsewhere.
+    let mut remote: BTreeMap<u32, Digest> = BTreeMap::new();
+    for i in 0..200 {
+        let key = format!("key-{i}");
+        remote
+            .entry(bucket_of(&key, BITS))
+            .or_default()
+            .add(&key, &hasher.hash(&json!({"i": i})));
+    }
+    let local: BTreeMap<u32, Digest> = store
+        .bucket_digests("p")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(local, remote);
+}
+
+async fn concurrent_writers_keep_digests_exact(db: &TestDb) {
+    // Two handles on one database, as a daemon and a CLI would have, each with several tasks.
+    let stores = [db.store().await, db.store().await];
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8u64 {
+        let store = stores[(t % 2) as usize].clone();
+        tasks.spawn(async move {
+            let hasher = RecordHasher::default();
+            let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            for _ in 0..40 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let key = format!("k{}", x % 24);
+                let w = if x % 5 == 0 {
+                    delete(&key, None)
+                } else {
+                    put(&key, json!({"writer": t, "x": x % 1000}), None)
+                };
+                store
+                    .write_entities("p", BITS, &hasher, &[w])
+                    .await
+                    .expect("concurrent write");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("writer task");
+    }
+    assert_digests_exact(&stores[0], "p").await;
+    let (checked, broken) = stores[0].verify_chain().await.unwrap();
+    assert_eq!(broken, None);
+    assert!(
+        checked >= 8 * 40 - 8 * 40 / 2,
+        "most writes are recorded in the changes log: {checked}"
+    );
+}
+
+async fn verify_finds_a_tampered_change(db: &TestDb) {
+    let store = db.store().await;
+    for i in 0..5 {
+        write(&store, put(&format!("k{i}"), json!({"i": i}), None)).await;
+    }
+    store
+        .write_entities(
+            "q",
+            BITS,
+            &RecordHasher::default(),
+            &[put("z", json!(1), None)],
+        )
+        .await
+        .unwrap();
+    let (checked, broken) = store.verify_chain().await.unwrap();
+    assert_eq!((checked, broken), (6, None));
+    let id: i64 = sqlx::query_scalar("SELECT id FROM changes WHERE producer = 'p' AND seq = 3")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE changes SET key = 'forged' WHERE id = $1")
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let (_, broken) = store.verify_chain().await.unwrap();
+    let broken = broken.expect("tampering detected");
+    assert_eq!(
+        (broken.id, broken.producer.as_str(), broken.seq),
+        (id, "p", 3)
+    );
+}
+
+async fn unchanged_content_is_not_a_change(db: &TestDb) {
+    let store = db.store().await;
+    assert_eq!(
+        write(&store, put("u", json!({"a": 1, "b": 2}), None)).await,
+        WriteOutcome::Applied
+    );
+    assert_eq!(
+        write(&store, put("u", json!({"b": 2, "a": 1.0}), None)).await,
+        WriteOutcome::Unchanged
+    );
+    let (checked, _) = store.verify_chain().await.unwrap();
+    assert_eq!(checked, 1);
+    let hash: Option<RecordHash> = store.entity("p", "u").await.unwrap().unwrap().hash;
+    assert!(hash.is_some());
+}
+
+crate::on_both_backends!(
+    put_read_delete,
+    versions_order_writes,
+    merge_patches_apply_to_stored_doc,
+    rows_in_buckets_reads_only_those_buckets,
+    concurrent_writers_keep_digests_exact,
+    verify_finds_a_tampered_change,
+    unchanged_content_is_not_a_change,
+);
