@@ -4,6 +4,8 @@
 //! - [`config`]: the TOML file, `${VAR}` substitution, whole-file validation.
 //! - [`canonical`]: canonical JSON, record hashes, buckets, bucket digests (pure).
 //! - [`patch`]: JSON merge patch and pointer helpers (pure).
+//! - [`state`]: the state machines, one transition table each.
+//! - [`metrics`]: the Prometheus families, created once and passed down.
 //! - [`store`]: SQLite and PostgreSQL behind one type; the only module with SQL.
 //! - [`keyframe`]: pulling snapshots, comparing digests, classifying drift.
 //! - [`ingest`]: webhook signatures, email parsing and rules.
@@ -14,5 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod ingest;
 pub mod keyframe;
+pub mod metrics;
 pub mod patch;
+pub mod state;
 pub mod store;

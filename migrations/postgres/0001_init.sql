@@ -118,3 +118,10 @@ CREATE TABLE producers (
     health_since BIGINT NOT NULL,
     failures     BIGINT NOT NULL DEFAULT 0
 );
+
+-- Named leases: one keyframe per producer at a time, across replicas.
+CREATE TABLE leases (
+    name   TEXT   PRIMARY KEY,
+    holder TEXT   NOT NULL,
+    until  BIGINT NOT NULL
+);

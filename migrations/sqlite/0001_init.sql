@@ -118,3 +118,10 @@ CREATE TABLE producers (
     health_since INTEGER NOT NULL,
     failures     INTEGER NOT NULL DEFAULT 0
 );
+
+-- Named leases: one keyframe per producer at a time, across processes.
+CREATE TABLE leases (
+    name   TEXT    PRIMARY KEY,
+    holder TEXT    NOT NULL,
+    until  INTEGER NOT NULL
+);

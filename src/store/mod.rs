@@ -10,6 +10,7 @@
 //! hold a connection while acquiring another.
 
 mod entities;
+mod runs;
 
 use std::time::Duration;
 
@@ -82,6 +83,8 @@ pub enum StoreError {
         op: &'static str,
         source: sqlx::Error,
     },
+    #[error("{0}")]
+    Invalid(String),
     #[error("corrupt row in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
 }

@@ -1,0 +1,362 @@
+//! The pure core of a keyframe: compare bucket digests, classify the rows of mismatched buckets, apply the race rule and the guard.
+//!
+//! Nothing here does IO or reads a clock: the caller passes what it observed
+//! (the snapshot's rows and digests, the local digests and rows) and the time
+//! the pull began, and gets back a plan.
+
+use std::collections::BTreeMap;
+
+use crate::canonical::{Digest, RecordHash};
+use crate::store::LocalRow;
+
+/// One record of the producer's snapshot, as the compare needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remote<'a> {
+    pub key: &'a str,
+    pub bucket: u32,
+    pub hash: RecordHash,
+    pub version: Option<i64>,
+    /// Index of the record in the snapshot, to fetch its document later.
+    pub index: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DriftKind {
+    /// The producer has it, the local copy doesn't.
+    Missing,
+    /// The local copy has it, the producer doesn't.
+    Extra,
+    /// Both have it with different content.
+    Changed,
+}
+
+impl DriftKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Extra => "extra",
+            Self::Changed => "changed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "missing" => Some(Self::Missing),
+            "extra" => Some(Self::Extra),
+            "changed" => Some(Self::Changed),
+            _ => None,
+        }
+    }
+}
+
+/// One drifted entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub key: String,
+    pub kind: DriftKind,
+    pub remote_hash: Option<RecordHash>,
+    pub local_hash: Option<RecordHash>,
+    /// Snapshot index of the producer's record (`missing`, `changed`).
+    pub remote_index: Option<usize>,
+}
+
+/// Builds per-bucket digests from snapshot records, exactly as the store builds local ones.
+pub fn remote_digests<'a>(records: impl IntoIterator<Item = Remote<'a>>) -> BTreeMap<u32, Digest> {
+    let mut out: BTreeMap<u32, Digest> = BTreeMap::new();
+    for r in records {
+        out.entry(r.bucket).or_default().add(r.key, &r.hash);
+    }
+    out
+}
+
+/// Buckets whose digests differ (a bucket absent on one side counts as empty).
+pub fn mismatched_buckets(
+    remote: &BTreeMap<u32, Digest>,
+    local: &BTreeMap<u32, Digest>,
+) -> Vec<u32> {
+    let empty = Digest::default();
+    let mut out: Vec<u32> = remote
+        .keys()
+        .chain(local.keys())
+        .copied()
+        .filter(|b| remote.get(b).unwrap_or(&empty) != local.get(b).unwrap_or(&empty))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// What classifying found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Classified {
+    pub drifts: Vec<Drift>,
+    /// Keys left for the next keyframe because a newer local change raced the pull.
+    pub skipped_races: Vec<String>,
+}
+
+impl Classified {
+    pub fn count(&self, kind: DriftKind) -> u64 {
+        self.drifts.iter().filter(|d| d.kind == kind).count() as u64
+    }
+}
+
+/// Classifies the rows of the mismatched buckets.
+///
+/// `remote` and `local` hold only rows of those buckets. `pull_started_ms` is
+/// when the pull began: a local row written at or after it may hold a delta
+/// the snapshot predates, so it is not drift (invariant 5). So is a local row
+/// whose version is newer than the snapshot's record.
+pub fn classify(remote: &[Remote<'_>], local: &[LocalRow], pull_started_ms: i64) -> Classified {
+    let local_by_key: BTreeMap<&str, &LocalRow> =
+        local.iter().map(|l| (l.key.as_str(), l)).collect();
+    let mut out = Classified::default();
+    let raced = |l: &LocalRow, remote_version: Option<i64>| {
+        l.updated_at >= pull_started_ms
+            || matches!((l.version, remote_version), (Some(lv), Some(rv)) if lv > rv)
+    };
+    for r in remote {
+        let drift = match local_by_key.get(r.key) {
+            Some(l) if !l.deleted && l.hash == Some(r.hash) => continue,
+            Some(l) if raced(l, r.version) => {
+                out.skipped_races.push(r.key.to_string());
+                continue;
+            }
+            Some(l) if !l.deleted => Drift {
+                key: r.key.to_string(),
+                kind: DriftKind::Changed,
+                remote_hash: Some(r.hash),
+                local_hash: l.hash,
+                remote_index: Some(r.index),
+            },
+            _ => Drift {
+                key: r.key.to_string(),
+                kind: DriftKind::Missing,
+                remote_hash: Some(r.hash),
+                local_hash: None,
+                remote_index: Some(r.index),
+            },
+        };
+        out.drifts.push(drift);
+    }
+    let remote_keys: std::collections::BTreeSet<&str> = remote.iter().map(|r| r.key).collect();
+    for l in local {
+        if l.deleted || remote_keys.contains(l.key.as_str()) {
+            continue;
+        }
+        if raced(l, None) {
+            out.skipped_races.push(l.key.clone());
+            continue;
+        }
+        out.drifts.push(Drift {
+            key: l.key.clone(),
+            kind: DriftKind::Extra,
+            remote_hash: None,
+            local_hash: l.hash,
+            remote_index: None,
+        });
+    }
+    out.drifts.sort_by(|a, b| a.key.cmp(&b.key));
+    out.skipped_races.sort();
+    out
+}
+
+/// The blast-radius guard: whether this much drift must wait for an operator.
+///
+/// The share is taken of the larger of the snapshot and the local table, so
+/// an empty snapshot against a full table is 100% drift. A first keyframe
+/// into an empty table (nothing to lose) is never guarded.
+pub fn guard_trips(
+    drift: u64,
+    records: u64,
+    local_rows: u64,
+    max_ratio: f64,
+    max_rows: Option<u64>,
+) -> bool {
+    if local_rows == 0 {
+        return false;
+    }
+    let base = records.max(local_rows) as f64;
+    drift as f64 > max_ratio * base || max_rows.is_some_and(|max| drift > max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canonical::{bucket_of, RecordHasher};
+    use serde_json::json;
+
+    fn h(n: i64) -> RecordHash {
+        RecordHasher::default().hash(&json!(n))
+    }
+
+    fn remote(key: &'static str, content: i64, version: Option<i64>) -> Remote<'static> {
+        Remote {
+            key,
+            bucket: bucket_of(key, 2),
+            hash: h(content),
+            version,
+            index: 0,
+        }
+    }
+
+    fn local(key: &str, content: Option<i64>, version: Option<i64>, updated_at: i64) -> LocalRow {
+        LocalRow {
+            key: key.into(),
+            hash: content.map(h),
+            version,
+            deleted: content.is_none(),
+            updated_at,
+        }
+    }
+
+    /// Renders a classification compactly: `kind:key` per drift, `race:key` per skip.
+    fn render(c: &Classified) -> String {
+        let mut parts: Vec<String> = c
+            .drifts
+            .iter()
+            .map(|d| format!("{}:{}", d.kind.as_str(), d.key))
+            .collect();
+        parts.extend(c.skipped_races.iter().map(|k| format!("race:{k}")));
+        parts.join(" ")
+    }
+
+    #[test]
+    fn classification_table() {
+        const START: i64 = 1_000;
+        let cases: Vec<(&str, Vec<Remote<'static>>, Vec<LocalRow>, &str)> = vec![
+            (
+                "equal rows",
+                vec![remote("a", 1, None)],
+                vec![local("a", Some(1), None, 0)],
+                "",
+            ),
+            ("missing", vec![remote("a", 1, None)], vec![], "missing:a"),
+            (
+                "extra",
+                vec![],
+                vec![local("a", Some(1), None, 0)],
+                "extra:a",
+            ),
+            (
+                "changed",
+                vec![remote("a", 2, None)],
+                vec![local("a", Some(1), None, 0)],
+                "changed:a",
+            ),
+            (
+                "local tombstone, producer still has it",
+                vec![remote("a", 1, Some(1))],
+                vec![local("a", None, Some(1), 0)],
+                "missing:a",
+            ),
+            (
+                "tombstone absent remotely",
+                vec![],
+                vec![local("a", None, None, 0)],
+                "",
+            ),
+            (
+                "local version newer than snapshot",
+                vec![remote("a", 1, Some(5))],
+                vec![local("a", Some(2), Some(6), 0)],
+                "race:a",
+            ),
+            (
+                "local version older than snapshot",
+                vec![remote("a", 1, Some(5))],
+                vec![local("a", Some(2), Some(4), 0)],
+                "changed:a",
+            ),
+            (
+                "written after the pull began",
+                vec![remote("a", 1, None)],
+                vec![local("a", Some(2), None, START)],
+                "race:a",
+            ),
+            (
+                "created after the pull began",
+                vec![],
+                vec![local("a", Some(2), None, START + 5)],
+                "race:a",
+            ),
+            (
+                "deleted after the pull began",
+                vec![remote("a", 1, None)],
+                vec![local("a", None, None, START + 1)],
+                "race:a",
+            ),
+            (
+                "deleted at a newer version",
+                vec![remote("a", 1, Some(3))],
+                vec![local("a", None, Some(4), 0)],
+                "race:a",
+            ),
+            (
+                "mixed",
+                vec![
+                    remote("a", 1, None),
+                    remote("b", 2, None),
+                    remote("c", 3, None),
+                ],
+                vec![
+                    local("b", Some(9), None, 0),
+                    local("c", Some(3), None, 0),
+                    local("d", Some(4), None, 0),
+                ],
+                "changed:b extra:d missing:a",
+            ),
+        ];
+        for (name, r, l, expected) in cases {
+            let got = classify(&r, &l, START);
+            assert_eq!(render(&got), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn mismatched_buckets_treats_absent_as_empty() {
+        let rs = [
+            remote("a", 1, None),
+            remote("b", 2, None),
+            remote("c", 3, None),
+        ];
+        let remote_d = remote_digests(rs.iter().copied());
+        assert_eq!(mismatched_buckets(&remote_d, &remote_d), Vec::<u32>::new());
+        let mut local_d = remote_d.clone();
+        let first = *local_d.keys().next().unwrap();
+        local_d.remove(&first);
+        local_d.insert(
+            99,
+            Digest {
+                rows: 0,
+                lanes: [0; 4],
+            },
+        );
+        assert_eq!(mismatched_buckets(&remote_d, &local_d), vec![first]);
+        assert_eq!(
+            mismatched_buckets(&BTreeMap::new(), &remote_d).len(),
+            remote_d.len()
+        );
+    }
+
+    #[test]
+    fn guard_table() {
+        let cases = [
+            // (drift, records, local, ratio, max_rows, trips)
+            (0, 100, 100, 0.5, None, false),
+            (50, 100, 100, 0.5, None, false),
+            (51, 100, 100, 0.5, None, true),
+            (100, 0, 100, 0.5, None, true),
+            (1000, 1000, 0, 0.5, None, false),
+            (11, 1000, 1000, 0.5, Some(10), true),
+            (10, 1000, 1000, 0.5, Some(10), false),
+            (2, 10, 1000, 0.001, None, true),
+        ];
+        for (drift, records, local, ratio, rows, trips) in cases {
+            assert_eq!(
+                guard_trips(drift, records, local, ratio, rows),
+                trips,
+                "drift {drift} of {records} remote / {local} local, ratio {ratio}, rows {rows:?}"
+            );
+        }
+    }
+}

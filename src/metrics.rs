@@ -1,0 +1,206 @@
+//! Prometheus metrics: every `driftd_*` family, created once at start-up and passed down (no global registry).
+//!
+//! Label values come only from bounded sets: producer names from the config,
+//! and the fixed enums for channel, kind, outcome, state and action. A key,
+//! an id or an error text never becomes a label.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// All metric families; cheap to clone (each family is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub keyframe_runs: IntCounterVec,
+    pub keyframe_duration: HistogramVec,
+    pub keyframe_records: IntGaugeVec,
+    pub keyframe_last_success: GaugeVec,
+    pub drift_detected: IntCounterVec,
+    pub drift_open: IntGaugeVec,
+    pub deltas: IntCounterVec,
+    pub signature_failures: IntCounterVec,
+    pub entities: IntGaugeVec,
+    pub work_items: IntGaugeVec,
+    pub work_completed: IntCounterVec,
+    pub work_duration: HistogramVec,
+    pub producer_state: IntGaugeVec,
+    pub delta_loss_ratio: GaugeVec,
+    pub build_info: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique and valid");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let igauge = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let hist = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            register(
+                &r,
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                    .expect("valid metric"),
+            )
+        };
+        let keyframe_buckets = vec![
+            0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+        ];
+        let work_buckets = vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+        ];
+        let m = Self {
+            keyframe_runs: counter(
+                "driftd_keyframe_runs_total",
+                "Keyframe runs by outcome (ok, failed, guarded).",
+                &["producer", "outcome"],
+            ),
+            keyframe_duration: hist(
+                "driftd_keyframe_duration_seconds",
+                "Wall time of keyframe runs.",
+                &["producer"],
+                keyframe_buckets,
+            ),
+            keyframe_records: igauge(
+                "driftd_keyframe_records",
+                "Records in the last successful snapshot.",
+                &["producer"],
+            ),
+            keyframe_last_success: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "driftd_keyframe_last_success_timestamp_seconds",
+                        "Unix time of the last successful keyframe.",
+                    ),
+                    &["producer"],
+                )
+                .expect("valid metric"),
+            ),
+            drift_detected: counter(
+                "driftd_drift_detected_total",
+                "Drifted entities found by keyframes, by kind.",
+                &["producer", "kind"],
+            ),
+            drift_open: igauge(
+                "driftd_drift_open",
+                "Entities with an open correction.",
+                &["producer"],
+            ),
+            deltas: counter(
+                "driftd_deltas_total",
+                "Deltas received, by channel and outcome.",
+                &["producer", "channel", "outcome"],
+            ),
+            signature_failures: counter(
+                "driftd_webhook_signature_failures_total",
+                "Webhooks refused for a bad or missing signature.",
+                &["producer"],
+            ),
+            entities: igauge("driftd_entities", "Live entities stored.", &["producer"]),
+            work_items: igauge("driftd_work_items", "Work items by state.", &["state"]),
+            work_completed: counter(
+                "driftd_work_completed_total",
+                "Work attempts finished, by action and outcome (done, retry, dead).",
+                &["action", "outcome"],
+            ),
+            work_duration: hist(
+                "driftd_work_duration_seconds",
+                "Time to carry out one work attempt.",
+                &["action"],
+                work_buckets,
+            ),
+            producer_state: igauge(
+                "driftd_producer_state",
+                "1 for the producer's current health state.",
+                &["producer", "state"],
+            ),
+            delta_loss_ratio: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "driftd_delta_loss_ratio",
+                        "Share of the changes the last keyframe found that no delta had delivered.",
+                    ),
+                    &["producer"],
+                )
+                .expect("valid metric"),
+            ),
+            build_info: register(
+                &r,
+                Gauge::with_opts(
+                    Opts::new(
+                        "driftd_build_info",
+                        "Always 1; the version label names the build.",
+                    )
+                    .const_label("version", env!("CARGO_PKG_VERSION")),
+                )
+                .expect("valid metric"),
+            ),
+            registry: r,
+        };
+        m.build_info.set(1.0);
+        m
+    }
+
+    /// Creates every labelled series of a producer at zero so dashboards and
+    /// alerts see it before the first event.
+    pub fn init_producer(&self, producer: &str) {
+        for outcome in ["ok", "failed", "guarded"] {
+            self.keyframe_runs.with_label_values(&[producer, outcome]);
+        }
+        for kind in ["missing", "extra", "changed"] {
+            self.drift_detected.with_label_values(&[producer, kind]);
+        }
+        for channel in ["webhook", "email"] {
+            for outcome in ["applied", "stale", "duplicate", "rejected", "unmatched"] {
+                self.deltas.with_label_values(&[producer, channel, outcome]);
+            }
+        }
+        self.signature_failures.with_label_values(&[producer]);
+        self.drift_open.with_label_values(&[producer]);
+        self.entities.with_label_values(&[producer]);
+        self.keyframe_records.with_label_values(&[producer]);
+        self.delta_loss_ratio.with_label_values(&[producer]);
+        for state in ["pending", "running", "dead"] {
+            self.work_items.with_label_values(&[state]);
+        }
+    }
+
+    /// The text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding of gathered metrics cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}

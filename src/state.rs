@@ -1,0 +1,237 @@
+//! The state machines: keyframe runs, work items, entity sync state, producer health. One enum and one transition table each.
+//!
+//! An invalid transition is an error ([`TransitionError`]), never a silent write.
+
+use std::fmt;
+
+/// A refused transition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {machine} transition from {from:?} to {to:?}")]
+pub struct TransitionError {
+    pub machine: &'static str,
+    pub from: &'static str,
+    pub to: &'static str,
+}
+
+macro_rules! state_machine {
+    (
+        $(#[$meta:meta])*
+        $name:ident, $machine:literal {
+            $($variant:ident = $text:literal),+ $(,)?
+        }
+        transitions { $($from:ident => [$($to:ident),*]),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($text => Some($name::$variant),)+ _ => None }
+            }
+
+            /// The transition table.
+            pub fn can_become(self, next: Self) -> bool {
+                match self { $($name::$from => [$($name::$to),*].contains(&next),)+ }
+            }
+
+            pub fn check(self, next: Self) -> Result<(), TransitionError> {
+                if self.can_become(next) {
+                    Ok(())
+                } else {
+                    Err(TransitionError { machine: $machine, from: self.as_str(), to: next.as_str() })
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+state_machine! {
+    /// A keyframe run. `approved` is a guarded run an operator let through.
+    RunState, "keyframe run" {
+        Running = "running",
+        Ok = "ok",
+        Failed = "failed",
+        Guarded = "guarded",
+        Approved = "approved",
+    }
+    transitions {
+        Running => [Ok, Failed, Guarded],
+        Ok => [],
+        Failed => [],
+        Guarded => [Approved],
+        Approved => [],
+    }
+}
+
+state_machine! {
+    /// A work item. A retry goes back to `pending` with a later `run_at`.
+    WorkState, "work item" {
+        Pending = "pending",
+        Running = "running",
+        Done = "done",
+        Dead = "dead",
+        Cancelled = "cancelled",
+    }
+    transitions {
+        Pending => [Running, Done, Cancelled],
+        Running => [Done, Pending, Dead, Cancelled],
+        Done => [],
+        Dead => [Pending],
+        Cancelled => [],
+    }
+}
+
+state_machine! {
+    /// An entity's sync state.
+    SyncState, "entity sync" {
+        InSync = "in_sync",
+        Drifted = "drifted",
+        Correcting = "correcting",
+    }
+    transitions {
+        InSync => [Drifted],
+        Drifted => [Correcting, InSync],
+        Correcting => [InSync, Drifted],
+    }
+}
+
+state_machine! {
+    /// A producer's health, driven by keyframe outcomes.
+    Health, "producer health" {
+        Healthy = "healthy",
+        Uncertain = "uncertain",
+        Unavailable = "unavailable",
+    }
+    transitions {
+        Healthy => [Uncertain, Unavailable],
+        Uncertain => [Healthy, Unavailable],
+        Unavailable => [Healthy],
+    }
+}
+
+impl Health {
+    /// The health after a keyframe, given the failures in a row including this one.
+    pub fn after_keyframe(succeeded: bool, failures_in_a_row: u32, unhealthy_after: u32) -> Self {
+        if succeeded {
+            Self::Healthy
+        } else if failures_in_a_row >= unhealthy_after {
+            Self::Unavailable
+        } else {
+            Self::Uncertain
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every pair of states, checked against an explicit list of allowed moves.
+    fn assert_table<S: Copy + PartialEq + fmt::Debug>(
+        all: &[S],
+        can: impl Fn(S, S) -> bool,
+        allowed: &[(S, S)],
+    ) {
+        for &a in all {
+            for &b in all {
+                assert_eq!(can(a, b), allowed.contains(&(a, b)), "{a:?} -> {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn run_transitions() {
+        use RunState::*;
+        assert_table(
+            RunState::ALL,
+            RunState::can_become,
+            &[
+                (Running, Ok),
+                (Running, Failed),
+                (Running, Guarded),
+                (Guarded, Approved),
+            ],
+        );
+        let err = Ok.check(Approved).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid keyframe run transition from \"ok\" to \"approved\""
+        );
+    }
+
+    #[test]
+    fn work_transitions() {
+        use WorkState::*;
+        assert_table(
+            WorkState::ALL,
+            WorkState::can_become,
+            &[
+                (Pending, Running),
+                (Pending, Done),
+                (Pending, Cancelled),
+                (Running, Done),
+                (Running, Pending),
+                (Running, Dead),
+                (Running, Cancelled),
+                (Dead, Pending),
+            ],
+        );
+    }
+
+    #[test]
+    fn sync_and_health_transitions() {
+        use Health::*;
+        use SyncState::*;
+        assert_table(
+            SyncState::ALL,
+            SyncState::can_become,
+            &[
+                (InSync, Drifted),
+                (Drifted, Correcting),
+                (Drifted, InSync),
+                (Correcting, InSync),
+                (Correcting, Drifted),
+            ],
+        );
+        assert_table(
+            Health::ALL,
+            Health::can_become,
+            &[
+                (Healthy, Uncertain),
+                (Healthy, Unavailable),
+                (Uncertain, Healthy),
+                (Uncertain, Unavailable),
+                (Unavailable, Healthy),
+            ],
+        );
+        assert_eq!(Health::after_keyframe(false, 1, 3), Uncertain);
+        assert_eq!(Health::after_keyframe(false, 3, 3), Unavailable);
+        assert_eq!(Health::after_keyframe(true, 0, 3), Healthy);
+        assert_eq!(Health::after_keyframe(false, 1, 1), Unavailable);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in WorkState::ALL {
+            assert_eq!(WorkState::parse(s.as_str()), Some(*s));
+        }
+        for s in RunState::ALL {
+            assert_eq!(RunState::parse(s.as_str()), Some(*s));
+        }
+        assert_eq!(Health::parse("sick"), None);
+    }
+}

@@ -1,0 +1,296 @@
+//! Keyframe runs, their drift lists, and named leases (one keyframe per producer at a time).
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{db, now_ms, Store, StoreError};
+use crate::canonical::RecordHash;
+use crate::state::RunState;
+
+/// The counts a keyframe run records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RunCounts {
+    pub records: u64,
+    pub buckets_compared: u64,
+    pub buckets_mismatched: u64,
+    pub rows_read: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub changed: u64,
+    pub skipped_races: u64,
+}
+
+/// One row of `keyframe_runs`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunRow {
+    pub id: i64,
+    pub producer: String,
+    pub state: RunState,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    #[serde(flatten)]
+    pub counts: RunCounts,
+    pub error: Option<String>,
+    pub approved_at: Option<i64>,
+}
+
+/// One drifted entity of a run, with the producer's document when it has one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftRow {
+    pub key: String,
+    pub kind: String,
+    pub remote_hash: Option<RecordHash>,
+    pub local_hash: Option<RecordHash>,
+    pub doc: Option<String>,
+}
+
+const RUN_COLUMNS: &str =
+    "id, producer, state, started_at, finished_at, records, buckets_compared, \
+     buckets_mismatched, rows_read, missing, extra, changed, skipped_races, error, approved_at";
+
+fn run_from_row(r: &AnyRow) -> Result<RunRow, StoreError> {
+    let e = db("read a keyframe run");
+    let n = |i: usize| r.try_get::<i64, _>(i).map(|v| v as u64).map_err(e);
+    let state: String = r.try_get(2).map_err(e)?;
+    Ok(RunRow {
+        id: r.try_get(0).map_err(e)?,
+        producer: r.try_get(1).map_err(e)?,
+        state: RunState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+            table: "keyframe_runs",
+            reason: format!("unknown state {state:?}"),
+        })?,
+        started_at: r.try_get(3).map_err(e)?,
+        finished_at: r.try_get(4).map_err(e)?,
+        counts: RunCounts {
+            records: n(5)?,
+            buckets_compared: n(6)?,
+            buckets_mismatched: n(7)?,
+            rows_read: n(8)?,
+            missing: n(9)?,
+            extra: n(10)?,
+            changed: n(11)?,
+            skipped_races: n(12)?,
+        },
+        error: r.try_get(13).map_err(e)?,
+        approved_at: r.try_get(14).map_err(e)?,
+    })
+}
+
+impl Store {
+    /// Records a new run in state `running` and returns its id.
+    pub async fn start_run(&self, producer: &str, started_at: i64) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "INSERT INTO keyframe_runs (producer, started_at, state) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(producer)
+        .bind(started_at)
+        .bind(RunState::Running.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("record a keyframe run"))
+    }
+
+    /// Moves a run to its final state with its counts; refuses an invalid transition.
+    pub async fn finish_run(
+        &self,
+        id: i64,
+        state: RunState,
+        counts: &RunCounts,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let current = self.run(id).await?.ok_or_else(|| StoreError::Corrupt {
+            table: "keyframe_runs",
+            reason: format!("run {id} does not exist"),
+        })?;
+        current
+            .state
+            .check(state)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let i = |v: u64| v as i64;
+        sqlx::query(
+            "UPDATE keyframe_runs SET state = $2, finished_at = $3, records = $4, buckets_compared = $5,
+               buckets_mismatched = $6, rows_read = $7, missing = $8, extra = $9, changed = $10,
+               skipped_races = $11, error = $12
+             WHERE id = $1 AND state = $13",
+        )
+        .bind(id)
+        .bind(state.as_str())
+        .bind(now_ms())
+        .bind(i(counts.records))
+        .bind(i(counts.buckets_compared))
+        .bind(i(counts.buckets_mismatched))
+        .bind(i(counts.rows_read))
+        .bind(i(counts.missing))
+        .bind(i(counts.extra))
+        .bind(i(counts.changed))
+        .bind(i(counts.skipped_races))
+        .bind(error)
+        .bind(current.state.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db("finish a keyframe run"))?;
+        Ok(())
+    }
+
+    pub async fn run(&self, id: i64) -> Result<Option<RunRow>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM keyframe_runs WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read a keyframe run"))?
+        .map(|r| run_from_row(&r))
+        .transpose()
+    }
+
+    /// The latest `limit` runs of a producer, newest first.
+    pub async fn runs(&self, producer: &str, limit: i64) -> Result<Vec<RunRow>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM keyframe_runs WHERE producer = $1 ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(producer)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read keyframe runs"))?
+        .iter()
+        .map(run_from_row)
+        .collect()
+    }
+
+    /// Marks a guarded run approved; refuses any other state.
+    pub async fn approve_run(&self, id: i64) -> Result<RunRow, StoreError> {
+        let run = self
+            .run(id)
+            .await?
+            .ok_or_else(|| StoreError::Invalid(format!("keyframe run {id} does not exist")))?;
+        run.state
+            .check(RunState::Approved)
+            .map_err(|e| StoreError::Invalid(format!("keyframe run {id}: {e}")))?;
+        let updated = sqlx::query(
+            "UPDATE keyframe_runs SET state = $2, approved_at = $3 WHERE id = $1 AND state = $4",
+        )
+        .bind(id)
+        .bind(RunState::Approved.as_str())
+        .bind(now_ms())
+        .bind(RunState::Guarded.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db("approve a keyframe run"))?;
+        if updated.rows_affected() != 1 {
+            return Err(StoreError::Invalid(format!(
+                "keyframe run {id} was approved by someone else"
+            )));
+        }
+        self.run(id).await?.ok_or_else(|| StoreError::Corrupt {
+            table: "keyframe_runs",
+            reason: format!("run {id} vanished"),
+        })
+    }
+
+    /// Stores a run's drift list, in multi-row batches.
+    pub async fn insert_drifts(
+        &self,
+        run_id: i64,
+        producer: &str,
+        drifts: &[DriftRow],
+    ) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("begin storing drifts"))?;
+        for chunk in drifts.chunks(200) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 5 + 3;
+                    format!(
+                        "($1, $2, ${}, ${}, ${}, ${}, ${})",
+                        b,
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO drifts (run_id, producer, key, kind, remote_hash, local_hash, doc) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(run_id).bind(producer);
+            for d in chunk {
+                q = q
+                    .bind(d.key.as_str())
+                    .bind(d.kind.as_str())
+                    .bind(d.remote_hash.map(|h| h.0.to_vec()))
+                    .bind(d.local_hash.map(|h| h.0.to_vec()))
+                    .bind(d.doc.as_deref());
+            }
+            q.execute(&mut *tx).await.map_err(db("store drifts"))?;
+        }
+        tx.commit().await.map_err(db("commit drifts"))
+    }
+
+    /// The drift list of a run, in key order.
+    pub async fn drifts_of_run(&self, run_id: i64) -> Result<Vec<DriftRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key, kind, remote_hash, local_hash, doc FROM drifts WHERE run_id = $1 ORDER BY key",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read drifts"))?;
+        rows.iter()
+            .map(|r| {
+                let e = db("read drifts");
+                let hash = |i: usize| -> Result<Option<RecordHash>, StoreError> {
+                    let b: Option<Vec<u8>> = r.try_get(i).map_err(e)?;
+                    Ok(b.and_then(|b| RecordHash::from_slice(&b)))
+                };
+                Ok(DriftRow {
+                    key: r.try_get(0).map_err(e)?,
+                    kind: r.try_get(1).map_err(e)?,
+                    remote_hash: hash(2)?,
+                    local_hash: hash(3)?,
+                    doc: r.try_get(4).map_err(e)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes (or renews) the lease `name` for `holder` until `ttl_ms` from now.
+    /// Returns false while another holder's lease is unexpired.
+    pub async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+             WHERE leases.until < $4 OR leases.holder = excluded.holder",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now + ttl_ms)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db("take a lease"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(db("release a lease"))?;
+        Ok(())
+    }
+}
