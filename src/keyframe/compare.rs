@@ -303,7 +303,7 @@ mod tests {
                     local("c", Some(3), None, 0),
                     local("d", Some(4), None, 0),
                 ],
-                "changed:b extra:d missing:a",
+                "missing:a changed:b extra:d",
             ),
         ];
         for (name, r, l, expected) in cases {
