@@ -9,6 +9,7 @@
 //! - [`store`]: SQLite and PostgreSQL behind one type; the only module with SQL.
 //! - [`keyframe`]: pulling snapshots, comparing digests, classifying drift.
 //! - [`ingest`]: webhook signatures, email parsing and rules.
+//! - [`work`]: work specs, emission from keyframes, the `apply`/`http` workers.
 //! - [`cli`]: the `driftd` command line; `main.rs` only calls [`cli::main`].
 
 pub mod canonical;
@@ -20,3 +21,4 @@ pub mod metrics;
 pub mod patch;
 pub mod state;
 pub mod store;
+pub mod work;

@@ -11,7 +11,6 @@ CREATE TABLE entities (
     deleted    BIGINT  NOT NULL DEFAULT 0,
     source     TEXT    NOT NULL,
     updated_at BIGINT  NOT NULL,
-    sync_state TEXT    NOT NULL DEFAULT 'in_sync',
     PRIMARY KEY (producer, key)
 );
 CREATE INDEX entities_by_bucket ON entities (producer, bucket);

@@ -51,8 +51,10 @@ pub enum Ordering {
     /// Deltas: applied only when the version is newer than the stored one
     /// (without versions on either side, arrival order decides).
     IfNewer,
-    /// Corrections from a keyframe: make the row equal the producer's record.
-    Force,
+    /// Corrections from a keyframe: applied only while the local row is still
+    /// what the keyframe saw (`seen`: its hash, `None` for absent), so a delta
+    /// that landed since is never overwritten and a second run is a no-op.
+    Correct { seen: Option<RecordHash> },
 }
 
 /// One write of one entity.
@@ -496,6 +498,12 @@ fn decide(
     w: &EntityWrite,
     hasher: &RecordHasher,
 ) -> Result<(WriteOutcome, Option<Next>), StoreError> {
+    if let Ordering::Correct { seen } = w.ordering {
+        let now = current.filter(|c| !c.deleted).and_then(|c| c.hash);
+        if now != seen {
+            return Ok((WriteOutcome::Stale, None));
+        }
+    }
     if w.ordering == Ordering::IfNewer {
         if let (Some(stored), Some(incoming)) = (current.and_then(|c| c.version), w.version) {
             if incoming <= stored {
@@ -697,9 +705,29 @@ mod tests {
                 Applied,
             ),
             (
-                "force older version",
+                "correction of the row the keyframe saw",
                 Some(cur(Some(5), false)),
-                write(Change::Replace(json!({"a": 2})), Some(3), Ordering::Force),
+                write(
+                    Change::Replace(json!({"a": 2})),
+                    Some(3),
+                    Ordering::Correct { seen: Some(h.hash(&json!({"a": 1}))) },
+                ),
+                Applied,
+            ),
+            (
+                "correction after the row moved on",
+                Some(cur(Some(5), false)),
+                write(
+                    Change::Replace(json!({"a": 2})),
+                    Some(6),
+                    Ordering::Correct { seen: Some(h.hash(&json!({"a": 9}))) },
+                ),
+                Stale,
+            ),
+            (
+                "correction creating a missing row",
+                None,
+                write(Change::Replace(json!({"a": 2})), None, Ordering::Correct { seen: None }),
                 Applied,
             ),
         ];

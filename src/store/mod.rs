@@ -11,6 +11,7 @@
 
 mod entities;
 mod runs;
+mod work;
 
 use std::time::Duration;
 

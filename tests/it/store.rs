@@ -125,9 +125,9 @@ async fn versions_order_writes(db: &TestDb) {
         WriteOutcome::Stale
     );
     assert!(store.entity("p", "k").await.unwrap().unwrap().deleted);
-    // A correction from a keyframe is forced whatever the versions.
+    // A correction from a keyframe applies to the row the keyframe saw, whatever the versions.
     let forced = EntityWrite {
-        ordering: Ordering::Force,
+        ordering: Ordering::Correct { seen: None },
         source: Source::Keyframe,
         ..put("k", json!({"v": 3}), Some(3))
     };

@@ -1,0 +1,335 @@
+//! One keyframe run end to end: lease, pull, compare, classify, guard, record, emit.
+//!
+//! A failed pull records a `failed` run and emits nothing (invariant 2); too
+//! much drift records a `guarded` run and emits nothing until approved
+//! (invariant 3). Only this file sequences the IO; the decisions are in
+//! `compare.rs`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::{info, warn, Instrument};
+
+use super::compare::{self, DriftKind, Remote};
+use super::fetch::{self, Snapshot};
+use crate::canonical::RecordHasher;
+use crate::config::ProducerConfig;
+use crate::metrics::Metrics;
+use crate::state::{Health, RunState};
+use crate::store::{now_ms, DriftRow, RunCounts, Store, StoreError};
+use crate::work;
+
+/// How long a keyframe lease lives without renewal, and how often it is renewed.
+const LEASE_TTL: Duration = Duration::from_secs(60);
+const LEASE_RENEW: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyframeError {
+    #[error("a keyframe of producer {0:?} is already running")]
+    Busy(String),
+    #[error("lost the keyframe lease of producer {0:?}")]
+    LeaseLost(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot build the snapshot hasher of producer {producer:?}: {reason}")]
+    Config { producer: String, reason: String },
+}
+
+/// What a run did, as printed by `driftd keyframe` (`--json` prints these field names).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub run_id: Option<i64>,
+    pub producer: String,
+    pub state: RunState,
+    pub records: u64,
+    pub buckets_compared: u64,
+    pub buckets_mismatched: u64,
+    pub rows_read: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub changed: u64,
+    pub skipped_races: u64,
+    pub work_emitted: u64,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+impl Summary {
+    pub fn drift(&self) -> u64 {
+        self.missing + self.extra + self.changed
+    }
+}
+
+/// Runs keyframes; shared by the scheduler and the CLI.
+#[derive(Clone, Debug)]
+pub struct Keyframer {
+    store: Store,
+    client: reqwest::Client,
+    metrics: Metrics,
+    holder: String,
+}
+
+impl Keyframer {
+    pub fn new(store: Store, client: reqwest::Client, metrics: Metrics) -> Self {
+        let holder = format!(
+            "{}-{}-{:08x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "driftd".into()),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        Self {
+            store,
+            client,
+            metrics,
+            holder,
+        }
+    }
+
+    /// Runs one keyframe of `p` now. `dry_run` pulls and compares but records and emits nothing.
+    pub async fn run(&self, p: &ProducerConfig, dry_run: bool) -> Result<Summary, KeyframeError> {
+        let lease = format!("keyframe:{}", p.name);
+        if !self.store.try_lease(&lease, &self.holder, LEASE_TTL.as_millis() as i64).await? {
+            return Err(KeyframeError::Busy(p.name.clone()));
+        }
+        let span = tracing::info_span!("keyframe", producer = %p.name, run_id = tracing::field::Empty);
+        let result = tokio::select! {
+            r = self.run_leased(p, dry_run).instrument(span) => r,
+            e = self.keep_lease(&lease) => Err(e),
+        };
+        if let Err(e) = self.store.release_lease(&lease, &self.holder).await {
+            warn!(producer = %p.name, error = %e, "could not release the keyframe lease; it expires by itself");
+        }
+        result
+    }
+
+    async fn keep_lease(&self, lease: &str) -> KeyframeError {
+        loop {
+            tokio::time::sleep(LEASE_RENEW).await;
+            match self.store.try_lease(lease, &self.holder, LEASE_TTL.as_millis() as i64).await {
+                Ok(true) => {}
+                Ok(false) => return KeyframeError::LeaseLost(lease.to_string()),
+                Err(e) => warn!(error = %e, "could not renew the keyframe lease; retrying"),
+            }
+        }
+    }
+
+    async fn run_leased(&self, p: &ProducerConfig, dry_run: bool) -> Result<Summary, KeyframeError> {
+        let clock = Instant::now();
+        let hasher = RecordHasher::new(&p.snapshot.ignore).map_err(|e| KeyframeError::Config {
+            producer: p.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let started_at = now_ms();
+        let run_id = if dry_run {
+            None
+        } else {
+            Some(self.store.start_run(&p.name, started_at).await?)
+        };
+        if let Some(id) = run_id {
+            tracing::Span::current().record("run_id", id);
+        }
+        let mut summary = Summary {
+            run_id,
+            producer: p.name.clone(),
+            state: RunState::Running,
+            records: 0,
+            buckets_compared: 0,
+            buckets_mismatched: 0,
+            rows_read: 0,
+            missing: 0,
+            extra: 0,
+            changed: 0,
+            skipped_races: 0,
+            work_emitted: 0,
+            duration_ms: 0,
+            error: None,
+        };
+
+        let snapshot = match fetch::pull(&self.client, &p.snapshot, &hasher, p.bucket_bits).await {
+            Ok(s) => s,
+            Err(e) => {
+                let message = e.to_string();
+                warn!(producer = %p.name, error = %message, "keyframe failed: no drift emitted");
+                summary.state = RunState::Failed;
+                summary.error = Some(message);
+                return self.finish(p, summary, clock, &[]).await;
+            }
+        };
+        let (counts, drifts) = self.compare(p, &snapshot).await?;
+        summary.records = counts.records;
+        summary.buckets_compared = counts.buckets_compared;
+        summary.buckets_mismatched = counts.buckets_mismatched;
+        summary.rows_read = counts.rows_read;
+        summary.missing = counts.missing;
+        summary.extra = counts.extra;
+        summary.changed = counts.changed;
+        summary.skipped_races = counts.skipped_races;
+
+        let local_rows = self.store.count_entities(&p.name).await?.max(0) as u64;
+        let guarded = compare::guard_trips(
+            summary.drift(),
+            summary.records,
+            local_rows,
+            p.max_drift_ratio,
+            p.max_drift_rows,
+        );
+        summary.state = if guarded { RunState::Guarded } else { RunState::Ok };
+        if guarded {
+            warn!(
+                producer = %p.name,
+                run_id = ?run_id,
+                drift = summary.drift(),
+                records = summary.records,
+                local_rows,
+                "keyframe guarded: drift exceeds max_drift_ratio/max_drift_rows; nothing emitted until `driftd approve {}`",
+                run_id.unwrap_or_default()
+            );
+        }
+        self.finish(p, summary, clock, &drifts).await
+    }
+
+    /// Compares the snapshot with the store and returns the counts and the drift list with documents.
+    async fn compare(
+        &self,
+        p: &ProducerConfig,
+        snapshot: &Snapshot,
+    ) -> Result<(RunCounts, Vec<DriftRow>), KeyframeError> {
+        let remote: Vec<Remote<'_>> = snapshot
+            .records
+            .iter()
+            .enumerate()
+            .map(|(index, r)| Remote {
+                key: &r.key,
+                bucket: r.bucket,
+                hash: r.hash,
+                version: r.version,
+                index,
+            })
+            .collect();
+        let remote_digests = compare::remote_digests(remote.iter().copied());
+        let local_digests: BTreeMap<_, _> = self.store.bucket_digests(&p.name).await?.into_iter().collect();
+        let mismatched = compare::mismatched_buckets(&remote_digests, &local_digests);
+        let local = self.store.rows_in_buckets(&p.name, &mismatched).await?;
+        // Records are sorted by bucket: keep those in mismatched buckets.
+        let in_mismatched: Vec<Remote<'_>> = remote
+            .iter()
+            .filter(|r| mismatched.binary_search(&r.bucket).is_ok())
+            .copied()
+            .collect();
+        let classified = compare::classify(&in_mismatched, &local, snapshot.started_at_ms);
+        let counts = RunCounts {
+            records: snapshot.records.len() as u64,
+            buckets_compared: remote_digests.len().max(local_digests.len()) as u64,
+            buckets_mismatched: mismatched.len() as u64,
+            rows_read: local.len() as u64,
+            missing: classified.count(DriftKind::Missing),
+            extra: classified.count(DriftKind::Extra),
+            changed: classified.count(DriftKind::Changed),
+            skipped_races: classified.skipped_races.len() as u64,
+        };
+        let mut drifts = Vec::with_capacity(classified.drifts.len());
+        for d in &classified.drifts {
+            let doc = match d.remote_index {
+                Some(i) => Some(
+                    snapshot
+                        .doc(&snapshot.records[i])
+                        .map_err(|e| KeyframeError::Config {
+                            producer: p.name.clone(),
+                            reason: format!("cannot read back a spilled record: {e}"),
+                        })?
+                        .to_string(),
+                ),
+                None => None,
+            };
+            drifts.push(DriftRow {
+                key: d.key.clone(),
+                kind: d.kind.as_str().to_string(),
+                remote_hash: d.remote_hash,
+                local_hash: d.local_hash,
+                doc,
+            });
+        }
+        Ok((counts, drifts))
+    }
+
+    /// Records the run, emits work for an `ok` run, updates health and metrics.
+    async fn finish(
+        &self,
+        p: &ProducerConfig,
+        mut summary: Summary,
+        clock: Instant,
+        drifts: &[DriftRow],
+    ) -> Result<Summary, KeyframeError> {
+        summary.duration_ms = clock.elapsed().as_millis() as u64;
+        let Some(run_id) = summary.run_id else {
+            return Ok(summary);
+        };
+        let counts = RunCounts {
+            records: summary.records,
+            buckets_compared: summary.buckets_compared,
+            buckets_mismatched: summary.buckets_mismatched,
+            rows_read: summary.rows_read,
+            missing: summary.missing,
+            extra: summary.extra,
+            changed: summary.changed,
+            skipped_races: summary.skipped_races,
+        };
+        if !drifts.is_empty() {
+            self.store.insert_drifts(run_id, &p.name, drifts).await?;
+        }
+        self.store
+            .finish_run(run_id, summary.state, &counts, summary.error.as_deref())
+            .await?;
+        if summary.state == RunState::Ok {
+            summary.work_emitted = work::emit_run(&self.store, p, run_id).await?;
+        }
+
+        let succeeded = summary.state != RunState::Failed;
+        let health = self.store.record_keyframe_health(&p.name, succeeded, p.unhealthy_after).await?;
+        let m = &self.metrics;
+        m.keyframe_runs.with_label_values(&[&p.name, summary.state.as_str()]).inc();
+        m.keyframe_duration
+            .with_label_values(&[&p.name])
+            .observe(clock.elapsed().as_secs_f64());
+        for h in Health::ALL {
+            m.producer_state
+                .with_label_values(&[&p.name, h.as_str()])
+                .set(i64::from(*h == health));
+        }
+        if succeeded {
+            m.keyframe_records.with_label_values(&[&p.name]).set(summary.records as i64);
+            for (kind, n) in [("missing", summary.missing), ("extra", summary.extra), ("changed", summary.changed)] {
+                m.drift_detected.with_label_values(&[&p.name, kind]).inc_by(n);
+            }
+            let delivered = self.store.delta_changes_since_previous_run(&p.name, run_id).await?;
+            let drift = summary.drift();
+            let ratio = if drift + delivered == 0 {
+                0.0
+            } else {
+                drift as f64 / (drift + delivered) as f64
+            };
+            m.delta_loss_ratio.with_label_values(&[&p.name]).set(ratio);
+        }
+        if summary.state == RunState::Ok {
+            m.keyframe_last_success
+                .with_label_values(&[&p.name])
+                .set(now_ms() as f64 / 1000.0);
+        }
+        info!(
+            producer = %p.name,
+            run_id,
+            state = %summary.state,
+            records = summary.records,
+            missing = summary.missing,
+            extra = summary.extra,
+            changed = summary.changed,
+            skipped_races = summary.skipped_races,
+            rows_read = summary.rows_read,
+            work_emitted = summary.work_emitted,
+            duration_ms = summary.duration_ms,
+            "keyframe finished"
+        );
+        Ok(summary)
+    }
+}

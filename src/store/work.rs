@@ -1,0 +1,445 @@
+//! The `work` queue (emit, claim, complete, retry, reclaim expired leases) and producer health rows.
+//!
+//! At most one open (`pending` or `running`) item exists per entity: a partial
+//! unique index enforces it on both backends. Claims use
+//! `FOR UPDATE SKIP LOCKED` on PostgreSQL; on SQLite the claiming `UPDATE`
+//! runs alone in its write transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{db, now_ms, Backend, Store, StoreError};
+use crate::state::{Health, WorkState};
+
+/// A work item to emit.
+#[derive(Debug, Clone)]
+pub struct NewWork {
+    pub key: String,
+    pub action: String,
+    pub spec: String,
+    pub dedup_key: String,
+}
+
+/// What an emission did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Emitted {
+    pub inserted: u64,
+    pub updated: u64,
+    /// Drifts whose entity already has a running item (re-checked next keyframe).
+    pub skipped_running: u64,
+    /// Pending items of entities no longer drifted, closed as done.
+    pub closed: u64,
+}
+
+/// One row of `work`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WorkRow {
+    pub id: i64,
+    pub time: i64,
+    pub producer: String,
+    pub key: String,
+    pub action: String,
+    pub state: WorkState,
+    pub run_at: i64,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub last_error: Option<String>,
+    pub locked_by: Option<String>,
+    pub dedup_key: String,
+    pub spec: String,
+}
+
+const WORK_COLUMNS: &str = "id, time, producer, key, action, state, run_at, attempts, max_attempts, \
+     last_error, locked_by, dedup_key, spec";
+
+fn work_from_row(r: &AnyRow) -> Result<WorkRow, StoreError> {
+    let e = db("read a work item");
+    let state: String = r.try_get(5).map_err(e)?;
+    Ok(WorkRow {
+        id: r.try_get(0).map_err(e)?,
+        time: r.try_get(1).map_err(e)?,
+        producer: r.try_get(2).map_err(e)?,
+        key: r.try_get(3).map_err(e)?,
+        action: r.try_get(4).map_err(e)?,
+        state: WorkState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+            table: "work",
+            reason: format!("unknown state {state:?}"),
+        })?,
+        run_at: r.try_get(6).map_err(e)?,
+        attempts: r.try_get(7).map_err(e)?,
+        max_attempts: r.try_get(8).map_err(e)?,
+        last_error: r.try_get(9).map_err(e)?,
+        locked_by: r.try_get(10).map_err(e)?,
+        dedup_key: r.try_get(11).map_err(e)?,
+        spec: r.try_get(12).map_err(e)?,
+    })
+}
+
+impl Backend {
+    fn skip_locked(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+}
+
+impl Store {
+    /// Writes one item per drifted entity of `producer`: new items in
+    /// multi-row batches, an existing pending item updated in place, a running
+    /// one left alone. Pending items of entities not in `items` are closed.
+    pub async fn emit_work(
+        &self,
+        producer: &str,
+        items: &[NewWork],
+        max_attempts: u32,
+        note: &str,
+    ) -> Result<Emitted, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let open: Vec<(i64, String, String)> = sqlx::query(
+            "SELECT id, key, state FROM work WHERE producer = $1 AND state IN ('pending', 'running')",
+        )
+        .bind(producer)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("read open work"))?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db("read open work"))?;
+        let open: BTreeMap<&str, (i64, &str)> =
+            open.iter().map(|(id, k, s)| (k.as_str(), (*id, s.as_str()))).collect();
+        let wanted: BTreeSet<&str> = items.iter().map(|w| w.key.as_str()).collect();
+        let mut out = Emitted::default();
+        let mut fresh = Vec::new();
+        for w in items {
+            match open.get(w.key.as_str()) {
+                Some((_, "running")) => out.skipped_running += 1,
+                Some((id, _)) => {
+                    sqlx::query(
+                        "UPDATE work SET spec = $2, dedup_key = $3, action = $4, time = $5, run_at = $5,
+                           attempts = 0, max_attempts = $6, last_error = NULL, updated_at = $5
+                         WHERE id = $1 AND state = 'pending'",
+                    )
+                    .bind(id)
+                    .bind(&w.spec)
+                    .bind(&w.dedup_key)
+                    .bind(&w.action)
+                    .bind(now)
+                    .bind(i64::from(max_attempts))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("update a pending work item"))?;
+                    out.updated += 1;
+                }
+                None => fresh.push(w),
+            }
+        }
+        for chunk in fresh.chunks(100) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 4 + 4;
+                    format!("($1, $2, ${}, ${}, ${}, ${}, $1, $3, $1)", b, b + 1, b + 2, b + 3)
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO work (time, producer, key, action, spec, dedup_key, run_at, max_attempts, updated_at)
+                 VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(now)
+                .bind(producer)
+                .bind(i64::from(max_attempts));
+            for w in chunk {
+                q = q.bind(&w.key).bind(&w.action).bind(&w.spec).bind(&w.dedup_key);
+            }
+            out.inserted += q.execute(&mut *tx).await.map_err(db("insert work items"))?.rows_affected();
+        }
+        let vanished: Vec<i64> = open
+            .iter()
+            .filter(|(k, (_, state))| *state == "pending" && !wanted.contains(*k))
+            .map(|(_, (id, _))| *id)
+            .collect();
+        for id in &vanished {
+            sqlx::query(
+                "UPDATE work SET state = 'done', last_error = $2, updated_at = $3 WHERE id = $1 AND state = 'pending'",
+            )
+            .bind(id)
+            .bind(note)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("close a work item"))?;
+        }
+        out.closed = vanished.len() as u64;
+        if self.backend == Backend::Postgres && (out.inserted + out.updated) > 0 {
+            sqlx::query("SELECT 1 FROM (SELECT pg_notify('driftd_work', $1)) AS n")
+                .bind(producer)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("notify workers"))?;
+        }
+        tx.commit().await.map_err(db("commit emitted work"))?;
+        Ok(out)
+    }
+
+    /// Claims up to `limit` due pending items of `producer` for `worker`, leased for `lease_ms`.
+    pub async fn claim_work(
+        &self,
+        producer: &str,
+        worker: &str,
+        limit: u32,
+        lease_ms: i64,
+    ) -> Result<Vec<WorkRow>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "UPDATE work SET state = 'running', locked_by = $2, locked_until = $3,
+               attempts = attempts + 1, updated_at = $4
+             WHERE id IN (SELECT id FROM work WHERE producer = $1 AND state = 'pending' AND run_at <= $4
+                          ORDER BY run_at, id LIMIT $5{})
+             RETURNING {WORK_COLUMNS}",
+            self.backend.skip_locked()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(producer)
+            .bind(worker)
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("claim work"))?;
+        tx.commit().await.map_err(db("commit a work claim"))?;
+        rows.iter().map(work_from_row).collect()
+    }
+
+    /// Moves a running item held by `worker` to `next`; returns false when the
+    /// lease was lost (the item was reclaimed) and nothing was written.
+    pub async fn finish_work(
+        &self,
+        id: i64,
+        worker: &str,
+        next: WorkState,
+        run_at: i64,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        WorkState::Running
+            .check(next)
+            .map_err(|e| StoreError::Invalid(format!("work item {id}: {e}")))?;
+        let done = sqlx::query(
+            "UPDATE work SET state = $3, run_at = $4, last_error = $5, locked_by = NULL,
+               locked_until = NULL, updated_at = $6
+             WHERE id = $1 AND state = 'running' AND locked_by = $2",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(next.as_str())
+        .bind(run_at)
+        .bind(error)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db("finish a work item"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Returns running items whose lease expired to `pending` (or `dead` once
+    /// out of attempts). Returns how many were reclaimed.
+    pub async fn reclaim_expired_work(&self) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE work SET
+               state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
+               last_error = 'lease expired: the worker holding it stopped (' || COALESCE(locked_by, '?') || ')',
+               locked_by = NULL, locked_until = NULL, run_at = $1, updated_at = $1
+             WHERE state = 'running' AND locked_until < $1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db("reclaim expired work"))?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn work_item(&self, id: i64) -> Result<Option<WorkRow>, StoreError> {
+        sqlx::query(&format!("SELECT {WORK_COLUMNS} FROM work WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read a work item"))?
+            .map(|r| work_from_row(&r))
+            .transpose()
+    }
+
+    /// Work items, newest first, optionally of one state.
+    pub async fn list_work(&self, state: Option<WorkState>, limit: i64) -> Result<Vec<WorkRow>, StoreError> {
+        let rows = match state {
+            Some(s) => sqlx::query(&format!(
+                "SELECT {WORK_COLUMNS} FROM work WHERE state = $1 ORDER BY id DESC LIMIT $2"
+            ))
+            .bind(s.as_str())
+            .bind(limit),
+            None => sqlx::query(&format!("SELECT {WORK_COLUMNS} FROM work ORDER BY id DESC LIMIT $1"))
+                .bind(limit),
+        }
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list work"))?;
+        rows.iter().map(work_from_row).collect()
+    }
+
+    /// Item counts by state (all states present, zero when none).
+    pub async fn work_counts(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        let mut out: BTreeMap<String, i64> =
+            WorkState::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
+        for r in sqlx::query("SELECT state, COUNT(*) FROM work GROUP BY state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("count work"))?
+        {
+            let state: String = r.try_get(0).map_err(db("count work"))?;
+            out.insert(state, r.try_get(1).map_err(db("count work"))?);
+        }
+        Ok(out)
+    }
+
+    /// Open items (pending or running) per producer: the open drift.
+    pub async fn open_work_by_producer(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        let mut out = BTreeMap::new();
+        for r in sqlx::query(
+            "SELECT producer, COUNT(*) FROM work WHERE state IN ('pending', 'running') GROUP BY producer",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("count open work"))?
+        {
+            out.insert(
+                r.try_get(0).map_err(db("count open work"))?,
+                r.try_get(1).map_err(db("count open work"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Moves an item by operator request (`retry`: dead → pending; `cancel`).
+    pub async fn set_work_state(&self, id: i64, next: WorkState) -> Result<WorkRow, StoreError> {
+        let item = self
+            .work_item(id)
+            .await?
+            .ok_or_else(|| StoreError::Invalid(format!("work item {id} does not exist")))?;
+        item.state
+            .check(next)
+            .map_err(|e| StoreError::Invalid(format!("work item {id}: {e}")))?;
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE work SET state = $2, run_at = $3, attempts = CASE WHEN $2 = 'pending' THEN 0 ELSE attempts END,
+               locked_by = NULL, locked_until = NULL, updated_at = $3 WHERE id = $1 AND state = $4",
+        )
+        .bind(id)
+        .bind(next.as_str())
+        .bind(now)
+        .bind(item.state.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db("change a work item"))?;
+        self.work_item(id).await?.ok_or_else(|| StoreError::Invalid(format!("work item {id} vanished")))
+    }
+
+    /// Records a keyframe outcome in the producer's health row and returns the new health.
+    pub async fn record_keyframe_health(
+        &self,
+        producer: &str,
+        succeeded: bool,
+        unhealthy_after: u32,
+    ) -> Result<Health, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO producers (name, health, health_since, failures) VALUES ($1, 'healthy', $2, 0)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(producer)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("create a producer health row"))?;
+        let row = sqlx::query(&format!(
+            "SELECT health, failures FROM producers WHERE name = $1{}",
+            self.backend.for_update()
+        ))
+        .bind(producer)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("read producer health"))?;
+        let current: String = row.try_get(0).map_err(db("read producer health"))?;
+        let current = Health::parse(&current).ok_or_else(|| StoreError::Corrupt {
+            table: "producers",
+            reason: format!("unknown health {current:?}"),
+        })?;
+        let failures: i64 = row.try_get(1).map_err(db("read producer health"))?;
+        let failures = if succeeded { 0 } else { failures + 1 };
+        let next = Health::after_keyframe(succeeded, failures as u32, unhealthy_after);
+        if next != current {
+            current
+                .check(next)
+                .map_err(|e| StoreError::Invalid(format!("producer {producer:?}: {e}")))?;
+        }
+        sqlx::query(
+            "UPDATE producers SET health = $2, failures = $3,
+               health_since = CASE WHEN health = $2 THEN health_since ELSE $4 END WHERE name = $1",
+        )
+        .bind(producer)
+        .bind(next.as_str())
+        .bind(failures)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("update producer health"))?;
+        tx.commit().await.map_err(db("commit producer health"))?;
+        Ok(next)
+    }
+
+    /// Health and the time it was entered, per producer.
+    pub async fn producer_health(&self) -> Result<BTreeMap<String, (Health, i64)>, StoreError> {
+        let mut out = BTreeMap::new();
+        for r in sqlx::query("SELECT name, health, health_since FROM producers")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read producer health"))?
+        {
+            let e = db("read producer health");
+            let h: String = r.try_get(1).map_err(e)?;
+            if let Some(h) = Health::parse(&h) {
+                out.insert(r.try_get(0).map_err(e)?, (h, r.try_get(2).map_err(e)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Entity changes delivered by deltas since the producer's previous keyframe run began.
+    pub async fn delta_changes_since_previous_run(&self, producer: &str, run_id: i64) -> Result<u64, StoreError> {
+        let since: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(started_at) FROM keyframe_runs WHERE producer = $1 AND id < $2",
+        )
+        .bind(producer)
+        .bind(run_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("find the previous keyframe run"))?;
+        let Some(since) = since else { return Ok(0) };
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM changes WHERE producer = $1 AND at >= $2 AND source IN ('webhook', 'email')",
+        )
+        .bind(producer)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("count delta changes"))?;
+        Ok(n as u64)
+    }
+}

@@ -1,0 +1,409 @@
+//! Corrective work: the documented spec, emission from keyframe runs, and the workers that carry out `apply` and `http` items.
+//!
+//! Workers are level-triggered: an item says what the entity should be, not
+//! what happened, so running it twice has the effect of running it once.
+//! Every failure goes through [`Failure`], which decides between retry (with
+//! exponential backoff and full jitter) and `dead`.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::canonical::{RecordHash, RecordHasher};
+use crate::config::{Action, ProducerConfig};
+use crate::keyframe::compare::DriftKind;
+use crate::metrics::Metrics;
+use crate::state::WorkState;
+use crate::store::{now_ms, Change, EntityWrite, NewWork, Ordering, Source, Store, StoreError, WorkRow};
+
+/// The JSON spec of a work item (`work.spec`). Applications that take items
+/// themselves (`action = "none"`) or receive them over HTTP read this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkSpec {
+    /// The producer (from the config).
+    pub producer: String,
+    /// The entity's key.
+    pub key: String,
+    /// `missing` (producer has it, local doesn't), `extra` (local only) or `changed`.
+    pub kind: String,
+    /// blake3 of the producer's record (canonical JSON, hex); null for `extra`.
+    pub expected_hash: Option<String>,
+    /// blake3 of the local row the keyframe saw (hex); null for `missing`.
+    pub local_hash: Option<String>,
+    /// The keyframe run that found the drift.
+    pub run_id: i64,
+    /// `apply`, `http` or `none`.
+    pub action: String,
+    /// The producer's record; null for `extra` (the entity should not exist).
+    pub record: Option<Value>,
+    /// The record's version, when the producer has versions.
+    pub version: Option<i64>,
+}
+
+impl WorkSpec {
+    /// The idempotency key: the same drift to the same content always has the same key.
+    pub fn idempotency_key(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        for part in [
+            self.producer.as_str(),
+            self.key.as_str(),
+            self.expected_hash.as_deref().unwrap_or("absent"),
+        ] {
+            h.update(part.as_bytes());
+            h.update(&[0]);
+        }
+        h.finalize().to_hex()[..32].to_string()
+    }
+}
+
+fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Apply => "apply",
+        Action::Http => "http",
+        Action::None => "none",
+    }
+}
+
+/// Emits one work item per drift of run `run_id`; returns the items written.
+pub async fn emit_run(store: &Store, p: &ProducerConfig, run_id: i64) -> Result<u64, StoreError> {
+    let drifts = store.drifts_of_run(run_id).await?;
+    let mut items = Vec::with_capacity(drifts.len());
+    for d in drifts {
+        let record: Option<Value> = d.doc.as_deref().and_then(|s| serde_json::from_str(s).ok());
+        let version = match (&p.snapshot.version, &record) {
+            (Some(ptr), Some(doc)) => doc
+                .pointer(ptr)
+                .and_then(|v| crate::canonical::version_value(v).ok()),
+            _ => None,
+        };
+        let spec = WorkSpec {
+            producer: p.name.clone(),
+            key: d.key.clone(),
+            kind: d.kind.clone(),
+            expected_hash: d.remote_hash.map(|h| h.to_hex()),
+            local_hash: d.local_hash.map(|h| h.to_hex()),
+            run_id,
+            action: action_name(p.work.action).to_string(),
+            record,
+            version,
+        };
+        items.push(NewWork {
+            key: d.key,
+            action: spec.action.clone(),
+            dedup_key: spec.idempotency_key(),
+            spec: serde_json::to_string(&spec).expect("a spec always serializes"),
+        });
+    }
+    let e = store
+        .emit_work(
+            &p.name,
+            &items,
+            p.work.max_attempts,
+            &format!("drift gone at keyframe run {run_id}"),
+        )
+        .await?;
+    debug!(producer = %p.name, run_id, inserted = e.inserted, updated = e.updated,
+        skipped_running = e.skipped_running, closed = e.closed, "work emitted");
+    Ok(e.inserted + e.updated)
+}
+
+/// Why an attempt failed, and whether trying again can help.
+#[derive(Debug)]
+pub enum Failure {
+    /// Timeouts, connection errors, 429, 5xx, a busy database.
+    Transient(String),
+    /// Other 4xx, an invalid spec: retrying cannot help.
+    Intransient(String),
+}
+
+/// The single retry policy: what state and `run_at` follow a failed attempt.
+pub fn after_failure(
+    failure: &Failure,
+    attempts: i64,
+    max_attempts: i64,
+    base_ms: u64,
+    max_ms: u64,
+    now: i64,
+    jitter: f64,
+) -> (WorkState, i64) {
+    match failure {
+        Failure::Intransient(_) => (WorkState::Dead, now),
+        Failure::Transient(_) if attempts >= max_attempts => (WorkState::Dead, now),
+        Failure::Transient(_) => {
+            let exp = base_ms.saturating_mul(1u64 << (attempts.clamp(1, 30) - 1) as u32);
+            let ceiling = exp.min(max_ms);
+            // Full jitter: anywhere between 0 and the ceiling, at least 1 ms.
+            let delay = ((ceiling as f64) * jitter.clamp(0.0, 1.0)).max(1.0) as i64;
+            (WorkState::Pending, now + delay)
+        }
+    }
+}
+
+/// Carries out one item. Returns a note for the log on success.
+async fn perform(
+    item: &WorkRow,
+    p: &ProducerConfig,
+    store: &Store,
+    client: &reqwest::Client,
+) -> Result<&'static str, Failure> {
+    let spec: WorkSpec = serde_json::from_str(&item.spec)
+        .map_err(|e| Failure::Intransient(format!("invalid work spec: {e}")))?;
+    match p.work.action {
+        Action::Apply => apply(&spec, p, store).await,
+        Action::Http => post(&spec, item, p, client).await,
+        Action::None => Err(Failure::Intransient(
+            "action \"none\" items are for the application's workers".into(),
+        )),
+    }
+}
+
+async fn apply(spec: &WorkSpec, p: &ProducerConfig, store: &Store) -> Result<&'static str, Failure> {
+    let kind = DriftKind::parse(&spec.kind)
+        .ok_or_else(|| Failure::Intransient(format!("unknown drift kind {:?}", spec.kind)))?;
+    let seen = match &spec.local_hash {
+        None => None,
+        Some(hex) => Some(
+            hex::decode(hex)
+                .ok()
+                .and_then(|b| RecordHash::from_slice(&b))
+                .ok_or_else(|| Failure::Intransient(format!("invalid local_hash {hex:?}")))?,
+        ),
+    };
+    let change = match (kind, &spec.record) {
+        (DriftKind::Extra, _) => Change::Delete,
+        (_, Some(record)) => Change::Replace(record.clone()),
+        (_, None) => return Err(Failure::Intransient(format!("{} drift without a record", spec.kind))),
+    };
+    let hasher = RecordHasher::new(&p.snapshot.ignore)
+        .map_err(|e| Failure::Intransient(format!("invalid ignore pointer: {e}")))?;
+    let write = EntityWrite {
+        key: spec.key.clone(),
+        change,
+        version: spec.version,
+        source: Source::Keyframe,
+        ordering: Ordering::Correct { seen },
+    };
+    let outcome = store
+        .write_entities(&p.name, p.bucket_bits, &hasher, &[write])
+        .await
+        .map_err(|e| {
+            if e.is_transient() {
+                Failure::Transient(e.to_string())
+            } else {
+                Failure::Intransient(e.to_string())
+            }
+        })?;
+    Ok(match outcome[0] {
+        crate::store::WriteOutcome::Applied => "applied",
+        crate::store::WriteOutcome::Unchanged => "already in place",
+        crate::store::WriteOutcome::Stale => "local row changed since the keyframe; left for the next one",
+    })
+}
+
+async fn post(
+    spec: &WorkSpec,
+    item: &WorkRow,
+    p: &ProducerConfig,
+    client: &reqwest::Client,
+) -> Result<&'static str, Failure> {
+    let url = p
+        .work
+        .url
+        .as_deref()
+        .ok_or_else(|| Failure::Intransient("action \"http\" without work.url".into()))?;
+    let body = serde_json::to_vec(spec).expect("a spec always serializes");
+    let mut req = client
+        .post(url)
+        .timeout(Duration::from_secs(p.work.timeout_secs))
+        .header("content-type", "application/json")
+        .header("idempotency-key", &item.dedup_key)
+        .header("x-driftd-work-id", item.id.to_string());
+    if let Some(secret) = &p.work.secret {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.expose().as_bytes())
+            .expect("HMAC takes any key length");
+        mac.update(&body);
+        req = req.header(
+            "x-driftd-signature",
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+        );
+    }
+    let resp = req.body(body).send().await.map_err(|e| {
+        let what = if e.is_timeout() { "timed out" } else { "failed" };
+        Failure::Transient(format!("POST {} {what}: {}", strip_query(url), e.without_url()))
+    })?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok("delivered");
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let excerpt: String = text.chars().take(300).collect();
+    let message = format!("POST {} answered {status}: {excerpt}", strip_query(url));
+    if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+        Err(Failure::Transient(message))
+    } else {
+        Err(Failure::Intransient(message))
+    }
+}
+
+fn strip_query(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+/// The in-process workers for every producer whose action is `apply` or `http`.
+#[derive(Clone, Debug)]
+pub struct Workers {
+    pub store: Store,
+    pub client: reqwest::Client,
+    pub metrics: Metrics,
+    pub wake: std::sync::Arc<Notify>,
+    pub id: String,
+}
+
+impl Workers {
+    /// Runs one producer's worker loop until `cancel`: reclaim expired leases,
+    /// claim due items, carry them out `concurrency` at a time, wait for a
+    /// wake-up or the poll interval.
+    pub async fn run_producer(&self, p: ProducerConfig, cancel: CancellationToken) {
+        if p.work.action == Action::None {
+            return;
+        }
+        let poll = Duration::from_millis(500);
+        while !cancel.is_cancelled() {
+            let claimed = match self.tick(&p).await {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(producer = %p.name, error = %e, "work loop: database error; retrying");
+                    0
+                }
+            };
+            if claimed == 0 {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
+        }
+    }
+
+    /// One round: returns how many items were claimed and carried out.
+    pub async fn tick(&self, p: &ProducerConfig) -> Result<usize, StoreError> {
+        let reclaimed = self.store.reclaim_expired_work().await?;
+        if reclaimed > 0 {
+            info!(reclaimed, "work items with expired leases returned to the queue");
+        }
+        let lease_ms = (p.work.lease_secs * 1000) as i64;
+        let items = self.store.claim_work(&p.name, &self.id, p.work.concurrency, lease_ms).await?;
+        let n = items.len();
+        let mut set = tokio::task::JoinSet::new();
+        for item in items {
+            let this = self.clone();
+            let p = p.clone();
+            let span = tracing::info_span!("work", producer = %p.name, work_id = item.id, key = %item.key);
+            set.spawn(async move { this.carry_out(&p, item).await }.instrument(span));
+        }
+        while let Some(r) = set.join_next().await {
+            if let Ok(Err(e)) = r {
+                warn!(error = %e, "work item: could not record the outcome; its lease will expire and it will be retried");
+            }
+        }
+        Ok(n)
+    }
+
+    async fn carry_out(&self, p: &ProducerConfig, item: WorkRow) -> Result<(), StoreError> {
+        let action = action_name(p.work.action);
+        let started = Instant::now();
+        let result = perform(&item, p, &self.store, &self.client).await;
+        self.metrics
+            .work_duration
+            .with_label_values(&[action])
+            .observe(started.elapsed().as_secs_f64());
+        let now = now_ms();
+        let (next, run_at, error, outcome) = match &result {
+            Ok(note) => {
+                debug!(note, "work item done");
+                (WorkState::Done, now, None, "done")
+            }
+            Err(f) => {
+                let (next, run_at) = after_failure(
+                    f,
+                    item.attempts,
+                    item.max_attempts,
+                    p.work.backoff_base_ms,
+                    p.work.backoff_max_ms,
+                    now,
+                    rand::random::<f64>(),
+                );
+                let msg = match f {
+                    Failure::Transient(m) | Failure::Intransient(m) => m.clone(),
+                };
+                if next == WorkState::Dead {
+                    warn!(error = %msg, attempts = item.attempts, "work item dead");
+                } else {
+                    debug!(error = %msg, attempts = item.attempts, "work item will be retried");
+                }
+                let outcome = if next == WorkState::Dead { "dead" } else { "retry" };
+                (next, run_at, Some(msg), outcome)
+            }
+        };
+        if self
+            .store
+            .finish_work(item.id, &self.id, next, run_at, error.as_deref())
+            .await?
+        {
+            self.metrics.work_completed.with_label_values(&[action, outcome]).inc();
+        } else {
+            warn!("work item lease lost before completion; another worker owns it now");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policy_table() {
+        let t = |s: &str| Failure::Transient(s.into());
+        let cases = [
+            // (failure, attempts, max, jitter, state, delay_ms)
+            (t("503"), 1, 5, 1.0, WorkState::Pending, 1000),
+            (t("503"), 2, 5, 1.0, WorkState::Pending, 2000),
+            (t("503"), 4, 5, 0.5, WorkState::Pending, 4000),
+            (t("503"), 5, 5, 1.0, WorkState::Dead, 0),
+            (t("503"), 20, 50, 1.0, WorkState::Pending, 60_000),
+            (t("503"), 1, 5, 0.0, WorkState::Pending, 1),
+            (Failure::Intransient("400".into()), 1, 5, 1.0, WorkState::Dead, 0),
+        ];
+        for (f, attempts, max, jitter, state, delay) in cases {
+            let (s, at) = after_failure(&f, attempts, max, 1000, 60_000, 10_000, jitter);
+            assert_eq!((s, at - 10_000), (state, delay), "{f:?} attempt {attempts}/{max}");
+        }
+    }
+
+    #[test]
+    fn idempotency_key_depends_on_producer_key_and_expected_content() {
+        let spec = WorkSpec {
+            producer: "p".into(),
+            key: "k".into(),
+            kind: "changed".into(),
+            expected_hash: Some("aa".into()),
+            local_hash: Some("bb".into()),
+            run_id: 1,
+            action: "http".into(),
+            record: None,
+            version: None,
+        };
+        let same_drift_later = WorkSpec { run_id: 9, local_hash: Some("cc".into()), ..spec.clone() };
+        assert_eq!(spec.idempotency_key(), same_drift_later.idempotency_key());
+        let other_content = WorkSpec { expected_hash: Some("ab".into()), ..spec.clone() };
+        assert_ne!(spec.idempotency_key(), other_content.idempotency_key());
+        assert_eq!(spec.idempotency_key().len(), 32);
+    }
+}
