@@ -566,6 +566,40 @@ mod tests {
     }
 
     #[test]
+    fn subject_groups_win_on_a_clash() {
+        let rules = Rules::new(&config(json!([{
+            "name": "r",
+            "subject": r"Order (?P<id>\S+)(?: now (?P<status>\w+))?",
+            "body": r"(?:Order (?P<id>\S+))?\s*Status: (?P<status>\w+)",
+            "key": "id",
+            "set": {"/status": "status"},
+        }])))
+        .unwrap();
+        let cases = [
+            (
+                "Order A-1 now packed",
+                "Order B-2\nStatus: shipped",
+                "A-1",
+                "packed",
+            ),
+            // A subject group that did not take part leaves the body's value.
+            ("Order A-1", "Order B-2\nStatus: shipped", "A-1", "shipped"),
+        ];
+        for (subject, text, key, status) in cases {
+            assert_eq!(
+                rules.apply(&email(None, subject, text)),
+                RuleMatch::Matched {
+                    rule: "r".into(),
+                    key: key.into(),
+                    version: None,
+                    patch: json!({"status": status}),
+                },
+                "{subject}"
+            );
+        }
+    }
+
+    #[test]
     fn unmatched_reasons() {
         let rules = Rules::new(&config(json!([
             {"name": "a", "subject": r"Order (?P<k>\S*)", "body": r"v=(?P<v>\S+)", "key": "k", "version": "v"},
