@@ -18,7 +18,9 @@ use crate::config::{Action, ProducerConfig};
 use crate::keyframe::compare::DriftKind;
 use crate::metrics::Metrics;
 use crate::state::WorkState;
-use crate::store::{now_ms, Change, EntityWrite, NewWork, Ordering, Source, Store, StoreError, WorkRow};
+use crate::store::{
+    now_ms, Change, EntityWrite, NewWork, Ordering, Source, Store, StoreError, WorkRow,
+};
 
 /// The JSON spec of a work item (`work.spec`). Applications that take items
 /// themselves (`action = "none"`) or receive them over HTTP read this.
@@ -161,7 +163,11 @@ async fn perform(
     }
 }
 
-async fn apply(spec: &WorkSpec, p: &ProducerConfig, store: &Store) -> Result<&'static str, Failure> {
+async fn apply(
+    spec: &WorkSpec,
+    p: &ProducerConfig,
+    store: &Store,
+) -> Result<&'static str, Failure> {
     let kind = DriftKind::parse(&spec.kind)
         .ok_or_else(|| Failure::Intransient(format!("unknown drift kind {:?}", spec.kind)))?;
     let seen = match &spec.local_hash {
@@ -176,7 +182,12 @@ async fn apply(spec: &WorkSpec, p: &ProducerConfig, store: &Store) -> Result<&'s
     let change = match (kind, &spec.record) {
         (DriftKind::Extra, _) => Change::Delete,
         (_, Some(record)) => Change::Replace(record.clone()),
-        (_, None) => return Err(Failure::Intransient(format!("{} drift without a record", spec.kind))),
+        (_, None) => {
+            return Err(Failure::Intransient(format!(
+                "{} drift without a record",
+                spec.kind
+            )))
+        }
     };
     let hasher = RecordHasher::new(&p.snapshot.ignore)
         .map_err(|e| Failure::Intransient(format!("invalid ignore pointer: {e}")))?;
@@ -200,7 +211,9 @@ async fn apply(spec: &WorkSpec, p: &ProducerConfig, store: &Store) -> Result<&'s
     Ok(match outcome[0] {
         crate::store::WriteOutcome::Applied => "applied",
         crate::store::WriteOutcome::Unchanged => "already in place",
-        crate::store::WriteOutcome::Stale => "local row changed since the keyframe; left for the next one",
+        crate::store::WriteOutcome::Stale => {
+            "local row changed since the keyframe; left for the next one"
+        }
     })
 }
 
@@ -233,8 +246,16 @@ async fn post(
         );
     }
     let resp = req.body(body).send().await.map_err(|e| {
-        let what = if e.is_timeout() { "timed out" } else { "failed" };
-        Failure::Transient(format!("POST {} {what}: {}", strip_query(url), e.without_url()))
+        let what = if e.is_timeout() {
+            "timed out"
+        } else {
+            "failed"
+        };
+        Failure::Transient(format!(
+            "POST {} {what}: {}",
+            strip_query(url),
+            e.without_url()
+        ))
     })?;
     let status = resp.status();
     if status.is_success() {
@@ -295,16 +316,23 @@ impl Workers {
     pub async fn tick(&self, p: &ProducerConfig) -> Result<usize, StoreError> {
         let reclaimed = self.store.reclaim_expired_work().await?;
         if reclaimed > 0 {
-            info!(reclaimed, "work items with expired leases returned to the queue");
+            info!(
+                reclaimed,
+                "work items with expired leases returned to the queue"
+            );
         }
         let lease_ms = (p.work.lease_secs * 1000) as i64;
-        let items = self.store.claim_work(&p.name, &self.id, p.work.concurrency, lease_ms).await?;
+        let items = self
+            .store
+            .claim_work(&p.name, &self.id, p.work.concurrency, lease_ms)
+            .await?;
         let n = items.len();
         let mut set = tokio::task::JoinSet::new();
         for item in items {
             let this = self.clone();
             let p = p.clone();
-            let span = tracing::info_span!("work", producer = %p.name, work_id = item.id, key = %item.key);
+            let span =
+                tracing::info_span!("work", producer = %p.name, work_id = item.id, key = %item.key);
             set.spawn(async move { this.carry_out(&p, item).await }.instrument(span));
         }
         while let Some(r) = set.join_next().await {
@@ -347,7 +375,11 @@ impl Workers {
                 } else {
                     debug!(error = %msg, attempts = item.attempts, "work item will be retried");
                 }
-                let outcome = if next == WorkState::Dead { "dead" } else { "retry" };
+                let outcome = if next == WorkState::Dead {
+                    "dead"
+                } else {
+                    "retry"
+                };
                 (next, run_at, Some(msg), outcome)
             }
         };
@@ -356,7 +388,10 @@ impl Workers {
             .finish_work(item.id, &self.id, next, run_at, error.as_deref())
             .await?
         {
-            self.metrics.work_completed.with_label_values(&[action, outcome]).inc();
+            self.metrics
+                .work_completed
+                .with_label_values(&[action, outcome])
+                .inc();
         } else {
             warn!("work item lease lost before completion; another worker owns it now");
         }
@@ -379,11 +414,22 @@ mod tests {
             (t("503"), 5, 5, 1.0, WorkState::Dead, 0),
             (t("503"), 20, 50, 1.0, WorkState::Pending, 60_000),
             (t("503"), 1, 5, 0.0, WorkState::Pending, 1),
-            (Failure::Intransient("400".into()), 1, 5, 1.0, WorkState::Dead, 0),
+            (
+                Failure::Intransient("400".into()),
+                1,
+                5,
+                1.0,
+                WorkState::Dead,
+                0,
+            ),
         ];
         for (f, attempts, max, jitter, state, delay) in cases {
             let (s, at) = after_failure(&f, attempts, max, 1000, 60_000, 10_000, jitter);
-            assert_eq!((s, at - 10_000), (state, delay), "{f:?} attempt {attempts}/{max}");
+            assert_eq!(
+                (s, at - 10_000),
+                (state, delay),
+                "{f:?} attempt {attempts}/{max}"
+            );
         }
     }
 
@@ -400,9 +446,16 @@ mod tests {
             record: None,
             version: None,
         };
-        let same_drift_later = WorkSpec { run_id: 9, local_hash: Some("cc".into()), ..spec.clone() };
+        let same_drift_later = WorkSpec {
+            run_id: 9,
+            local_hash: Some("cc".into()),
+            ..spec.clone()
+        };
         assert_eq!(spec.idempotency_key(), same_drift_later.idempotency_key());
-        let other_content = WorkSpec { expected_hash: Some("ab".into()), ..spec.clone() };
+        let other_content = WorkSpec {
+            expected_hash: Some("ab".into()),
+            ..spec.clone()
+        };
         assert_ne!(spec.idempotency_key(), other_content.idempotency_key());
         assert_eq!(spec.idempotency_key().len(), 32);
     }

@@ -710,7 +710,9 @@ mod tests {
                 write(
                     Change::Replace(json!({"a": 2})),
                     Some(3),
-                    Ordering::Correct { seen: Some(h.hash(&json!({"a": 1}))) },
+                    Ordering::Correct {
+                        seen: Some(h.hash(&json!({"a": 1}))),
+                    },
                 ),
                 Applied,
             ),
@@ -720,14 +722,20 @@ mod tests {
                 write(
                     Change::Replace(json!({"a": 2})),
                     Some(6),
-                    Ordering::Correct { seen: Some(h.hash(&json!({"a": 9}))) },
+                    Ordering::Correct {
+                        seen: Some(h.hash(&json!({"a": 9}))),
+                    },
                 ),
                 Stale,
             ),
             (
                 "correction creating a missing row",
                 None,
-                write(Change::Replace(json!({"a": 2})), None, Ordering::Correct { seen: None }),
+                write(
+                    Change::Replace(json!({"a": 2})),
+                    None,
+                    Ordering::Correct { seen: None },
+                ),
                 Applied,
             ),
         ];

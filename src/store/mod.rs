@@ -21,6 +21,8 @@ use sqlx::{AnyPool, Row};
 pub use entities::{
     ChainBreak, Change, Entity, EntityWrite, LocalRow, Ordering, Source, WriteOutcome,
 };
+pub use runs::{DriftRow, RunCounts, RunRow};
+pub use work::{Emitted, NewWork, WorkRow};
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -51,7 +51,8 @@ pub struct WorkRow {
     pub spec: String,
 }
 
-const WORK_COLUMNS: &str = "id, time, producer, key, action, state, run_at, attempts, max_attempts, \
+const WORK_COLUMNS: &str =
+    "id, time, producer, key, action, state, run_at, attempts, max_attempts, \
      last_error, locked_by, dedup_key, spec";
 
 fn work_from_row(r: &AnyRow) -> Result<WorkRow, StoreError> {
@@ -110,8 +111,10 @@ impl Store {
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
         .collect::<Result<_, sqlx::Error>>()
         .map_err(db("read open work"))?;
-        let open: BTreeMap<&str, (i64, &str)> =
-            open.iter().map(|(id, k, s)| (k.as_str(), (*id, s.as_str()))).collect();
+        let open: BTreeMap<&str, (i64, &str)> = open
+            .iter()
+            .map(|(id, k, s)| (k.as_str(), (*id, s.as_str())))
+            .collect();
         let wanted: BTreeSet<&str> = items.iter().map(|w| w.key.as_str()).collect();
         let mut out = Emitted::default();
         let mut fresh = Vec::new();
@@ -142,7 +145,13 @@ impl Store {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
                     let b = i * 4 + 4;
-                    format!("($1, $2, ${}, ${}, ${}, ${}, $1, $3, $1)", b, b + 1, b + 2, b + 3)
+                    format!(
+                        "($1, $2, ${}, ${}, ${}, ${}, $1, $3, $1)",
+                        b,
+                        b + 1,
+                        b + 2,
+                        b + 3
+                    )
                 })
                 .collect();
             let sql = format!(
@@ -155,9 +164,17 @@ impl Store {
                 .bind(producer)
                 .bind(i64::from(max_attempts));
             for w in chunk {
-                q = q.bind(&w.key).bind(&w.action).bind(&w.spec).bind(&w.dedup_key);
+                q = q
+                    .bind(&w.key)
+                    .bind(&w.action)
+                    .bind(&w.spec)
+                    .bind(&w.dedup_key);
             }
-            out.inserted += q.execute(&mut *tx).await.map_err(db("insert work items"))?.rows_affected();
+            out.inserted += q
+                .execute(&mut *tx)
+                .await
+                .map_err(db("insert work items"))?
+                .rows_affected();
         }
         let vanished: Vec<i64> = open
             .iter()
@@ -277,26 +294,31 @@ impl Store {
     }
 
     /// Work items, newest first, optionally of one state.
-    pub async fn list_work(&self, state: Option<WorkState>, limit: i64) -> Result<Vec<WorkRow>, StoreError> {
-        let rows = match state {
-            Some(s) => sqlx::query(&format!(
-                "SELECT {WORK_COLUMNS} FROM work WHERE state = $1 ORDER BY id DESC LIMIT $2"
-            ))
-            .bind(s.as_str())
-            .bind(limit),
-            None => sqlx::query(&format!("SELECT {WORK_COLUMNS} FROM work ORDER BY id DESC LIMIT $1"))
-                .bind(limit),
+    pub async fn list_work(
+        &self,
+        state: Option<WorkState>,
+        limit: i64,
+    ) -> Result<Vec<WorkRow>, StoreError> {
+        let sql = match state {
+            Some(_) => format!(
+                "SELECT {WORK_COLUMNS} FROM work WHERE state = $2 ORDER BY id DESC LIMIT $1"
+            ),
+            None => format!("SELECT {WORK_COLUMNS} FROM work ORDER BY id DESC LIMIT $1"),
+        };
+        let mut q = sqlx::query(&sql).bind(limit);
+        if let Some(s) = state {
+            q = q.bind(s.as_str());
         }
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("list work"))?;
+        let rows = q.fetch_all(&self.pool).await.map_err(db("list work"))?;
         rows.iter().map(work_from_row).collect()
     }
 
     /// Item counts by state (all states present, zero when none).
     pub async fn work_counts(&self) -> Result<BTreeMap<String, i64>, StoreError> {
-        let mut out: BTreeMap<String, i64> =
-            WorkState::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
+        let mut out: BTreeMap<String, i64> = WorkState::ALL
+            .iter()
+            .map(|s| (s.as_str().to_string(), 0))
+            .collect();
         for r in sqlx::query("SELECT state, COUNT(*) FROM work GROUP BY state")
             .fetch_all(&self.pool)
             .await
@@ -347,7 +369,9 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(db("change a work item"))?;
-        self.work_item(id).await?.ok_or_else(|| StoreError::Invalid(format!("work item {id} vanished")))
+        self.work_item(id)
+            .await?
+            .ok_or_else(|| StoreError::Invalid(format!("work item {id} vanished")))
     }
 
     /// Records a keyframe outcome in the producer's health row and returns the new health.
@@ -422,7 +446,11 @@ impl Store {
     }
 
     /// Entity changes delivered by deltas since the producer's previous keyframe run began.
-    pub async fn delta_changes_since_previous_run(&self, producer: &str, run_id: i64) -> Result<u64, StoreError> {
+    pub async fn delta_changes_since_previous_run(
+        &self,
+        producer: &str,
+        run_id: i64,
+    ) -> Result<u64, StoreError> {
         let since: Option<i64> = sqlx::query_scalar(
             "SELECT MAX(started_at) FROM keyframe_runs WHERE producer = $1 AND id < $2",
         )
