@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, ConfigError, Loaded};
-use crate::store::Store;
+use crate::keyframe::run::{Keyframer, Summary};
+use crate::metrics::Metrics;
+use crate::state::{RunState, WorkState};
+use crate::store::{now_ms, Store};
 
 /// Exit status for a command-line or config error (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
@@ -45,19 +48,72 @@ pub struct ConfigArg {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: HTTP server, keyframe schedules, workers, until SIGINT/SIGTERM.
+    Run(ConfigArg),
     /// Validate the config; list every problem with its TOML path (exit 64 on error).
     Check(ConfigArg),
     /// Apply database migrations.
     Migrate(ConfigArg),
     /// Walk the hash-chained `changes` log and report the first broken link.
     Verify(ConfigArg),
-    /// Show per producer the stored entities.
+    /// Per producer: health, entities, open drift, the last keyframe runs; the work queue.
     Status {
         #[command(flatten)]
         config: ConfigArg,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Run one keyframe of PRODUCER now and print its summary (exit 0 ok, 1 failed, 3 guarded).
+    Keyframe {
+        #[command(flatten)]
+        config: ConfigArg,
+        producer: String,
+        /// Pull and compare, but record and emit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a guarded keyframe run: its drift becomes work.
+    Approve {
+        #[command(flatten)]
+        config: ConfigArg,
+        run_id: i64,
+    },
+    /// Inspect and steer the work queue.
+    Work {
+        #[command(subcommand)]
+        command: WorkCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkCommand {
+    /// List work items, newest first.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only items in this state (pending, running, done, dead, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a dead item back in the queue.
+    Retry {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: i64,
+    },
+    /// Cancel a pending or running item.
+    Cancel {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: i64,
     },
 }
 
@@ -67,6 +123,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Check(args) => check(&args.config),
+        Command::Run(args) => run_daemon(&args.config),
         Command::Migrate(args) => with_store(&args.config, |_, store| async move {
             store.migrate().await?;
             println!("migrations applied ({})", store.backend().name());
@@ -90,25 +147,53 @@ pub fn main() -> ExitCode {
         }),
         Command::Status { config, json } => {
             with_store(&config.config, move |loaded, store| async move {
-                let mut producers = Vec::new();
-                for p in &loaded.config.producers {
-                    let entities = store.count_entities(&p.name).await?;
-                    producers.push(serde_json::json!({"producer": p.name, "entities": entities}));
-                }
-                if json {
-                    println!("{}", serde_json::json!({ "producers": producers }));
-                } else {
-                    for p in &producers {
-                        println!(
-                            "{:<24} entities {}",
-                            p["producer"].as_str().unwrap_or_default(),
-                            p["entities"]
-                        );
-                    }
-                }
+                status(&loaded.config, &store, json).await
+            })
+        }
+        Command::Keyframe {
+            config,
+            producer,
+            dry_run,
+            json,
+        } => with_store(&config.config, move |loaded, store| async move {
+            let Some(p) = loaded.config.producer(&producer) else {
+                eprintln!(
+                    "unknown producer {producer:?}; configured: {}",
+                    producer_names(&loaded.config)
+                );
+                return Ok(ExitCode::from(EXIT_USAGE));
+            };
+            let keyframer = Keyframer::new(store, http_client()?, Metrics::new());
+            let summary = keyframer.run(p, dry_run).await?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                print_summary(&summary);
+            }
+            Ok(match summary.state {
+                RunState::Failed => ExitCode::FAILURE,
+                RunState::Guarded => ExitCode::from(3),
+                _ => ExitCode::SUCCESS,
+            })
+        }),
+        Command::Approve { config, run_id } => {
+            with_store(&config.config, move |loaded, store| async move {
+                let run = store.approve_run(run_id).await?;
+                let Some(p) = loaded.config.producer(&run.producer) else {
+                    anyhow::bail!(
+                        "run {run_id} belongs to producer {:?}, which is not in the config",
+                        run.producer
+                    );
+                };
+                let emitted = crate::work::emit_run(&store, p, run_id).await?;
+                println!(
+                    "approved keyframe run {run_id} of {:?}: {emitted} work items emitted",
+                    run.producer
+                );
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Work { command } => work_command(command),
     }
 }
 
@@ -189,4 +274,218 @@ where
             }
         }
     })
+}
+
+fn producer_names(c: &Config) -> String {
+    c.producers
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The HTTP client for producers and applications.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .user_agent(concat!("driftd/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()?)
+}
+
+fn print_summary(s: &Summary) {
+    let run = s.run_id.map_or("-".to_string(), |id| id.to_string());
+    println!("run {run} of {}: {}", s.producer, s.state);
+    println!(
+        "  records {}  buckets compared {}  mismatched {}  rows read {}",
+        s.records, s.buckets_compared, s.buckets_mismatched, s.rows_read
+    );
+    println!(
+        "  missing {}  extra {}  changed {}  skipped (raced) {}  work emitted {}  duration {} ms",
+        s.missing, s.extra, s.changed, s.skipped_races, s.work_emitted, s.duration_ms
+    );
+    if let Some(e) = &s.error {
+        println!("  error: {e}");
+    }
+    if s.state == RunState::Guarded {
+        println!(
+            "  guarded: more drift than max_drift_ratio/max_drift_rows allow; nothing was emitted. \
+             Inspect, then `driftd approve {run}` to let it through."
+        );
+    }
+}
+
+async fn status(config: &Config, store: &Store, json: bool) -> anyhow::Result<ExitCode> {
+    let health = store.producer_health().await?;
+    let open = store.open_work_by_producer().await?;
+    let mut producers = Vec::new();
+    for p in &config.producers {
+        let runs = store.runs(&p.name, 5).await?;
+        let (h, since) = health
+            .get(&p.name)
+            .map(|(h, since)| (h.as_str(), Some(*since)))
+            .unwrap_or(("healthy", None));
+        producers.push(serde_json::json!({
+            "producer": p.name,
+            "health": h,
+            "health_since": since,
+            "entities": store.count_entities(&p.name).await?,
+            "open_drift": open.get(&p.name).copied().unwrap_or(0),
+            "runs": runs,
+        }));
+    }
+    let work = store.work_counts().await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "producers": producers, "work": work })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = now_ms();
+    for p in &producers {
+        println!(
+            "{}  health {}  entities {}  open drift {}",
+            p["producer"].as_str().unwrap_or_default(),
+            p["health"].as_str().unwrap_or_default(),
+            p["entities"],
+            p["open_drift"]
+        );
+        for r in p["runs"].as_array().into_iter().flatten() {
+            let age = (now - r["started_at"].as_i64().unwrap_or(now)) / 1000;
+            println!(
+                "  run {:>5}  {:<8}  {:>5}s ago  records {}  missing {}  extra {}  changed {}{}",
+                r["id"],
+                r["state"].as_str().unwrap_or_default(),
+                age,
+                r["records"],
+                r["missing"],
+                r["extra"],
+                r["changed"],
+                r["error"]
+                    .as_str()
+                    .map(|e| format!("  error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    let counts: Vec<String> = work.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    println!("work: {}", counts.join("  "));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn work_command(command: WorkCommand) -> ExitCode {
+    match command {
+        WorkCommand::List {
+            config,
+            state,
+            limit,
+            json,
+        } => {
+            with_store(&config.config, move |_, store| async move {
+                let state = match state.as_deref().map(|s| (s, WorkState::parse(s))) {
+                    None => None,
+                    Some((_, Some(s))) => Some(s),
+                    Some((s, None)) => {
+                        eprintln!("unknown work state {s:?}: use pending, running, done, dead or cancelled");
+                        return Ok(ExitCode::from(EXIT_USAGE));
+                    }
+                };
+                let items = store.list_work(state, limit).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&items)?);
+                } else {
+                    for w in &items {
+                        println!(
+                            "{:>6}  {:<9} {:<10} {:<24} attempts {}/{}{}",
+                            w.id,
+                            w.state.as_str(),
+                            w.producer,
+                            w.key,
+                            w.attempts,
+                            w.max_attempts,
+                            w.last_error
+                                .as_deref()
+                                .map(|e| format!("  last error: {e}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        WorkCommand::Retry { config, id } => {
+            with_store(&config.config, move |_, store| async move {
+                let w = store.set_work_state(id, WorkState::Pending).await?;
+                println!("work item {} is {} again", w.id, w.state);
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        WorkCommand::Cancel { config, id } => {
+            with_store(&config.config, move |_, store| async move {
+                let w = store.set_work_state(id, WorkState::Cancelled).await?;
+                println!("work item {} {}", w.id, w.state);
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+    }
+}
+
+fn run_daemon(path: &Path) -> ExitCode {
+    let loaded = match load(path) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    for w in &loaded.warnings {
+        tracing::warn!("config: {w}");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let app = match crate::app::App::build(loaded.config, None).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("cannot start: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let signals = shutdown.clone();
+        let app_task = app.run(shutdown.clone());
+        tokio::pin!(app_task);
+        let result = tokio::select! {
+            r = &mut app_task => r,
+            _ = wait_for_signal() => {
+                tracing::info!("shutting down");
+                signals.cancel();
+                app_task.await
+            }
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

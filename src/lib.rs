@@ -10,8 +10,12 @@
 //! - [`keyframe`]: pulling snapshots, comparing digests, classifying drift.
 //! - [`ingest`]: webhook signatures, email parsing and rules.
 //! - [`work`]: work specs, emission from keyframes, the `apply`/`http` workers.
+//! - [`schedule`]: cron next-fire times (pure) and the per-producer schedule loop.
+//! - [`server`]: the axum router, health and metrics endpoints.
+//! - [`app`]: `App::build` / `App::run`, the owner of every task.
 //! - [`cli`]: the `driftd` command line; `main.rs` only calls [`cli::main`].
 
+pub mod app;
 pub mod canonical;
 pub mod cli;
 pub mod config;
@@ -19,6 +23,8 @@ pub mod ingest;
 pub mod keyframe;
 pub mod metrics;
 pub mod patch;
+pub mod schedule;
+pub mod server;
 pub mod state;
 pub mod store;
 pub mod work;

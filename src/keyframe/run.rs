@@ -89,10 +89,15 @@ impl Keyframer {
     /// Runs one keyframe of `p` now. `dry_run` pulls and compares but records and emits nothing.
     pub async fn run(&self, p: &ProducerConfig, dry_run: bool) -> Result<Summary, KeyframeError> {
         let lease = format!("keyframe:{}", p.name);
-        if !self.store.try_lease(&lease, &self.holder, LEASE_TTL.as_millis() as i64).await? {
+        if !self
+            .store
+            .try_lease(&lease, &self.holder, LEASE_TTL.as_millis() as i64)
+            .await?
+        {
             return Err(KeyframeError::Busy(p.name.clone()));
         }
-        let span = tracing::info_span!("keyframe", producer = %p.name, run_id = tracing::field::Empty);
+        let span =
+            tracing::info_span!("keyframe", producer = %p.name, run_id = tracing::field::Empty);
         let result = tokio::select! {
             r = self.run_leased(p, dry_run).instrument(span) => r,
             e = self.keep_lease(&lease) => Err(e),
@@ -106,7 +111,11 @@ impl Keyframer {
     async fn keep_lease(&self, lease: &str) -> KeyframeError {
         loop {
             tokio::time::sleep(LEASE_RENEW).await;
-            match self.store.try_lease(lease, &self.holder, LEASE_TTL.as_millis() as i64).await {
+            match self
+                .store
+                .try_lease(lease, &self.holder, LEASE_TTL.as_millis() as i64)
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) => return KeyframeError::LeaseLost(lease.to_string()),
                 Err(e) => warn!(error = %e, "could not renew the keyframe lease; retrying"),
@@ -114,7 +123,11 @@ impl Keyframer {
         }
     }
 
-    async fn run_leased(&self, p: &ProducerConfig, dry_run: bool) -> Result<Summary, KeyframeError> {
+    async fn run_leased(
+        &self,
+        p: &ProducerConfig,
+        dry_run: bool,
+    ) -> Result<Summary, KeyframeError> {
         let clock = Instant::now();
         let hasher = RecordHasher::new(&p.snapshot.ignore).map_err(|e| KeyframeError::Config {
             producer: p.name.clone(),
@@ -174,7 +187,11 @@ impl Keyframer {
             p.max_drift_ratio,
             p.max_drift_rows,
         );
-        summary.state = if guarded { RunState::Guarded } else { RunState::Ok };
+        summary.state = if guarded {
+            RunState::Guarded
+        } else {
+            RunState::Ok
+        };
         if guarded {
             warn!(
                 producer = %p.name,
@@ -208,7 +225,12 @@ impl Keyframer {
             })
             .collect();
         let remote_digests = compare::remote_digests(remote.iter().copied());
-        let local_digests: BTreeMap<_, _> = self.store.bucket_digests(&p.name).await?.into_iter().collect();
+        let local_digests: BTreeMap<_, _> = self
+            .store
+            .bucket_digests(&p.name)
+            .await?
+            .into_iter()
+            .collect();
         let mismatched = compare::mismatched_buckets(&remote_digests, &local_digests);
         let local = self.store.rows_in_buckets(&p.name, &mismatched).await?;
         // Records are sorted by bucket: keep those in mismatched buckets.
@@ -286,9 +308,14 @@ impl Keyframer {
         }
 
         let succeeded = summary.state != RunState::Failed;
-        let health = self.store.record_keyframe_health(&p.name, succeeded, p.unhealthy_after).await?;
+        let health = self
+            .store
+            .record_keyframe_health(&p.name, succeeded, p.unhealthy_after)
+            .await?;
         let m = &self.metrics;
-        m.keyframe_runs.with_label_values(&[&p.name, summary.state.as_str()]).inc();
+        m.keyframe_runs
+            .with_label_values(&[&p.name, summary.state.as_str()])
+            .inc();
         m.keyframe_duration
             .with_label_values(&[&p.name])
             .observe(clock.elapsed().as_secs_f64());
@@ -298,11 +325,22 @@ impl Keyframer {
                 .set(i64::from(*h == health));
         }
         if succeeded {
-            m.keyframe_records.with_label_values(&[&p.name]).set(summary.records as i64);
-            for (kind, n) in [("missing", summary.missing), ("extra", summary.extra), ("changed", summary.changed)] {
-                m.drift_detected.with_label_values(&[&p.name, kind]).inc_by(n);
+            m.keyframe_records
+                .with_label_values(&[&p.name])
+                .set(summary.records as i64);
+            for (kind, n) in [
+                ("missing", summary.missing),
+                ("extra", summary.extra),
+                ("changed", summary.changed),
+            ] {
+                m.drift_detected
+                    .with_label_values(&[&p.name, kind])
+                    .inc_by(n);
             }
-            let delivered = self.store.delta_changes_since_previous_run(&p.name, run_id).await?;
+            let delivered = self
+                .store
+                .delta_changes_since_previous_run(&p.name, run_id)
+                .await?;
             let drift = summary.drift();
             let ratio = if drift + delivered == 0 {
                 0.0

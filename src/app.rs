@@ -1,0 +1,224 @@
+//! The daemon's lifecycle: `App::build` connects, migrates and binds; `App::run` owns every task until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::keyframe::run::Keyframer;
+use crate::metrics::Metrics;
+use crate::server::{router, AppState};
+use crate::state::Health;
+use crate::store::{Backend, Store};
+use crate::work::Workers;
+
+/// How long shutdown waits for tasks to finish their current step.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A built daemon: connected, migrated, bound; nothing running yet.
+pub struct App {
+    config: Arc<Config>,
+    store: Store,
+    metrics: Metrics,
+    listener: TcpListener,
+    client: reqwest::Client,
+}
+
+impl App {
+    /// Connects to the database, applies migrations, and binds `[server].listen`
+    /// (or uses `listener`, so tests can bind port 0).
+    pub async fn build(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Self> {
+        let store = Store::open(
+            config.database.url.expose(),
+            config.database.max_connections,
+        )
+        .await?;
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(&config.server.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?,
+        };
+        let metrics = Metrics::new();
+        for p in &config.producers {
+            metrics.init_producer(&p.name);
+        }
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+            metrics,
+            listener,
+            client: crate::cli::http_client()?,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Runs the server, the schedules, the workers and the gauge refresher
+    /// until `shutdown` is cancelled, then drains.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tasks = TaskTracker::new();
+        let keyframer = Keyframer::new(
+            self.store.clone(),
+            self.client.clone(),
+            self.metrics.clone(),
+        );
+        let wake = Arc::new(Notify::new());
+        let workers = Workers {
+            store: self.store.clone(),
+            client: self.client.clone(),
+            metrics: self.metrics.clone(),
+            wake: wake.clone(),
+            id: format!(
+                "worker-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ),
+        };
+        for p in &self.config.producers {
+            tasks.spawn(crate::schedule::run_schedule(
+                keyframer.clone(),
+                p.clone(),
+                shutdown.clone(),
+            ));
+            tasks.spawn({
+                let workers = workers.clone();
+                let p = p.clone();
+                let cancel = shutdown.clone();
+                async move { workers.run_producer(p, cancel).await }
+            });
+        }
+        if self.store.backend() == Backend::Postgres {
+            tasks.spawn(listen_for_work(
+                self.config.database.url.expose().to_string(),
+                wake.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tasks.spawn(refresh_gauges(
+            self.store.clone(),
+            self.metrics.clone(),
+            self.config.clone(),
+            shutdown.clone(),
+        ));
+        let state = AppState {
+            config: self.config.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            wake: wake.clone(),
+        };
+        for task in crate::ingest::background(&state, &shutdown) {
+            tasks.spawn(task);
+        }
+        info!(listen = %self.listener.local_addr()?, backend = self.store.backend().name(), producers = self.config.producers.len(), "driftd running");
+        let server = axum::serve(self.listener, router(state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let served = server.await;
+        shutdown.cancel();
+        tasks.close();
+        if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
+            warn!("shutdown: some tasks did not finish within {DRAIN:?}");
+        }
+        self.store.close().await;
+        served.map_err(|e| anyhow::anyhow!("HTTP server failed: {e}"))
+    }
+}
+
+/// Wakes the workers on PostgreSQL `NOTIFY driftd_work` (emitted by any replica).
+async fn listen_for_work(url: String, wake: Arc<Notify>, cancel: CancellationToken) {
+    while !cancel.is_cancelled() {
+        match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(mut l) => {
+                if let Err(e) = l.listen("driftd_work").await {
+                    warn!(error = %e, "LISTEN driftd_work failed; workers fall back to polling");
+                } else {
+                    loop {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            n = l.recv() => match n {
+                                Ok(_) => wake.notify_waiters(),
+                                Err(e) => {
+                                    warn!(error = %e, "LISTEN connection lost; reconnecting");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot open the LISTEN connection; workers poll meanwhile")
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Keeps the gauges that mirror database state current.
+async fn refresh_gauges(
+    store: Store,
+    metrics: Metrics,
+    config: Arc<Config>,
+    cancel: CancellationToken,
+) {
+    loop {
+        if let Err(e) = refresh_once(&store, &metrics, &config).await {
+            warn!(error = %e, "could not refresh gauges");
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+pub async fn refresh_once(store: &Store, metrics: &Metrics, config: &Config) -> anyhow::Result<()> {
+    let open = store.open_work_by_producer().await?;
+    let health = store.producer_health().await?;
+    for p in &config.producers {
+        metrics
+            .entities
+            .with_label_values(&[&p.name])
+            .set(store.count_entities(&p.name).await?);
+        metrics
+            .drift_open
+            .with_label_values(&[&p.name])
+            .set(open.get(&p.name).copied().unwrap_or(0));
+        let current = health
+            .get(&p.name)
+            .map(|(h, _)| *h)
+            .unwrap_or(Health::Healthy);
+        for h in Health::ALL {
+            metrics
+                .producer_state
+                .with_label_values(&[&p.name, h.as_str()])
+                .set(i64::from(*h == current));
+        }
+    }
+    let counts = store.work_counts().await?;
+    for state in ["pending", "running", "dead"] {
+        metrics
+            .work_items
+            .with_label_values(&[state])
+            .set(counts.get(state).copied().unwrap_or(0));
+    }
+    Ok(())
+}
