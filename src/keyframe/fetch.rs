@@ -4,10 +4,10 @@
 //! [`pull`] walks the producer's pages one request at a time. Memory stays
 //! proportional to the number of records, never to the bytes pulled:
 //! - each page body is streamed into a buffer, or into an anonymous temp file
-//!   once it outgrows [`MEMORY_BODY_MAX`], under one timeout that covers the
+//!   once it outgrows `MEMORY_BODY_MAX` (4 MiB), under one timeout that covers the
 //!   whole response;
 //! - the body is parsed on the blocking pool by a serde `DeserializeSeed`
-//!   ([`Walk`]) that descends only along the `items` pointer and the style's
+//!   (`Walk`) that descends only along the `items` pointer and the style's
 //!   pagination pointer, skips every other member with `IgnoredAny`, and hands
 //!   the array's elements to a callback one at a time;
 //! - per record only a [`RemoteRecord`] is kept (key, bucket, hash, version and
