@@ -1,5 +1,7 @@
 //! Integration tests, one binary: store conformance on both backends, the CLI, keyframes end to end.
 
 mod cli;
+mod keyframe;
+mod producer;
 mod store;
 mod support;
