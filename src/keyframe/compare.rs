@@ -105,14 +105,23 @@ impl Classified {
 /// `remote` and `local` hold only rows of those buckets. `pull_started_ms` is
 /// when the pull began: a local row written at or after it may hold a delta
 /// the snapshot predates, so it is not drift (invariant 5). So is a local row
-/// whose version is newer than the snapshot's record.
-pub fn classify(remote: &[Remote<'_>], local: &[LocalRow], pull_started_ms: i64) -> Classified {
+/// whose version is newer than the snapshot's record, if it was written since
+/// `previous_pull_ms` (the previous keyframe's start): a race lasts one
+/// keyframe, so a producer whose versions went backwards still converges.
+pub fn classify(
+    remote: &[Remote<'_>],
+    local: &[LocalRow],
+    pull_started_ms: i64,
+    previous_pull_ms: Option<i64>,
+) -> Classified {
     let local_by_key: BTreeMap<&str, &LocalRow> =
         local.iter().map(|l| (l.key.as_str(), l)).collect();
     let mut out = Classified::default();
+    let protect_since = previous_pull_ms.unwrap_or(i64::MIN);
     let raced = |l: &LocalRow, remote_version: Option<i64>| {
         l.updated_at >= pull_started_ms
-            || matches!((l.version, remote_version), (Some(lv), Some(rv)) if lv > rv)
+            || (l.updated_at >= protect_since
+                && matches!((l.version, remote_version), (Some(lv), Some(rv)) if lv > rv))
     };
     for r in remote {
         let drift = match local_by_key.get(r.key) {
@@ -258,13 +267,19 @@ mod tests {
             (
                 "local version newer than snapshot",
                 vec![remote("a", 1, Some(5))],
-                vec![local("a", Some(2), Some(6), 0)],
+                vec![local("a", Some(2), Some(6), START - 100)],
                 "race:a",
             ),
             (
                 "local version older than snapshot",
                 vec![remote("a", 1, Some(5))],
                 vec![local("a", Some(2), Some(4), 0)],
+                "changed:a",
+            ),
+            (
+                "newer version, but unchanged since the previous keyframe",
+                vec![remote("a", 1, Some(5))],
+                vec![local("a", Some(2), Some(6), START - 600)],
                 "changed:a",
             ),
             (
@@ -288,7 +303,7 @@ mod tests {
             (
                 "deleted at a newer version",
                 vec![remote("a", 1, Some(3))],
-                vec![local("a", None, Some(4), 0)],
+                vec![local("a", None, Some(4), START - 100)],
                 "race:a",
             ),
             (
@@ -307,7 +322,7 @@ mod tests {
             ),
         ];
         for (name, r, l, expected) in cases {
-            let got = classify(&r, &l, START);
+            let got = classify(&r, &l, START, Some(START - 500));
             assert_eq!(render(&got), expected, "{name}");
         }
     }

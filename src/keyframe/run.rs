@@ -239,7 +239,12 @@ impl Keyframer {
             .filter(|r| mismatched.binary_search(&r.bucket).is_ok())
             .copied()
             .collect();
-        let classified = compare::classify(&in_mismatched, &local, snapshot.started_at_ms);
+        let previous = self
+            .store
+            .previous_pull_started(&p.name, snapshot.started_at_ms)
+            .await?;
+        let classified =
+            compare::classify(&in_mismatched, &local, snapshot.started_at_ms, previous);
         let counts = RunCounts {
             records: snapshot.records.len() as u64,
             buckets_compared: remote_digests.len().max(local_digests.len()) as u64,

@@ -159,6 +159,23 @@ impl Store {
         .collect()
     }
 
+    /// When the producer's latest completed (not failed) keyframe before `before_ms` began.
+    pub async fn previous_pull_started(
+        &self,
+        producer: &str,
+        before_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT MAX(started_at) FROM keyframe_runs
+             WHERE producer = $1 AND started_at < $2 AND state IN ('ok', 'guarded', 'approved')",
+        )
+        .bind(producer)
+        .bind(before_ms)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("find the previous keyframe run"))
+    }
+
     /// Marks a guarded run approved; refuses any other state.
     pub async fn approve_run(&self, id: i64) -> Result<RunRow, StoreError> {
         let run = self

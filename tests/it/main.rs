@@ -5,3 +5,4 @@ mod keyframe;
 mod producer;
 mod store;
 mod support;
+mod work;
