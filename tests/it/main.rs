@@ -3,6 +3,7 @@
 mod cli;
 mod keyframe;
 mod producer;
+mod replicas;
 mod store;
 mod support;
 mod work;
