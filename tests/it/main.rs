@@ -6,4 +6,5 @@ mod producer;
 mod replicas;
 mod store;
 mod support;
+mod tidy;
 mod work;
