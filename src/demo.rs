@@ -1363,6 +1363,31 @@ mod tests {
     }
 
     #[test]
+    fn demo_webhooks_verify_under_the_demo_config() {
+        let text = config_toml(
+            Path::new("/tmp/d.db"),
+            "127.0.0.1:7070".parse().unwrap(),
+            "127.0.0.1:9".parse().unwrap(),
+            "*/10 * * * * *",
+            &new_secret(),
+        );
+        let c = Config::parse("demo.toml", &text, &|_| None).unwrap().config;
+        let w = c.producer(PRODUCER).unwrap().webhook.clone().unwrap();
+        let mut o = orders(10);
+        let body = o.change(&mut StdRng::seed_from_u64(1), None, "t").body();
+        let mut headers = axum::http::HeaderMap::new();
+        for (name, value) in crate::ingest::signature::sign(&w, &body, 1_000, "msg_demo_1") {
+            headers.insert(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        assert_eq!(headers["webhook-id"], "msg_demo_1", "the dedup header");
+        crate::ingest::signature::verify(&w, &headers, &body, 1_010).unwrap();
+        assert!(crate::ingest::signature::verify(&w, &headers, b"{}", 1_010).is_err());
+    }
+
+    #[test]
     fn schedules() {
         assert_eq!(schedule_for(1).unwrap(), "*/1 * * * * *");
         assert_eq!(schedule_for(59).unwrap(), "*/59 * * * * *");
