@@ -87,6 +87,8 @@ pub enum Command {
         #[command(subcommand)]
         command: WorkCommand,
     },
+    /// See driftd work with nothing installed: a simulated vendor with lossy webhooks, keyframes that bring drift back to zero.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,7 +122,12 @@ pub enum WorkCommand {
 /// Runs the command line and returns the process exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo tells its story on stdout; the daemon's info logs would drown it.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, default_filter);
     match cli.command {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => run_daemon(&args.config),
@@ -194,12 +201,13 @@ pub fn main() -> ExitCode {
             })
         }
         Command::Work { command } => work_command(command),
+        Command::Demo(args) => crate::demo::main(args),
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

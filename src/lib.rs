@@ -14,11 +14,13 @@
 //! - [`server`]: the axum router, health and metrics endpoints.
 //! - [`app`]: `App::build` / `App::run`, the owner of every task.
 //! - [`cli`]: the `driftd` command line; `main.rs` only calls [`cli::main`].
+//! - [`demo`]: `driftd demo`, the real daemon against an in-process vendor with lossy webhooks.
 
 pub mod app;
 pub mod canonical;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod ingest;
 pub mod keyframe;
 pub mod metrics;

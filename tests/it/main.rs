@@ -1,6 +1,7 @@
-//! Integration tests, one binary: store conformance on both backends, the CLI, keyframes end to end.
+//! Integration tests, one binary: store conformance on both backends, the CLI, keyframes end to end, the demo.
 
 mod cli;
+mod demo;
 mod keyframe;
 mod producer;
 mod replicas;

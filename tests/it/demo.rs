@@ -1,0 +1,89 @@
+//! `driftd demo` through the real binary: it converges, shows drift found at a keyframe after the bootstrap, and leaves a config `driftd check` accepts.
+
+use std::fs::File;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::driftd_bin;
+
+/// Longest the demo may take before the test kills it.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+#[test]
+fn demo_converges_and_writes_a_valid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    // Output goes to files, not pipes, so a chatty run can never block on a full pipe.
+    let mut child = Command::new(driftd_bin())
+        .args(["demo", "--duration", "8", "--records", "500"])
+        .args(["--keyframe-every", "2", "--loss", "0.2", "--dir"])
+        .arg(&demo_dir)
+        .env_remove("RUST_LOG")
+        .env_remove("DRIFTD_DEMO_WEBHOOK_SECRET")
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
+        .spawn()
+        .expect("start driftd demo");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "driftd demo did not finish within {TIMEOUT:?}\nstdout:\n{}\nstderr:\n{}",
+                std::fs::read_to_string(&out_path).unwrap_or_default(),
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap();
+    let stderr = std::fs::read_to_string(&err_path).unwrap();
+    let shown = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(status.code(), Some(0), "{shown}");
+
+    // The bootstrap fills the empty table; a later keyframe finds the drift lost webhooks left.
+    assert!(
+        stdout.contains("(bootstrap): 500 records, drift found 500 (missing 500"),
+        "{shown}"
+    );
+    let later_drift: Vec<u64> = stdout
+        .lines()
+        .filter(|l| l.contains("keyframe run") && !l.contains("(bootstrap)"))
+        .filter_map(|l| l.split("drift found ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(
+        later_drift.iter().any(|&n| n > 0),
+        "no keyframe after the bootstrap found drift: {later_drift:?}\n{shown}"
+    );
+    assert!(stdout.contains("final drift 0"), "{shown}");
+    assert!(stdout.contains("equal: yes"), "{shown}");
+    assert!(
+        !stdout.contains("whsec_"),
+        "a secret reached the output\n{shown}"
+    );
+    assert!(
+        !stderr.contains("whsec_"),
+        "a secret reached the output\n{shown}"
+    );
+
+    let config = demo_dir.join("driftd-demo.toml");
+    let check = Command::new(driftd_bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .env_remove("DRIFTD_CONFIG")
+        .output()
+        .expect("run driftd check");
+    assert!(
+        check.status.success(),
+        "driftd check rejected the demo config: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
