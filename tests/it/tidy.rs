@@ -28,5 +28,8 @@ fn every_rust_file_starts_with_a_module_doc_line() {
         .filter(|f| !std::fs::read_to_string(f).unwrap().starts_with("//! "))
         .map(|f| f.display().to_string())
         .collect();
-    assert!(missing.is_empty(), "files without a leading `//!` line: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "files without a leading `//!` line: {missing:?}"
+    );
 }
