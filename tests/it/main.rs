@@ -2,6 +2,7 @@
 
 mod cli;
 mod keyframe;
+mod observe;
 mod producer;
 mod replicas;
 mod store;
