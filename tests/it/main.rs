@@ -3,6 +3,7 @@
 mod cli;
 mod demo;
 mod keyframe;
+mod observe;
 mod producer;
 mod replicas;
 mod store;

@@ -1,0 +1,415 @@
+//! Observability end to end: every dashboard query against a real Prometheus scraping the daemon, `promtool check metrics`, and bounded metric cardinality.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use driftd::app::App;
+use driftd::config::Config;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::keyframe::seed;
+use crate::producer::{snapshot_toml, Vendor};
+use crate::support::{repo_root, TestDb};
+
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+const PROMTOOL: &str = "/usr/bin/promtool";
+
+/// A daemon running in-process; shut down (and drained) on drop of the token.
+struct Daemon {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Daemon {
+    /// Starts `driftd` on `db` with producer `orders` (action apply, mirroring
+    /// `orders_vendor`, whose records are seeded first) and producer `billing`
+    /// (action http to an endpoint that refuses, so its work goes dead).
+    async fn start(
+        db: &TestDb,
+        orders_vendor: &Vendor,
+        orders: SocketAddr,
+        billing: SocketAddr,
+    ) -> Self {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{db}\"\n\
+             [[producer]]\nname = \"orders\"\nschedule = \"* * * * * *\"\nbucket_bits = 8\n\
+             [producer.snapshot]\n{orders_snap}\nretries = 1\nretry_backoff_ms = 1\n\
+             [producer.work]\naction = \"apply\"\nbackoff_base_ms = 10\nbackoff_max_ms = 100\n\
+             [[producer]]\nname = \"billing\"\nschedule = \"* * * * * *\"\nmax_drift_ratio = 1.0\n\
+             [producer.snapshot]\n{billing_snap}\nretries = 1\nretry_backoff_ms = 1\n\
+             [producer.work]\naction = \"http\"\nurl = \"http://{billing}/cursor\"\n",
+            db = db.url,
+            orders_snap = snapshot_toml("cursor", orders),
+            billing_snap = snapshot_toml("cursor", billing),
+        );
+        let loaded =
+            Config::parse("observe.toml", &text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let config = loaded.config;
+        let orders_p = config
+            .producers
+            .iter()
+            .find(|p| p.name == "orders")
+            .unwrap();
+        seed(&db.store().await, orders_p, &orders_vendor.snapshot()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = App::build(config, Some(listener))
+            .await
+            .expect("daemon builds");
+        let addr = app.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = Some(tokio::spawn(app.run(shutdown.clone())));
+        Self {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        let r = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .expect("GET /metrics");
+        assert!(r.status().is_success(), "/metrics answered {}", r.status());
+        r.text().await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().expect("daemon stops cleanly");
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Sum of the samples of `family` whose labels include every `k="v"` in `labels`.
+fn sample_sum(text: &str, family: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|kv| l.contains(kv)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_for<F, Fut>(what: &str, secs: u64, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Edits every `step`-th record of the vendor, so the next keyframe finds `changed` drift.
+fn edit_vendor(v: &Vendor, step: usize) -> usize {
+    let mut r = v.records.lock().unwrap();
+    let mut n = 0;
+    for (_, d) in r.iter_mut().step_by(step) {
+        d["status"] = Value::String("changed-upstream".into());
+        n += 1;
+    }
+    n
+}
+
+/// Runs the daemon until keyframes found drift on `orders`, corrected it, and `billing`'s work went dead.
+async fn daemon_with_history(db: &TestDb, orders_records: usize) -> (Daemon, Vendor) {
+    let (orders, orders_addr) = Vendor::start(orders_records).await;
+    let (_billing, billing_addr) = Vendor::start(5).await;
+    let d = Daemon::start(db, &orders, orders_addr, billing_addr).await;
+    wait_for("a successful keyframe of orders", 60, || async {
+        sample_sum(
+            &d.metrics().await,
+            "driftd_keyframe_runs_total",
+            &[r#"producer="orders""#, r#"outcome="ok""#],
+        ) >= 1.0
+    })
+    .await;
+    edit_vendor(&orders, 10);
+    wait_for(
+        "drift found, corrected, and billing's work dead",
+        60,
+        || async {
+            let m = d.metrics().await;
+            sample_sum(
+                &m,
+                "driftd_drift_detected_total",
+                &[r#"producer="orders""#, r#"kind="changed""#],
+            ) >= 1.0
+                && sample_sum(
+                    &m,
+                    "driftd_work_completed_total",
+                    &[r#"action="apply""#, r#"outcome="done""#],
+                ) >= 1.0
+                && sample_sum(&m, "driftd_work_completed_total", &[r#"outcome="dead""#]) >= 1.0
+        },
+    )
+    .await;
+    (d, orders)
+}
+
+/// A real Prometheus in a temporary directory, killed on drop.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: SocketAddr) -> Self {
+        assert!(
+            Path::new(PROMETHEUS).exists(),
+            "{PROMETHEUS} is missing: install it (apt-get install -y prometheus; .ci/run does) to test the dashboard's queries"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: driftd\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new(PROMETHEUS)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {PROMETHEUS}: {e}"));
+        Self { child, port, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// The result vector of an instant query; `Err` names what went wrong.
+    async fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
+        let url = reqwest::Url::parse_with_params(
+            &format!("http://127.0.0.1:{}/api/v1/query", self.port),
+            &[("query", expr)],
+        )
+        .unwrap();
+        let body: Value = reqwest::get(url)
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if body["status"] != "success" {
+            return Err(format!("query failed: {body}"));
+        }
+        Ok(body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every `(panel title, expr)` of the dashboard, with Grafana's variables replaced by fixed values.
+fn dashboard_queries(producer: &str) -> Vec<(String, String)> {
+    let path = repo_root().join("dashboards/driftd.json");
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().unwrap_or("?").to_string();
+        for t in panel["targets"].as_array().expect("targets") {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("panel {title} has a target without expr"))
+                .replace("$__rate_interval", "1m")
+                .replace("$__interval", "15s")
+                .replace("$__range", "5m")
+                .replace("$producer", producer);
+            assert!(
+                !expr.contains('$'),
+                "panel {title}: unreplaced variable in {expr}"
+            );
+            out.push((title.clone(), expr));
+        }
+    }
+    assert!(
+        out.len() >= 12,
+        "the dashboard has its panels: {}",
+        out.len()
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_panel_returns_series_from_a_real_prometheus() {
+    let db = TestDb::sqlite();
+    let (daemon, _vendor) = daemon_with_history(&db, 500).await;
+    let prom = Prometheus::start(daemon.addr);
+
+    // Scraped at least three times, so rate() and increase() have samples to work on.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let scrapes = prom
+            .query(r#"count_over_time(up{job="driftd"}[5m])"#)
+            .await
+            .ok()
+            .and_then(|r| r.first()?["value"][1].as_str()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let up = prom
+            .query(r#"up{job="driftd"} == 1"#)
+            .await
+            .map(|r| r.len())
+            .unwrap_or(0);
+        if scrapes >= 4.0 && up == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not scrape driftd at {} ({scrapes} scrapes); its log:\n{}",
+            daemon.addr,
+            prom.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let queries = dashboard_queries("orders");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut empty = Vec::new();
+        for (title, expr) in &queries {
+            match prom.query(expr).await {
+                Ok(r) if !r.is_empty() => {}
+                Ok(_) => empty.push(format!("panel \"{title}\": no series for {expr}")),
+                Err(e) => empty.push(format!("panel \"{title}\": {e} ({expr})")),
+            }
+        }
+        if empty.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dashboard panels without data:\n{}",
+            empty.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(prom);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_finds_no_problem_in_the_metrics() {
+    assert!(
+        Path::new(PROMTOOL).exists(),
+        "{PROMTOOL} is missing: install it (apt-get install -y prometheus; .ci/run does)"
+    );
+    let db = TestDb::sqlite();
+    let (daemon, _vendor) = daemon_with_history(&db, 200).await;
+    let text = daemon.metrics().await;
+    daemon.stop().await;
+
+    let mut child = Command::new(PROMTOOL)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics ({}):\n{report}",
+        out.status
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_series_stay_bounded_with_thousands_of_keys() {
+    let db = TestDb::sqlite();
+    let (daemon, vendor) = daemon_with_history(&db, 3_000).await;
+    let text = daemon.metrics().await;
+    daemon.stop().await;
+    assert!(
+        sample_sum(&text, "driftd_entities", &[r#"producer="orders""#]) >= 3_000.0,
+        "the keys flowed through: {text}"
+    );
+
+    let keys: Vec<String> = vendor.snapshot().into_keys().collect();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    for line in &series {
+        assert!(line.starts_with("driftd_"), "a foreign series: {line}");
+        assert!(
+            !line.contains("ord-"),
+            "an entity key became a label: {line}"
+        );
+    }
+    for k in &keys {
+        assert!(
+            !text.contains(k.as_str()),
+            "entity key {k} appears in /metrics"
+        );
+    }
+    let mut per_family = std::collections::BTreeMap::<&str, usize>::new();
+    for line in &series {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        *per_family.entry(family).or_default() += 1;
+    }
+    for (family, n) in &per_family {
+        assert!(*n <= 40, "{family} has {n} series: {per_family:?}");
+    }
+    assert!(
+        series.len() < 200,
+        "{} series in /metrics for 2 producers: {per_family:?}",
+        series.len()
+    );
+}
