@@ -478,6 +478,14 @@ async fn redeliveries_are_duplicates(db: &TestDb) {
     assert_eq!((status, &receipt["outcome"]), (200, &json!("duplicate")));
     let e = d.store.entity("orders", "ord-1").await.unwrap().unwrap();
     assert_eq!((e.doc.as_ref(), e.version), (Some(&first), Some(1)));
+    let found = d
+        .store
+        .find_duplicate("orders", Channel::Webhook, "msg_1")
+        .await
+        .unwrap();
+    assert_eq!(json!(found), first_id);
+    let elsewhere = d.store.find_duplicate("orders", Channel::Email, "msg_1");
+    assert_eq!(elsewhere.await.unwrap(), None);
 
     // Concurrent redeliveries, through two daemons sharing the database:
     // exactly one of them is applied.
