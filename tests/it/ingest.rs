@@ -871,6 +871,79 @@ async fn sweeper_applies_pending_rows(db: &TestDb) {
     d.stop().await;
 }
 
+/// Makes every write of entity `boom` fail inside the database.
+async fn refuse_key_boom(store: &Store, refuse: bool) {
+    let statements: &[&str] = match (store.backend(), refuse) {
+        (driftd::store::Backend::Sqlite, true) => &[
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON entities WHEN NEW.key = 'boom'
+             BEGIN SELECT RAISE(ABORT, 'boom refused'); END",
+        ],
+        (driftd::store::Backend::Postgres, true) => &[
+            "CREATE FUNCTION refuse_boom() RETURNS trigger AS $$ BEGIN
+               IF NEW.key = 'boom' THEN RAISE EXCEPTION 'boom refused'; END IF;
+               RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse_boom BEFORE INSERT OR UPDATE ON entities
+             FOR EACH ROW EXECUTE FUNCTION refuse_boom()",
+        ],
+        (driftd::store::Backend::Sqlite, false) => &["DROP TRIGGER refuse_boom"],
+        (driftd::store::Backend::Postgres, false) => &["DROP TRIGGER refuse_boom ON entities"],
+    };
+    for sql in statements {
+        sqlx::query(sql).execute(store.pool()).await.unwrap();
+    }
+}
+
+async fn failed_apply_leaves_the_delta_pending_for_the_sweeper(db: &TestDb) {
+    let d = Daemon::start(db).await;
+    refuse_key_boom(&d.store, true).await;
+    let boom = orders_doc("boom", 1);
+    let (status, receipt) = d.send("orders", &boom, "boom-1").await;
+    assert_eq!(status, 202, "{receipt}");
+    assert_eq!(receipt["outcome"], "pending");
+    // Committed, so a redelivery is a duplicate, not a second delta.
+    let (status, receipt) = d.send("orders", &boom, "boom-1").await;
+    assert_eq!((status, &receipt["outcome"]), (200, &json!("duplicate")));
+    // Other deltas are not held up.
+    let (status, receipt) = d.send("orders", &orders_doc("fine", 1), "fine-1").await;
+    assert_eq!((status, &receipt["outcome"]), (200, &json!("applied")));
+
+    // The sweeper retries, then gives up with the reason; nothing is lost.
+    let row = eventually("the sweeper gave up on the refused delta", || async {
+        let rows = inbox(&d.store).await;
+        rows.into_iter()
+            .find(|r| r.dedup_key.as_deref() == Some("boom-1") && r.duplicate_of.is_none())
+            .filter(|r| r.outcome == InboxOutcome::Rejected)
+    })
+    .await;
+    let reason = row.error.as_deref().unwrap();
+    assert!(
+        reason.starts_with("could not be applied in 5 attempts: "),
+        "{reason}"
+    );
+    assert_eq!(row.body, boom.to_string().into_bytes());
+    assert_eq!(d.store.entity("orders", "boom").await.unwrap(), None);
+
+    // Once the cause is gone, replay applies it.
+    refuse_key_boom(&d.store, false).await;
+    let filter = InboxFilter {
+        outcome: Some(InboxOutcome::Rejected),
+        ..InboxFilter::default()
+    };
+    let report = driftd::ingest::pipeline::replay(&d.store, &d.config, &filter)
+        .await
+        .unwrap();
+    assert_eq!((report.rows, report.changed), (1, 1), "{report:?}");
+    let e = d.store.entity("orders", "boom").await.unwrap().unwrap();
+    assert_eq!(e.doc, Some(boom));
+    let row = d
+        .store
+        .inbox_page(&InboxFilter::default(), row.id - 1, 1)
+        .await
+        .unwrap();
+    assert_eq!(row[0].outcome, InboxOutcome::Applied);
+    d.stop().await;
+}
+
 fn run_cli(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(driftd_bin())
         .args(args)
@@ -1373,6 +1446,7 @@ crate::on_both_backends!(
     maildir_messages_are_committed_then_moved,
     inbound_email_endpoint,
     sweeper_applies_pending_rows,
+    failed_apply_leaves_the_delta_pending_for_the_sweeper,
     replay_is_idempotent,
     acknowledged_deltas_survive_a_crash,
     hostile_input_never_crashes_the_daemon,
