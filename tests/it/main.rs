@@ -2,6 +2,7 @@
 
 mod cli;
 mod demo;
+mod ingest;
 mod keyframe;
 mod observe;
 mod producer;
