@@ -35,12 +35,23 @@ fn spawn_daemon(
     snapshot: &str,
     work: &str,
 ) -> Daemon {
+    spawn_daemon_with(dir, name, db_url, snapshot, work, "* * * * * *")
+}
+
+fn spawn_daemon_with(
+    dir: &std::path::Path,
+    name: &str,
+    db_url: &str,
+    snapshot: &str,
+    work: &str,
+    schedule: &str,
+) -> Daemon {
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:{}\"\n[database]\nurl = \"{db_url}\"\nmax_connections = 4\n\
-             [[producer]]\nname = \"orders\"\nschedule = \"* * * * * *\"\n[producer.snapshot]\n{snapshot}\n\
+             [[producer]]\nname = \"orders\"\nschedule = \"{schedule}\"\n[producer.snapshot]\n{snapshot}\n\
              [producer.work]\n{work}\n",
             free_port()
         ),
@@ -142,4 +153,103 @@ async fn two_daemons_share_the_queue_and_the_keyframe_lease() {
             b.id
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_item_is_finished_by_another_once() {
+    use axum::http::HeaderMap;
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+    use std::sync::{Arc, Mutex};
+
+    // The application: the first call hangs (its worker will be killed mid-call);
+    // later calls succeed. Effects are keyed by Idempotency-Key, as the README asks.
+    #[derive(Clone, Default)]
+    struct Application {
+        calls: Arc<AtomicUsize>,
+        keys: Arc<Mutex<Vec<String>>>,
+        effects: Arc<Mutex<BTreeSet<String>>>,
+    }
+    let app = Application::default();
+    let state = app.clone();
+    let router = axum::Router::new().route(
+        "/work",
+        axum::routing::post(move |headers: HeaderMap| {
+            let s = state.clone();
+            async move {
+                let n = s.calls.fetch_add(1, AtomicOrdering::SeqCst);
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                s.keys.lock().unwrap().push(key.clone());
+                if n == 0 {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+                s.effects.lock().unwrap().insert(key);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_url = format!("http://{}/work", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    // One drifted entity and its work item, emitted before any daemon starts.
+    let db = TestDb::postgres().await;
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(50).await;
+    let snapshot = crate::producer::snapshot_toml("none", addr);
+    let work = format!(
+        "action = \"http\"\nurl = \"{app_url}\"\ntimeout_secs = 120\nlease_secs = 2\nbackoff_base_ms = 10\nbackoff_max_ms = 100"
+    );
+    let p = producer(&snapshot, &format!("[producer.work]\n{work}"));
+    seed(&store, &p, &vendor.snapshot()).await;
+    vendor.records.lock().unwrap().get_mut("ord-00004").unwrap()["status"] =
+        Value::String("changed-upstream".into());
+    let s = crate::keyframe::keyframer(&store)
+        .run(&p, false)
+        .await
+        .unwrap();
+    assert_eq!(s.work_emitted, 1, "{s:?}");
+    let item = store.list_work(None, 10).await.unwrap().remove(0);
+
+    // Daemon A claims the item and hangs in the application call; then it is SIGKILLed.
+    let dir = tempfile::tempdir().unwrap();
+    let yearly = "0 0 0 1 1 *";
+    let mut a = spawn_daemon_with(dir.path(), "a", &db.url, &snapshot, &work, yearly);
+    wait_for("daemon A to call the application", 30, || {
+        let app = app.clone();
+        async move { app.calls.load(AtomicOrdering::SeqCst) >= 1 }
+    })
+    .await;
+    let running = store.work_item(item.id).await.unwrap().unwrap();
+    assert_eq!(running.state, driftd::state::WorkState::Running);
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+
+    // Daemon B takes the item over once A's lease expires, and finishes it.
+    let _b = spawn_daemon_with(dir.path(), "b", &db.url, &snapshot, &work, yearly);
+    wait_for("daemon B to finish the item", 60, || {
+        let store = store.clone();
+        async move {
+            store.work_item(item.id).await.unwrap().unwrap().state == driftd::state::WorkState::Done
+        }
+    })
+    .await;
+    let done = store.work_item(item.id).await.unwrap().unwrap();
+    assert_eq!(done.attempts, 2, "{done:?}");
+    assert_eq!(app.calls.load(AtomicOrdering::SeqCst), 2);
+    let keys = app.keys.lock().unwrap().clone();
+    assert_eq!(
+        keys,
+        vec![done.dedup_key.clone(); 2],
+        "both attempts carry one Idempotency-Key"
+    );
+    assert_eq!(
+        app.effects.lock().unwrap().len(),
+        1,
+        "the effect happened once"
+    );
 }
