@@ -115,3 +115,123 @@ async fn verify_fails_naming_the_altered_row() {
         "{stderr}"
     );
 }
+
+async fn run_async(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(driftd_bin())
+        .args(args)
+        .env_remove("DRIFTD_CONFIG")
+        .output()
+        .await
+        .expect("run driftd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframe_guard_approve_and_status_through_the_binary() {
+    let (vendor, addr) = crate::producer::Vendor::start(120).await;
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"{}\"\n[[producer]]\nname = \"orders\"\nschedule = \"0 0 0 1 1 *\"\n[producer.snapshot]\n{}\n",
+            db.url,
+            crate::producer::snapshot_toml("none", addr)
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+
+    // A dry run compares and records nothing.
+    let (code, stdout, stderr) =
+        run_async(&["keyframe", "--config", cfg, "orders", "--dry-run", "--json"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let dry: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (dry["run_id"].clone(), dry["missing"].as_u64()),
+        (serde_json::Value::Null, Some(120))
+    );
+
+    // The first keyframe fills the empty table (emits apply work).
+    let (code, stdout, stderr) =
+        run_async(&["keyframe", "--config", cfg, "orders", "--json"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let s: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for field in [
+        "run_id",
+        "state",
+        "records",
+        "buckets_compared",
+        "buckets_mismatched",
+        "missing",
+        "extra",
+        "changed",
+        "duration_ms",
+    ] {
+        assert!(s.get(field).is_some(), "summary lacks {field}: {s}");
+    }
+    assert_eq!(
+        (
+            s["state"].as_str(),
+            s["records"].as_u64(),
+            s["missing"].as_u64()
+        ),
+        (Some("ok"), Some(120), Some(120))
+    );
+    let (code, stdout, _) = run_async(&[
+        "work", "list", "--config", cfg, "--state", "pending", "--limit", "1000", "--json",
+    ])
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&stdout)
+            .unwrap()
+            .len(),
+        120
+    );
+
+    // Carry the work out in process, then the producer suddenly returns nothing.
+    let store = db.store().await;
+    let p = crate::keyframe::producer(&crate::producer::snapshot_toml("none", addr), "");
+    crate::keyframe::drain_work(&store, &p).await;
+    store.close().await;
+    *vendor.fault.lock().unwrap() = crate::producer::Fault::Empty;
+    let (code, stdout, _) = run_async(&["keyframe", "--config", cfg, "orders"]).await;
+    assert_eq!(code, 3, "a guarded run exits 3: {stdout}");
+    assert!(
+        stdout.contains("guarded") && stdout.contains("driftd approve"),
+        "{stdout}"
+    );
+    let run_id: i64 = stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("run id in {stdout}"));
+
+    let (code, stdout, _) = run_async(&["status", "--config", cfg, "--json"]).await;
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let orders = &status["producers"][0];
+    assert_eq!(orders["entities"], 120);
+    assert_eq!(orders["runs"][0]["state"], "guarded");
+    assert_eq!(orders["runs"][0]["extra"], 120);
+
+    let (code, stdout, stderr) =
+        run_async(&["approve", "--config", cfg, &run_id.to_string()]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("120 work items emitted"), "{stdout}");
+    let (code, _, stderr) = run_async(&["approve", "--config", cfg, &run_id.to_string()]).await;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("invalid keyframe run transition"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_async(&["keyframe", "--config", cfg, "nope"]).await;
+    assert_eq!(code, 64);
+    assert!(stderr.contains("unknown producer \"nope\""), "{stderr}");
+}
