@@ -44,9 +44,19 @@ impl App {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?,
         };
+        for p in &config.producers {
+            if store.ensure_bucket_bits(&p.name, p.bucket_bits).await? {
+                info!(producer = %p.name, bucket_bits = p.bucket_bits, "bucket layout changed: bucket digests rebuilt from the rows");
+            }
+        }
         let metrics = Metrics::new();
         for p in &config.producers {
             metrics.init_producer(&p.name);
+            match p.work.action {
+                crate::config::Action::Apply => metrics.init_action("apply"),
+                crate::config::Action::Http => metrics.init_action("http"),
+                crate::config::Action::None => {}
+            }
         }
         Ok(Self {
             config: Arc::new(config),

@@ -195,6 +195,13 @@ impl Metrics {
         }
     }
 
+    /// Creates the work series of an action at zero (`apply`, `http`).
+    pub fn init_action(&self, action: &str) {
+        for outcome in ["done", "retry", "dead"] {
+            self.work_completed.with_label_values(&[action, outcome]);
+        }
+    }
+
     /// The text exposition of every family.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -131,3 +131,9 @@ CREATE TABLE leases (
     holder TEXT   NOT NULL,
     until  BIGINT NOT NULL
 );
+
+-- The bucket layout the stored bucket numbers and digests were computed with.
+CREATE TABLE layouts (
+    producer    TEXT   PRIMARY KEY,
+    bucket_bits BIGINT NOT NULL
+);

@@ -131,3 +131,9 @@ CREATE TABLE leases (
     holder TEXT    NOT NULL,
     until  INTEGER NOT NULL
 );
+
+-- The bucket layout the stored bucket numbers and digests were computed with.
+CREATE TABLE layouts (
+    producer    TEXT   PRIMARY KEY,
+    bucket_bits INTEGER NOT NULL
+);

@@ -129,6 +129,13 @@ impl Keyframer {
         dry_run: bool,
     ) -> Result<Summary, KeyframeError> {
         let clock = Instant::now();
+        if self
+            .store
+            .ensure_bucket_bits(&p.name, p.bucket_bits)
+            .await?
+        {
+            info!(producer = %p.name, bucket_bits = p.bucket_bits, "bucket layout changed: bucket digests rebuilt from the rows");
+        }
         let hasher = RecordHasher::new(&p.snapshot.ignore).map_err(|e| KeyframeError::Config {
             producer: p.name.clone(),
             reason: e.to_string(),

@@ -145,16 +145,13 @@ impl Store {
             .map_err(db("begin a write transaction"))
     }
 
-    /// The body of [`Store::write_entities`], inside a caller's transaction.
-    pub(crate) async fn write_entities_in(
+    /// Takes the producer's write lock (its `chain_heads` row) inside `tx` and
+    /// returns the chain head. Every entity write of a producer goes through it.
+    async fn lock_producer(
         &self,
         tx: &mut Transaction<'static, Any>,
         producer: &str,
-        bucket_bits: u8,
-        hasher: &RecordHasher,
-        writes: &[EntityWrite],
-    ) -> Result<Vec<WriteOutcome>, StoreError> {
-        let now = now_ms();
+    ) -> Result<(i64, [u8; 32]), StoreError> {
         sqlx::query(
             "INSERT INTO chain_heads (producer, seq, chain) VALUES ($1, 0, $2) ON CONFLICT (producer) DO NOTHING",
         )
@@ -171,13 +168,95 @@ impl Store {
         .fetch_one(&mut **tx)
         .await
         .map_err(db("lock the chain head"))?;
-        let mut seq: i64 = head.try_get(0).map_err(db("read the chain head"))?;
+        let seq: i64 = head.try_get(0).map_err(db("read the chain head"))?;
         let chain: Vec<u8> = head.try_get(1).map_err(db("read the chain head"))?;
-        let mut chain =
-            <[u8; 32]>::try_from(chain.as_slice()).map_err(|_| StoreError::Corrupt {
-                table: "chain_heads",
-                reason: format!("chain of producer {producer:?} is not 32 bytes"),
-            })?;
+        let chain = <[u8; 32]>::try_from(chain.as_slice()).map_err(|_| StoreError::Corrupt {
+            table: "chain_heads",
+            reason: format!("chain of producer {producer:?} is not 32 bytes"),
+        })?;
+        Ok((seq, chain))
+    }
+
+    /// Makes the stored bucket numbers and digests of `producer` use
+    /// `bucket_bits`, recomputing them from the rows when the configured value
+    /// changed. Returns whether a rebuild happened. Holds the producer's write
+    /// lock, so no entity write interleaves.
+    pub async fn ensure_bucket_bits(
+        &self,
+        producer: &str,
+        bucket_bits: u8,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        self.lock_producer(&mut tx, producer).await?;
+        let stored: Option<i64> =
+            sqlx::query_scalar("SELECT bucket_bits FROM layouts WHERE producer = $1")
+                .bind(producer)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("read the bucket layout"))?;
+        if stored == Some(i64::from(bucket_bits)) {
+            tx.commit().await.map_err(db("commit the bucket layout"))?;
+            return Ok(false);
+        }
+        let rows = sqlx::query("SELECT key, hash FROM entities WHERE producer = $1")
+            .bind(producer)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("read rows to rebuild buckets"))?;
+        let mut digests: std::collections::BTreeMap<u32, Digest> = Default::default();
+        for r in &rows {
+            let key: String = r.try_get(0).map_err(db("read rows to rebuild buckets"))?;
+            let bucket = bucket_of(&key, bucket_bits);
+            if let Some(h) = hash_col(r, 1)? {
+                digests.entry(bucket).or_default().add(&key, &h);
+            }
+            sqlx::query("UPDATE entities SET bucket = $3 WHERE producer = $1 AND key = $2")
+                .bind(producer)
+                .bind(&key)
+                .bind(i64::from(bucket))
+                .execute(&mut *tx)
+                .await
+                .map_err(db("renumber an entity's bucket"))?;
+        }
+        sqlx::query("DELETE FROM buckets WHERE producer = $1")
+            .bind(producer)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("clear bucket digests"))?;
+        for (bucket, d) in &digests {
+            self.add_to_bucket(&mut tx, producer, *bucket, d).await?;
+        }
+        sqlx::query(
+            "INSERT INTO layouts (producer, bucket_bits) VALUES ($1, $2)
+             ON CONFLICT (producer) DO UPDATE SET bucket_bits = excluded.bucket_bits",
+        )
+        .bind(producer)
+        .bind(i64::from(bucket_bits))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("record the bucket layout"))?;
+        tx.commit().await.map_err(db("commit the bucket layout"))?;
+        Ok(!rows.is_empty())
+    }
+
+    /// The body of [`Store::write_entities`], inside a caller's transaction.
+    pub(crate) async fn write_entities_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        producer: &str,
+        bucket_bits: u8,
+        hasher: &RecordHasher,
+        writes: &[EntityWrite],
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let now = now_ms();
+        let (mut seq, mut chain) = self.lock_producer(tx, producer).await?;
+        // The first write of a producer records the layout its bucket numbers use.
+        sqlx::query("INSERT INTO layouts (producer, bucket_bits) VALUES ($1, $2) ON CONFLICT (producer) DO NOTHING")
+            .bind(producer)
+            .bind(i64::from(bucket_bits))
+            .execute(&mut **tx)
+            .await
+            .map_err(db("record the bucket layout"))?;
 
         let mut outcomes = Vec::with_capacity(writes.len());
         for w in writes {

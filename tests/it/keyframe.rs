@@ -408,7 +408,40 @@ async fn bootstrap_into_an_empty_table(db: &TestDb) {
     assert_eq!(s.missing + s.extra + s.changed, 0, "{s:?}");
 }
 
+async fn changing_bucket_bits_rebuilds_digests_without_false_drift(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(800).await;
+    let snapshot = crate::producer::snapshot_toml("cursor", addr);
+    let p10 = producer(&snapshot, "bucket_bits = 10");
+    seed(&store, &p10, &vendor.snapshot()).await;
+    let s = keyframe(&store, &p10).await;
+    assert_eq!(
+        (s.state, s.missing + s.extra + s.changed),
+        (RunState::Ok, 0),
+        "{s:?}"
+    );
+    // The operator changes bucket_bits: stored bucket numbers and digests follow.
+    let p6 = producer(&snapshot, "bucket_bits = 6");
+    let s = keyframe(&store, &p6).await;
+    assert_eq!(
+        (s.state, s.missing + s.extra + s.changed, s.rows_read),
+        (RunState::Ok, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(store.bucket_digests("orders").await.unwrap().len(), 64);
+    assert!(store.list_work(None, 10).await.unwrap().is_empty());
+    assert!(
+        !store.ensure_bucket_bits("orders", 6).await.unwrap(),
+        "no second rebuild"
+    );
+    // And drift is still found exactly under the new layout.
+    vendor.records.lock().unwrap().remove("ord-00010");
+    let s = keyframe(&store, &p6).await;
+    assert_eq!((s.missing, s.extra, s.changed), (0, 1, 0), "{s:?}");
+}
+
 crate::on_both_backends!(
+    changing_bucket_bits_rebuilds_digests_without_false_drift,
     drift_style_none,
     drift_style_cursor,
     drift_style_next_url,
