@@ -131,6 +131,7 @@ impl App {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             wake: wake.clone(),
+            keyframer: keyframer.clone(),
         };
         for task in crate::ingest::background(&state, &shutdown) {
             tasks.spawn(task);

@@ -343,32 +343,13 @@ fn print_summary(s: &Summary) {
 }
 
 async fn status(config: &Config, store: &Store, json: bool) -> anyhow::Result<ExitCode> {
-    let health = store.producer_health().await?;
-    let open = store.open_work_by_producer().await?;
-    let mut producers = Vec::new();
-    for p in &config.producers {
-        let runs = store.runs(&p.name, 5).await?;
-        let (h, since) = health
-            .get(&p.name)
-            .map(|(h, since)| (h.as_str(), Some(*since)))
-            .unwrap_or(("healthy", None));
-        producers.push(serde_json::json!({
-            "producer": p.name,
-            "health": h,
-            "health_since": since,
-            "entities": store.count_entities(&p.name).await?,
-            "open_drift": open.get(&p.name).copied().unwrap_or(0),
-            "runs": runs,
-        }));
-    }
-    let work = store.work_counts().await?;
+    let report = crate::admin::status_report(config, store).await?;
     if json {
-        println!(
-            "{}",
-            serde_json::json!({ "producers": producers, "work": work })
-        );
+        println!("{report}");
         return Ok(ExitCode::SUCCESS);
     }
+    let producers = report["producers"].as_array().cloned().unwrap_or_default();
+    let work = report["work"].as_object().cloned().unwrap_or_default();
     let now = now_ms();
     for p in &producers {
         println!(

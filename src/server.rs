@@ -21,6 +21,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Wakes in-process workers when work is emitted.
     pub wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Runs keyframes on demand (admin endpoint).
+    pub keyframer: crate::keyframe::run::Keyframer,
 }
 
 /// The router with every route, body limit and request timeout applied.
@@ -32,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::ingest::routes())
+        .merge(crate::admin::routes())
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -1,5 +1,6 @@
 //! Integration tests, one binary: store conformance on both backends, the CLI, keyframes end to end, the demo.
 
+mod admin;
 mod cli;
 mod demo;
 mod ingest;

@@ -1,0 +1,157 @@
+//! Operator endpoints behind `[server].admin_token`: status, keyframe now, approve a guarded run. Off (404) without a token.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tracing::warn;
+
+use crate::config::Config;
+use crate::keyframe::run::KeyframeError;
+use crate::server::AppState;
+use crate::store::{Store, StoreError};
+
+/// Per producer: health, entities, open drift, the last runs; and the work queue by state.
+pub async fn status_report(config: &Config, store: &Store) -> Result<Value, StoreError> {
+    let health = store.producer_health().await?;
+    let open = store.open_work_by_producer().await?;
+    let mut producers = Vec::new();
+    for p in &config.producers {
+        let runs = store.runs(&p.name, 5).await?;
+        let (h, since) = health
+            .get(&p.name)
+            .map(|(h, since)| (h.as_str(), Some(*since)))
+            .unwrap_or(("healthy", None));
+        producers.push(json!({
+            "producer": p.name,
+            "health": h,
+            "health_since": since,
+            "entities": store.count_entities(&p.name).await?,
+            "open_drift": open.get(&p.name).copied().unwrap_or(0),
+            "runs": runs,
+        }));
+    }
+    Ok(json!({ "producers": producers, "work": store.work_counts().await? }))
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/status", get(status))
+        .route("/admin/keyframe/{producer}", post(keyframe))
+        .route("/admin/approve/{run_id}", post(approve))
+}
+
+/// An admin error: a status and a message safe to show the caller.
+struct AdminError(StatusCode, String);
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(m) => AdminError(StatusCode::CONFLICT, m),
+            other => {
+                warn!(error = %other, "admin request failed");
+                AdminError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database unavailable".into(),
+                )
+            }
+        }
+    }
+}
+
+fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), AdminError> {
+    let Some(token) = &s.config.server.admin_token else {
+        return Err(AdminError(
+            StatusCode::NOT_FOUND,
+            "admin endpoints are off: set server.admin_token".into(),
+        ));
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let a = blake3::hash(given.as_bytes());
+    let b = blake3::hash(token.expose().as_bytes());
+    if bool::from(a.as_bytes().ct_eq(b.as_bytes())) {
+        Ok(())
+    } else {
+        Err(AdminError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        ))
+    }
+}
+
+async fn status(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, AdminError> {
+    authorize(&s, &headers)?;
+    Ok(Json(status_report(&s.config, &s.store).await?))
+}
+
+async fn keyframe(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(producer): Path<String>,
+) -> Result<Json<Value>, AdminError> {
+    authorize(&s, &headers)?;
+    let Some(p) = s.config.producer(&producer) else {
+        return Err(AdminError(
+            StatusCode::NOT_FOUND,
+            format!("unknown producer {producer:?}"),
+        ));
+    };
+    match s.keyframer.run(p, false).await {
+        Ok(summary) => {
+            if summary.work_emitted > 0 {
+                s.wake.notify_waiters();
+            }
+            Ok(Json(
+                serde_json::to_value(summary).expect("a summary serializes"),
+            ))
+        }
+        Err(KeyframeError::Busy(p)) => Err(AdminError(
+            StatusCode::CONFLICT,
+            format!("a keyframe of producer {p:?} is already running"),
+        )),
+        Err(KeyframeError::Store(e)) => Err(e.into()),
+        Err(e) => {
+            warn!(error = %e, "admin keyframe failed");
+            Err(AdminError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "keyframe could not run; see the daemon's log".into(),
+            ))
+        }
+    }
+}
+
+async fn approve(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(run_id): Path<i64>,
+) -> Result<Json<Value>, AdminError> {
+    authorize(&s, &headers)?;
+    let run = s.store.approve_run(run_id).await?;
+    let Some(p) = s.config.producer(&run.producer) else {
+        return Err(AdminError(
+            StatusCode::CONFLICT,
+            format!(
+                "run {run_id} belongs to producer {:?}, which is not configured",
+                run.producer
+            ),
+        ));
+    };
+    let emitted = crate::work::emit_run(&s.store, p, run_id).await?;
+    s.wake.notify_waiters();
+    Ok(Json(
+        json!({ "run_id": run_id, "producer": run.producer, "work_emitted": emitted }),
+    ))
+}
