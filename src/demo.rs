@@ -122,9 +122,9 @@ fn validate_args(a: &DemoArgs) -> Result<(), String> {
     if !(0.0..=1.0).contains(&a.loss) {
         return Err(format!("--loss {} must be between 0 and 1", a.loss));
     }
-    if !(1..=1_000_000).contains(&a.records) {
+    if !(1..=100_000).contains(&a.records) {
         return Err(format!(
-            "--records {} must be between 1 and 1000000",
+            "--records {} must be between 1 and 100000",
             a.records
         ));
     }
@@ -666,6 +666,20 @@ struct Totals {
     failed: u64,
 }
 
+/// A keyframe run whose corrections the reporter waits to see applied.
+#[derive(Debug, Clone, Copy)]
+struct Correcting {
+    run: i64,
+    drift: u64,
+    since: Instant,
+    /// Open drift was seen above zero: the run's work has been emitted.
+    seen_open: bool,
+}
+
+/// A run is recorded finished just before its work is emitted; after this long
+/// an open drift of zero means the work was emitted and carried out.
+const EMIT_GRACE: Duration = Duration::from_secs(1);
+
 /// Watches the store and the metrics and prints what happened.
 struct Reporter {
     console: Console,
@@ -677,8 +691,8 @@ struct Reporter {
     kinds: BTreeMap<i64, Kind>,
     totals: Totals,
     warned_not_found: bool,
-    /// A keyframe whose corrections are still open: run id, drift, when it was printed.
-    correcting: Option<(i64, u64, Instant)>,
+    /// A keyframe whose corrections may still be open.
+    correcting: Option<Correcting>,
 }
 
 impl Reporter {
@@ -697,12 +711,17 @@ impl Reporter {
             let kind = self.kinds.get(&r.id).copied().unwrap_or(Kind::Scheduled);
             self.print_run(&r, kind);
         }
-        if let Some((id, drift, since)) = self.correcting {
-            if self.open_drift().await? == 0 {
+        if let Some(mut c) = self.correcting {
+            let open = self.open_drift().await?;
+            c.seen_open |= open > 0;
+            self.correcting = Some(c);
+            if open == 0 && (c.seen_open || c.since.elapsed() >= EMIT_GRACE) {
                 self.correcting = None;
                 self.console.say(format!(
-                    "  run {id}: the workers applied its {drift} corrections within {:.1}s; open drift 0",
-                    since.elapsed().as_secs_f64()
+                    "  run {}: the workers applied its {} corrections within {:.1}s; open drift 0",
+                    c.run,
+                    c.drift,
+                    c.since.elapsed().as_secs_f64()
                 ));
             }
         }
@@ -755,7 +774,12 @@ impl Reporter {
             ),
         };
         if r.state == RunState::Ok && drift > 0 && kind != Kind::Bootstrap {
-            self.correcting = Some((r.id, drift, Instant::now()));
+            self.correcting = Some(Correcting {
+                run: r.id,
+                drift,
+                since: Instant::now(),
+                seen_open: false,
+            });
         }
         if r.state != RunState::Failed {
             if kind == Kind::Bootstrap {
@@ -779,8 +803,7 @@ impl Reporter {
     fn webhook_line(&self) -> String {
         let s = &self.stats;
         format!(
-            "vendor changes {}: webhooks sent {}, lost {}, duplicated {}, reordered {}",
-            Stats::get(&s.changes),
+            "webhooks sent {}, lost {}, duplicated {}, reordered {}",
             Stats::get(&s.sent),
             Stats::get(&s.lost),
             Stats::get(&s.duplicated),
@@ -791,7 +814,7 @@ impl Reporter {
     fn driftd_deltas(&self) -> String {
         let s = &self.stats;
         if Stats::get(&s.accepted) == 0 && Stats::get(&s.not_found) > 0 {
-            return "webhooks answered 404 (no /hooks endpoint in this build)".into();
+            return "webhooks refused: 404".into();
         }
         let mut parts = vec![format!(
             "deltas applied {}, stale {}, duplicate {}",
@@ -801,7 +824,11 @@ impl Reporter {
         )];
         let refused = Stats::get(&s.refused) + Stats::get(&s.not_found);
         if refused > 0 {
-            parts.push(format!("refused {refused}"));
+            let status = match Stats::get(&s.refused) {
+                0 => 404,
+                _ => Stats::get(&s.last_refusal),
+            };
+            parts.push(format!("refused {refused} (last HTTP {status})"));
         }
         if Stats::get(&s.failed) > 0 {
             parts.push(format!("unanswered {}", Stats::get(&s.failed)));
@@ -820,7 +847,10 @@ impl Reporter {
     }
 
     /// The status line: what the vendor sent, what driftd holds, the open drift.
-    async fn status(&mut self, always: bool) -> anyhow::Result<()> {
+    ///
+    /// A permanent line, not one refreshed in place: it is wider than many
+    /// terminals, and a wrapped line cannot be redrawn with `\r`.
+    async fn status(&mut self) -> anyhow::Result<()> {
         let entities = self.store.count_entities(PRODUCER).await?;
         let open = self.open_drift().await?;
         let line = format!(
@@ -828,7 +858,7 @@ impl Reporter {
             self.webhook_line(),
             self.driftd_deltas()
         );
-        self.console.status(line, always);
+        self.console.say(line);
         if !self.warned_not_found && Stats::get(&self.stats.not_found) > 0 {
             self.warned_not_found = true;
             self.console.say(
@@ -1117,7 +1147,7 @@ async fn watch(r: &mut Reporter, duration: Duration) -> anyhow::Result<()> {
         r.runs().await?;
         if last_status.elapsed() >= Duration::from_secs(1) {
             last_status = Instant::now();
-            r.status(true).await?;
+            r.status().await?;
         }
     }
     r.runs().await?;
@@ -1210,8 +1240,6 @@ async fn finish(
     {
         anyhow::bail!("the webhook sender did not stop within {FLUSH_TIMEOUT:?}");
     }
-    r.status(true).await?;
-    r.console.done();
     let work_limit = Duration::from_secs(60 + args.records / 20);
     drain(r, "before the final keyframe", work_limit).await?;
     r.console.done();
@@ -1275,7 +1303,15 @@ async fn finish(
         Stats::get(&s.duplicated),
         Stats::get(&s.reordered)
     ));
-    out.push(format!("  driftd      {}", r.driftd_deltas()));
+    if Stats::get(&s.accepted) == 0 && Stats::get(&s.not_found) > 0 {
+        out.push(
+            "  driftd      answered 404 to every webhook (no /hooks endpoint in this build): \
+             keyframes alone corrected the drift"
+                .into(),
+        );
+    } else {
+        out.push(format!("  driftd      {}", r.driftd_deltas()));
+    }
     out.push(format!(
         "  keyframes   {} run ({} failed, {} guarded); after the bootstrap ({} missing) they found \
          drift {} (missing {}, extra {}, changed {})",
