@@ -82,6 +82,20 @@ pub enum Command {
         config: ConfigArg,
         run_id: i64,
     },
+    /// Re-apply stored deltas in id order (idempotent) and print the count per outcome.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only deltas of this producer.
+        #[arg(long)]
+        producer: Option<String>,
+        /// Only deltas received at or after this time (RFC 3339, e.g. 2026-03-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only deltas with this outcome (pending, applied, stale, duplicate, rejected, unmatched).
+        #[arg(long)]
+        outcome: Option<String>,
+    },
     /// Inspect and steer the work queue.
     Work {
         #[command(subcommand)]
@@ -201,6 +215,12 @@ pub fn main() -> ExitCode {
             })
         }
         Command::Work { command } => work_command(command),
+        Command::Replay {
+            config,
+            producer,
+            since,
+            outcome,
+        } => replay(&config.config, producer, since, outcome),
         Command::Demo(args) => crate::demo::main(args),
     }
 }
@@ -496,4 +516,63 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// `driftd replay`: re-applies the inbox rows that match, through the ingest apply path.
+fn replay(
+    path: &Path,
+    producer: Option<String>,
+    since: Option<String>,
+    outcome: Option<String>,
+) -> ExitCode {
+    use crate::store::{InboxFilter, InboxOutcome};
+    let since_ms = match since.as_deref() {
+        None => None,
+        Some(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) => Some(t.timestamp_millis()),
+            Err(e) => {
+                eprintln!("invalid --since {s:?}: {e}; use RFC 3339 such as 2026-03-01T00:00:00Z");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
+    let outcome = match outcome.as_deref() {
+        None => None,
+        Some(o) => match InboxOutcome::parse(o) {
+            Some(o) => Some(o),
+            None => {
+                eprintln!("unknown outcome {o:?}: use pending, applied, stale, duplicate, rejected or unmatched");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
+    with_store(path, move |loaded, store| async move {
+        if let Some(p) = &producer {
+            if loaded.config.producer(p).is_none() {
+                eprintln!(
+                    "unknown producer {p:?}; configured: {}",
+                    producer_names(&loaded.config)
+                );
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+        }
+        let filter = InboxFilter {
+            producer,
+            since_ms,
+            outcome,
+        };
+        let report = crate::ingest::pipeline::replay(&store, &loaded.config, &filter).await?;
+        println!(
+            "replayed {} deltas; {} changed an entity",
+            report.rows, report.changed
+        );
+        for o in InboxOutcome::ALL
+            .iter()
+            .filter(|o| **o != InboxOutcome::Pending)
+        {
+            let n = report.outcomes.get(o.as_str()).copied().unwrap_or(0);
+            println!("  {:<10} {n}", o.as_str());
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }

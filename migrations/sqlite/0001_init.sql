@@ -46,20 +46,27 @@ CREATE TABLE changes (
     UNIQUE (producer, seq)
 );
 
+-- Every delta as it arrived (raw body and a few headers), kept for replay and
+-- audit. outcome: pending | applied | stale | duplicate | rejected | unmatched.
+-- A redelivery is stored with duplicate_of = the first delivery's id; at most
+-- one non-duplicate row exists per (producer, channel, dedup_key).
 CREATE TABLE inbox (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    producer    TEXT   NOT NULL,
-    channel     TEXT   NOT NULL,
-    received_at INTEGER NOT NULL,
-    dedup_key   TEXT,
-    headers     TEXT   NOT NULL,
-    body        BLOB  NOT NULL,
-    outcome     TEXT   NOT NULL DEFAULT 'pending',
-    error       TEXT,
-    applied_at  INTEGER
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    producer     TEXT   NOT NULL,
+    channel      TEXT   NOT NULL,
+    received_at  INTEGER NOT NULL,
+    dedup_key    TEXT,
+    duplicate_of INTEGER,
+    headers      TEXT   NOT NULL,
+    body         BLOB  NOT NULL,
+    outcome      TEXT   NOT NULL DEFAULT 'pending',
+    error        TEXT,
+    applied_at   INTEGER
 );
-CREATE INDEX inbox_by_dedup ON inbox (producer, channel, dedup_key) WHERE dedup_key IS NOT NULL;
+CREATE UNIQUE INDEX inbox_dedup ON inbox (producer, channel, dedup_key)
+    WHERE dedup_key IS NOT NULL AND duplicate_of IS NULL;
 CREATE INDEX inbox_pending ON inbox (id) WHERE outcome = 'pending';
+CREATE INDEX inbox_by_producer ON inbox (producer, id);
 
 CREATE TABLE keyframe_runs (
     id                 INTEGER PRIMARY KEY AUTOINCREMENT,

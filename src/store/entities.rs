@@ -58,7 +58,7 @@ pub enum Ordering {
 }
 
 /// One write of one entity.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EntityWrite {
     pub key: String,
     pub change: Change,

@@ -10,6 +10,7 @@
 //! hold a connection while acquiring another.
 
 mod entities;
+mod inbox;
 mod runs;
 mod work;
 
@@ -20,6 +21,9 @@ use sqlx::{AnyPool, Row};
 
 pub use entities::{
     ChainBreak, Change, Entity, EntityWrite, LocalRow, Ordering, Source, WriteOutcome,
+};
+pub use inbox::{
+    Channel, InboxEffect, InboxEntry, InboxFilter, InboxOutcome, InboxRow, SettleMode, Settled,
 };
 pub use runs::{DriftRow, RunCounts, RunRow};
 pub use work::{Emitted, NewWork, WorkRow};

@@ -1,0 +1,395 @@
+//! The path every delta takes after it is received: plan, commit to the inbox and apply in one transaction (group commit), count; the pending-inbox sweeper; replay.
+//!
+//! **Group commit.** Concurrent requests queue their deltas; whoever holds
+//! the turn takes the whole queue (up to [`MAX_BATCH`]) and commits it in one
+//! transaction that inserts, applies and records every delta, then answers
+//! each waiting request through its oneshot. One fsync serves the batch.
+//! If applying fails, the batch is committed again as `pending` rows alone,
+//! and the [`Pipeline::sweep`] task applies them in id order, so a delta that
+//! was acknowledged is never lost, even by a crash between the two steps.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::apply::{email_plan, webhook_plan, Plan};
+use super::email::Rules;
+use crate::canonical::RecordHasher;
+use crate::config::{Config, ProducerConfig};
+use crate::metrics::Metrics;
+use crate::store::{
+    Channel, InboxEffect, InboxEntry, InboxFilter, InboxOutcome, InboxRow, SettleMode, Settled,
+    Source, Store, StoreError,
+};
+
+/// Most deltas committed in one transaction.
+pub const MAX_BATCH: usize = 128;
+/// How often the sweeper looks for `pending` rows.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Pending rows settled per sweep.
+const SWEEP_BATCH: i64 = 100;
+/// Failed attempts (other than transient ones) before a pending row is rejected.
+const SWEEP_ATTEMPTS: u32 = 5;
+
+/// A producer's ingest settings, compiled once.
+#[derive(Debug)]
+pub struct Compiled {
+    pub config: ProducerConfig,
+    hasher: Result<RecordHasher, String>,
+    rules: Option<Result<Rules, String>>,
+}
+
+impl Compiled {
+    fn new(p: &ProducerConfig) -> Self {
+        Self {
+            config: p.clone(),
+            hasher: RecordHasher::new(&p.snapshot.ignore)
+                .map_err(|e| format!("invalid snapshot.ignore pointer: {e}")),
+            rules: p
+                .email
+                .as_ref()
+                .map(|e| Rules::new(e).map_err(|e| format!("invalid email rule: {e}"))),
+        }
+    }
+
+    /// The effect of a plan: writes with this producer's hasher and buckets.
+    pub fn effect(&self, plan: Plan) -> InboxEffect {
+        let settle = |outcome, error| InboxEffect::Settle { outcome, error };
+        match (plan, &self.hasher) {
+            (Plan::Writes(writes), Ok(hasher)) => InboxEffect::Write {
+                bucket_bits: self.config.bucket_bits,
+                hasher: hasher.clone(),
+                writes,
+            },
+            (Plan::Writes(_), Err(e)) => settle(InboxOutcome::Rejected, e.clone()),
+            (Plan::Rejected(r), _) => settle(InboxOutcome::Rejected, r),
+            (Plan::Unmatched(r), _) => settle(InboxOutcome::Unmatched, r),
+        }
+    }
+
+    /// The plan of a raw email under this producer's rules, and its `Message-ID`.
+    pub fn email_plan(&self, raw: &[u8], source: Source) -> (Plan, Option<String>) {
+        match &self.rules {
+            Some(Ok(rules)) => email_plan(rules, raw, source),
+            Some(Err(e)) => (Plan::Rejected(e.clone()), None),
+            None => (
+                Plan::Rejected(format!(
+                    "producer {:?} has no email config",
+                    self.config.name
+                )),
+                None,
+            ),
+        }
+    }
+
+    /// The plan of a stored delta's body, read again (sweeper, replay).
+    fn plan_of(&self, channel: Channel, body: &[u8], source: Source) -> Plan {
+        match channel {
+            Channel::Webhook => match &self.config.webhook {
+                Some(w) => webhook_plan(w, body, source),
+                None => Plan::Rejected(format!(
+                    "producer {:?} has no webhook config",
+                    self.config.name
+                )),
+            },
+            Channel::Email => self.email_plan(body, source).0,
+        }
+    }
+}
+
+/// Every configured producer, compiled.
+#[derive(Debug)]
+pub struct Producers {
+    by_name: HashMap<String, Compiled>,
+}
+
+impl Producers {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            by_name: config
+                .producers
+                .iter()
+                .map(|p| (p.name.clone(), Compiled::new(p)))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Compiled> {
+        self.by_name.get(name)
+    }
+
+    /// The effect of a stored row, planned again from its body.
+    pub fn effect_of(&self, row: &InboxRow, source: Source) -> InboxEffect {
+        match self.get(&row.producer) {
+            Some(p) => p.effect(p.plan_of(row.channel, &row.body, source)),
+            None => InboxEffect::Settle {
+                outcome: InboxOutcome::Rejected,
+                error: format!("producer {:?} is not configured", row.producer),
+            },
+        }
+    }
+}
+
+/// The inbox could not take a delta; nothing was acknowledged.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the inbox is unavailable")]
+pub struct Unavailable;
+
+type Reply = oneshot::Sender<Result<Settled, Unavailable>>;
+
+/// The queue of deltas waiting for the next group commit.
+#[derive(Default)]
+struct GroupCommit {
+    queue: Mutex<VecDeque<((InboxEntry, InboxEffect), Reply)>>,
+    /// Held by the request committing a batch; tokio's mutex is fair (FIFO).
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// Commits deltas and counts their outcomes; cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub store: Store,
+    pub metrics: Metrics,
+    pub producers: Arc<Producers>,
+    group: Arc<GroupCommit>,
+}
+
+impl Pipeline {
+    pub fn new(store: Store, metrics: Metrics, config: &Config) -> Self {
+        Self {
+            store,
+            metrics,
+            producers: Arc::new(Producers::new(config)),
+            group: Arc::default(),
+        }
+    }
+
+    /// Commits one delta together with the other requests waiting at the same
+    /// time. Returns only after the delta is committed (or failed).
+    ///
+    /// If the request committing a batch is dropped midway, the requests of
+    /// that batch get `Unavailable`: their vendors retry, and a retried
+    /// delivery with a dedup key is then recorded as a duplicate.
+    pub async fn submit(
+        &self,
+        entry: InboxEntry,
+        effect: InboxEffect,
+    ) -> Result<Settled, Unavailable> {
+        let (reply, mut answer) = oneshot::channel();
+        self.lock_queue().push_back(((entry, effect), reply));
+        let answered = |answer: &mut oneshot::Receiver<_>| match answer.try_recv() {
+            Ok(result) => Some(result),
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(Unavailable)),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+        };
+        loop {
+            if let Some(result) = answered(&mut answer) {
+                return result;
+            }
+            let turn = self.group.turn.lock().await;
+            // The previous turn may have committed this delta.
+            if let Some(result) = answered(&mut answer) {
+                return result;
+            }
+            let batch: Vec<_> = {
+                let mut q = self.lock_queue();
+                let n = q.len().min(MAX_BATCH);
+                q.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                // Unreachable while this delta is unanswered; never spin.
+                drop(turn);
+                return answer.await.unwrap_or(Err(Unavailable));
+            }
+            let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            match self.commit(items).await {
+                Ok(settled) => {
+                    for (reply, s) in replies.into_iter().zip(settled) {
+                        let _ = reply.send(Ok(s));
+                    }
+                }
+                Err(_) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(Unavailable));
+                    }
+                }
+            }
+            drop(turn);
+        }
+    }
+
+    fn lock_queue(
+        &self,
+    ) -> std::sync::MutexGuard<'_, VecDeque<((InboxEntry, InboxEffect), Reply)>> {
+        // A panic while holding this lock cannot leave the queue half-changed.
+        self.group.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Commits a batch in one transaction, applying it; if applying fails,
+    /// commits it as `pending` for the sweeper. Counts every settled outcome.
+    /// Results are in the order of `items`.
+    pub async fn commit(
+        &self,
+        items: Vec<(InboxEntry, InboxEffect)>,
+    ) -> Result<Vec<Settled>, StoreError> {
+        // Producers in one order, so batches of replicas lock them alike.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by(|a, b| items[*a].0.producer.cmp(&items[*b].0.producer));
+        let mut slots: Vec<Option<(InboxEntry, InboxEffect)>> =
+            items.into_iter().map(Some).collect();
+        let sorted: Vec<(InboxEntry, InboxEffect)> = order
+            .iter()
+            .map(|i| slots[*i].take().expect("each index once"))
+            .collect();
+        let settled = match self.store.ingest(&sorted).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, deltas = sorted.len(),
+                    "applying deltas failed; committing them as pending for the sweeper");
+                let entries: Vec<InboxEntry> = sorted.iter().map(|(e, _)| e.clone()).collect();
+                self.store.insert_deltas(&entries).await.map_err(|e| {
+                    warn!(error = %e, deltas = entries.len(), "cannot commit deltas to the inbox");
+                    e
+                })?
+            }
+        };
+        for ((entry, _), s) in sorted.iter().zip(&settled) {
+            self.count(&entry.producer, entry.channel, s.outcome);
+        }
+        let mut out: Vec<Option<Settled>> = vec![None; settled.len()];
+        for (i, s) in order.into_iter().zip(settled) {
+            out[i] = Some(s);
+        }
+        Ok(out
+            .into_iter()
+            .map(|s| s.expect("each slot once"))
+            .collect())
+    }
+
+    /// Counts a settled delta in `driftd_deltas_total` (pending ones when they settle).
+    fn count(&self, producer: &str, channel: Channel, outcome: InboxOutcome) {
+        if outcome != InboxOutcome::Pending {
+            self.metrics
+                .deltas
+                .with_label_values(&[producer, channel.as_str(), outcome.as_str()])
+                .inc();
+        }
+    }
+
+    /// Applies `pending` rows in id order, every second, until `cancel`.
+    pub async fn sweep(self, cancel: CancellationToken) {
+        let mut failures: HashMap<i64, u32> = HashMap::new();
+        loop {
+            if let Err(e) = self.sweep_once(&mut failures, &cancel).await {
+                warn!(error = %e, "cannot apply pending deltas; retrying");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            }
+        }
+    }
+
+    /// One round of the sweeper; returns the rows settled.
+    pub async fn sweep_once(
+        &self,
+        failures: &mut HashMap<i64, u32>,
+        cancel: &CancellationToken,
+    ) -> Result<usize, StoreError> {
+        let rows = self.store.pending_deltas(SWEEP_BATCH).await?;
+        let mut settled = 0;
+        for row in rows {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let source = match row.channel {
+                Channel::Webhook => Source::Webhook,
+                Channel::Email => Source::Email,
+            };
+            let effect = self.producers.effect_of(&row, source);
+            let result = match self
+                .store
+                .settle_delta(row.id, &effect, SettleMode::Pending)
+                .await
+            {
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    let n = failures.entry(row.id).or_default();
+                    *n += 1;
+                    warn!(inbox_id = row.id, producer = %row.producer, attempt = *n, error = %e,
+                        "cannot apply a pending delta");
+                    if *n < SWEEP_ATTEMPTS {
+                        continue;
+                    }
+                    failures.remove(&row.id);
+                    let give_up = InboxEffect::Settle {
+                        outcome: InboxOutcome::Rejected,
+                        error: format!("could not be applied in {SWEEP_ATTEMPTS} attempts: {e}"),
+                    };
+                    self.store
+                        .settle_delta(row.id, &give_up, SettleMode::Pending)
+                        .await?
+                }
+                Ok(s) => s,
+            };
+            if let Some(s) = result {
+                failures.remove(&row.id);
+                self.count(&row.producer, row.channel, s.outcome);
+                settled += 1;
+            }
+        }
+        if settled > 0 {
+            info!(settled, "applied pending deltas");
+        }
+        Ok(settled)
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReplayReport {
+    /// Rows replayed.
+    pub rows: u64,
+    /// Rows by the outcome of this replay (duplicates are not applied again).
+    pub outcomes: BTreeMap<String, u64>,
+    /// Rows whose replay changed an entity.
+    pub changed: u64,
+}
+
+/// Re-applies the stored deltas matching `filter` in id order through the
+/// same apply path (with source `replay`). Idempotent: replaying applied
+/// deltas again finds them `stale` or unchanged.
+pub async fn replay(
+    store: &Store,
+    config: &Config,
+    filter: &InboxFilter,
+) -> Result<ReplayReport, StoreError> {
+    let producers = Producers::new(config);
+    let mut report = ReplayReport::default();
+    let mut after = 0;
+    loop {
+        let rows = store.inbox_page(filter, after, 200).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.id;
+        for row in rows {
+            let effect = producers.effect_of(&row, Source::Replay);
+            let Some(s) = store
+                .settle_delta(row.id, &effect, SettleMode::Replay)
+                .await?
+            else {
+                continue;
+            };
+            report.rows += 1;
+            report.changed += u64::from(s.changed);
+            *report
+                .outcomes
+                .entry(s.outcome.as_str().to_string())
+                .or_default() += 1;
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,59 @@
+//! `POST /hooks/{producer}`: verify the signature, commit the raw delivery to the inbox with its delivery id, apply, answer.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Extension;
+use tracing::warn;
+
+use super::apply::{kept_headers, webhook_dedup_key, webhook_plan};
+use super::signature;
+use super::{pipeline, receipt, IngestError, LazyPipeline};
+use crate::server::AppState;
+use crate::store::{now_ms, Channel, InboxEntry, Source};
+
+/// `Bytes` honours the router's `DefaultBodyLimit`: a larger body is a 413.
+pub(super) async fn receive(
+    State(state): State<AppState>,
+    Extension(lazy): Extension<LazyPipeline>,
+    Path(producer): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, IngestError> {
+    let pipeline = pipeline(&state, &lazy);
+    let p = pipeline
+        .producers
+        .get(&producer)
+        .ok_or(IngestError::NotFound("webhook"))?;
+    let w = p
+        .config
+        .webhook
+        .as_ref()
+        .ok_or(IngestError::NotFound("webhook"))?;
+    let now = chrono::Utc::now().timestamp();
+    if let Err(e) = signature::verify(w, &headers, &body, now) {
+        pipeline
+            .metrics
+            .signature_failures
+            .with_label_values(&[&p.config.name])
+            .inc();
+        // SignatureError never shows a secret or a signature.
+        warn!(producer = %p.config.name, reason = %e, "webhook refused");
+        return Err(IngestError::BadSignature);
+    }
+    let entry = InboxEntry {
+        producer: p.config.name.clone(),
+        channel: Channel::Webhook,
+        received_at: now_ms(),
+        dedup_key: webhook_dedup_key(w, &headers, &body),
+        headers: kept_headers(&headers, Some(w)),
+        body: body.to_vec(),
+    };
+    let effect = p.effect(webhook_plan(w, &body, Source::Webhook));
+    let settled = pipeline
+        .submit(entry, effect)
+        .await
+        .map_err(|_| IngestError::Unavailable)?;
+    Ok(receipt(settled))
+}

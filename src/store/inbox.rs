@@ -1,0 +1,599 @@
+//! The `inbox`: every delta as it arrived, committed before it is acknowledged, then applied and given an outcome.
+//!
+//! A delta is inserted and applied in one transaction ([`Store::ingest`]), so
+//! an acknowledged delta is either applied or still `pending`, never lost.
+//! When applying fails, the caller commits the deltas alone
+//! ([`Store::insert_deltas`]) and a sweeper settles the `pending` rows later
+//! ([`Store::settle_delta`]), as `driftd replay` does for any row.
+//!
+//! Deduplication is exact under concurrency on both backends: a partial
+//! unique index allows one non-duplicate row per `(producer, channel,
+//! dedup_key)`; a redelivery's insert conflicts, and the redelivery is stored
+//! as `duplicate` pointing at the first delivery (`duplicate_of`).
+
+use std::borrow::Cow;
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use super::{db, now_ms, EntityWrite, Store, StoreError, WriteOutcome};
+use crate::canonical::RecordHasher;
+
+/// How a delta arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Webhook,
+    Email,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Email => "email",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "webhook" => Some(Self::Webhook),
+            "email" => Some(Self::Email),
+            _ => None,
+        }
+    }
+}
+
+/// What became of a delta; the `outcome` label of `driftd_deltas_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InboxOutcome {
+    /// Committed, not applied yet (the sweeper applies it).
+    Pending,
+    /// Applied: at least one record was newer than the stored one (or the same).
+    Applied,
+    /// Every record was older than (or as old as) the stored one: nothing changed.
+    Stale,
+    /// A redelivery of a delta already in the inbox: nothing changed.
+    Duplicate,
+    /// Not a delta (malformed body, no key, bad version): the reason is in `error`.
+    Rejected,
+    /// An email no rule matched: quarantined with the reason in `error`.
+    Unmatched,
+}
+
+impl InboxOutcome {
+    pub const ALL: &'static [InboxOutcome] = &[
+        Self::Pending,
+        Self::Applied,
+        Self::Stale,
+        Self::Duplicate,
+        Self::Rejected,
+        Self::Unmatched,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Applied => "applied",
+            Self::Stale => "stale",
+            Self::Duplicate => "duplicate",
+            Self::Rejected => "rejected",
+            Self::Unmatched => "unmatched",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|o| o.as_str() == s)
+    }
+
+    /// Whether the delta never took effect, so a later replay may record a new outcome.
+    fn open_to_replay(self) -> bool {
+        matches!(self, Self::Pending | Self::Rejected | Self::Unmatched)
+    }
+}
+
+impl std::fmt::Display for InboxOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A delta as it arrived, about to be committed.
+#[derive(Debug, Clone)]
+pub struct InboxEntry {
+    pub producer: String,
+    pub channel: Channel,
+    pub received_at: i64,
+    /// Identifies a delivery; a second delivery with the same key is a duplicate.
+    pub dedup_key: Option<String>,
+    /// A JSON object of the headers kept for audit (never signature headers).
+    pub headers: String,
+    pub body: Vec<u8>,
+}
+
+/// What applying a delta means, decided by the caller from its body.
+#[derive(Debug, Clone)]
+pub enum InboxEffect {
+    /// Entity writes of the delta's producer.
+    Write {
+        bucket_bits: u8,
+        hasher: RecordHasher,
+        writes: Vec<EntityWrite>,
+    },
+    /// Nothing to write; the outcome (`rejected`, `unmatched`) and its reason.
+    Settle {
+        outcome: InboxOutcome,
+        error: String,
+    },
+}
+
+/// A stored delta's outcome after a commit or a settle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub id: i64,
+    pub outcome: InboxOutcome,
+    pub error: Option<String>,
+    /// For a duplicate: the id of the first delivery.
+    pub duplicate_of: Option<i64>,
+    /// Whether an entity row changed.
+    pub changed: bool,
+}
+
+/// One `inbox` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxRow {
+    pub id: i64,
+    pub producer: String,
+    pub channel: Channel,
+    pub received_at: i64,
+    pub dedup_key: Option<String>,
+    pub duplicate_of: Option<i64>,
+    pub headers: String,
+    pub body: Vec<u8>,
+    pub outcome: InboxOutcome,
+    pub error: Option<String>,
+    pub applied_at: Option<i64>,
+}
+
+/// Which rows [`Store::inbox_page`] lists; `None` matches any.
+#[derive(Debug, Clone, Default)]
+pub struct InboxFilter {
+    pub producer: Option<String>,
+    /// Received at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
+    pub outcome: Option<InboxOutcome>,
+}
+
+/// Which rows [`Store::settle_delta`] touches and records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleMode {
+    /// The sweeper: only a row still `pending`; anything else is left alone.
+    Pending,
+    /// `driftd replay`: any row but a duplicate is applied again; the outcome
+    /// is recorded only on rows that never took effect (`pending`,
+    /// `rejected`, `unmatched`), so the history of applied rows stays.
+    Replay,
+}
+
+const COLUMNS: &str = "id, producer, channel, received_at, dedup_key, duplicate_of, headers, \
+                       body, outcome, error, applied_at";
+
+/// PostgreSQL text cannot hold NUL; delta-derived text (reasons, dedup keys) may.
+fn clean(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+fn outcome_col(r: &AnyRow, i: usize) -> Result<InboxOutcome, StoreError> {
+    let s: String = r.try_get(i).map_err(db("read an inbox row"))?;
+    InboxOutcome::parse(&s).ok_or_else(|| StoreError::Corrupt {
+        table: "inbox",
+        reason: format!("unknown outcome {s:?}"),
+    })
+}
+
+fn row_from(r: &AnyRow) -> Result<InboxRow, StoreError> {
+    let e = db("read an inbox row");
+    let channel: String = r.try_get(2).map_err(e)?;
+    Ok(InboxRow {
+        id: r.try_get(0).map_err(e)?,
+        producer: r.try_get(1).map_err(e)?,
+        channel: Channel::parse(&channel).ok_or_else(|| StoreError::Corrupt {
+            table: "inbox",
+            reason: format!("unknown channel {channel:?}"),
+        })?,
+        received_at: r.try_get(3).map_err(e)?,
+        dedup_key: r.try_get(4).map_err(e)?,
+        duplicate_of: r.try_get(5).map_err(e)?,
+        headers: r.try_get(6).map_err(e)?,
+        body: r.try_get(7).map_err(e)?,
+        outcome: outcome_col(r, 8)?,
+        error: r.try_get(9).map_err(e)?,
+        applied_at: r.try_get(10).map_err(e)?,
+    })
+}
+
+/// The inbox outcome of a delta's record writes: `stale` when every record
+/// was stale, `applied` otherwise; and whether any row changed.
+fn outcome_of(writes: &[WriteOutcome]) -> (InboxOutcome, bool) {
+    let changed = writes.contains(&WriteOutcome::Applied);
+    let all_stale = !writes.is_empty() && writes.iter().all(|w| *w == WriteOutcome::Stale);
+    let outcome = if all_stale {
+        InboxOutcome::Stale
+    } else {
+        InboxOutcome::Applied
+    };
+    (outcome, changed)
+}
+
+impl Store {
+    /// Commits deltas in one transaction: each is inserted (a redelivery as
+    /// `duplicate`), each new one applied with its effect, and every outcome
+    /// recorded. All or nothing: on error nothing is committed.
+    pub async fn ingest(
+        &self,
+        items: &[(InboxEntry, InboxEffect)],
+    ) -> Result<Vec<Settled>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut out = Vec::with_capacity(items.len());
+        for (entry, effect) in items {
+            let settled = match self.insert_in(&mut tx, entry).await? {
+                Err(dup) => dup,
+                Ok(id) => {
+                    let (outcome, error, changed) =
+                        self.apply_in(&mut tx, entry, effect, false).await?;
+                    record_in(&mut tx, id, outcome, error.as_deref()).await?;
+                    Settled {
+                        id,
+                        outcome,
+                        error,
+                        duplicate_of: None,
+                        changed,
+                    }
+                }
+            };
+            out.push(settled);
+        }
+        tx.commit().await.map_err(db("commit deltas"))?;
+        Ok(out)
+    }
+
+    /// Commits deltas without applying them: `pending` (or `duplicate`).
+    pub async fn insert_deltas(&self, entries: &[InboxEntry]) -> Result<Vec<Settled>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            out.push(match self.insert_in(&mut tx, entry).await? {
+                Err(dup) => dup,
+                Ok(id) => Settled {
+                    id,
+                    outcome: InboxOutcome::Pending,
+                    error: None,
+                    duplicate_of: None,
+                    changed: false,
+                },
+            });
+        }
+        tx.commit().await.map_err(db("commit deltas"))?;
+        Ok(out)
+    }
+
+    /// Applies stored delta `id` with `effect` and records the outcome as
+    /// `mode` says. `None` when the row is absent or `mode` leaves it alone.
+    ///
+    /// A write without a version is applied only if its entity has not been
+    /// updated since the delta was received: without versions, arrival order
+    /// decides, and a later delta (or a keyframe correction) already came
+    /// after this one. That makes settling late, and replaying, idempotent.
+    pub async fn settle_delta(
+        &self,
+        id: i64,
+        effect: &InboxEffect,
+        mode: SettleMode,
+    ) -> Result<Option<Settled>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM inbox WHERE id = $1{}",
+            self.backend.for_update()
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("lock an inbox row"))?;
+        let Some(row) = row.as_ref().map(row_from).transpose()? else {
+            return Ok(None);
+        };
+        match (mode, row.outcome) {
+            (SettleMode::Pending, o) if o != InboxOutcome::Pending => return Ok(None),
+            (_, InboxOutcome::Duplicate) => {
+                return Ok(Some(Settled {
+                    id,
+                    outcome: InboxOutcome::Duplicate,
+                    error: row.error,
+                    duplicate_of: row.duplicate_of,
+                    changed: false,
+                }))
+            }
+            _ => {}
+        }
+        let entry = InboxEntry {
+            producer: row.producer,
+            channel: row.channel,
+            received_at: row.received_at,
+            dedup_key: None,
+            headers: String::new(),
+            body: Vec::new(),
+        };
+        let (outcome, error, changed) = self.apply_in(&mut tx, &entry, effect, true).await?;
+        if row.outcome.open_to_replay() {
+            record_in(&mut tx, id, outcome, error.as_deref()).await?;
+        }
+        tx.commit().await.map_err(db("commit a settled delta"))?;
+        Ok(Some(Settled {
+            id,
+            outcome,
+            error,
+            duplicate_of: None,
+            changed,
+        }))
+    }
+
+    /// The oldest `pending` rows, in id order.
+    pub async fn pending_deltas(&self, limit: i64) -> Result<Vec<InboxRow>, StoreError> {
+        self.inbox_page(
+            &InboxFilter {
+                outcome: Some(InboxOutcome::Pending),
+                ..InboxFilter::default()
+            },
+            0,
+            limit,
+        )
+        .await
+    }
+
+    /// Up to `limit` rows matching `filter` with an id above `after_id`, in id order.
+    pub async fn inbox_page(
+        &self,
+        filter: &InboxFilter,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<InboxRow>, StoreError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM inbox WHERE id > $1");
+        let mut n = 1;
+        let mut clause = |sql: &mut String, column: &str, op: &str| {
+            n += 1;
+            sql.push_str(&format!(" AND {column} {op} ${n}"));
+        };
+        if filter.producer.is_some() {
+            clause(&mut sql, "producer", "=");
+        }
+        if filter.since_ms.is_some() {
+            clause(&mut sql, "received_at", ">=");
+        }
+        if filter.outcome.is_some() {
+            clause(&mut sql, "outcome", "=");
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT ${}", n + 1));
+        let mut q = sqlx::query(&sql).bind(after_id);
+        if let Some(p) = &filter.producer {
+            q = q.bind(p.as_str());
+        }
+        if let Some(since) = filter.since_ms {
+            q = q.bind(since);
+        }
+        if let Some(o) = filter.outcome {
+            q = q.bind(o.as_str());
+        }
+        q.bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list inbox rows"))?
+            .iter()
+            .map(row_from)
+            .collect()
+    }
+
+    /// The first delivery with this dedup key, if any.
+    pub async fn find_duplicate(
+        &self,
+        producer: &str,
+        channel: Channel,
+        dedup_key: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        first_delivery(&self.pool, producer, channel, dedup_key).await
+    }
+
+    /// Inserts one delta as `pending`: `Ok(id)`, or `Err(settled)` when it is
+    /// a redelivery, stored as `duplicate` of the first delivery.
+    async fn insert_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        e: &InboxEntry,
+    ) -> Result<Result<i64, Settled>, StoreError> {
+        let dedup_key = e.dedup_key.as_deref().map(clean);
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO inbox (producer, channel, received_at, dedup_key, headers, body, outcome)
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending')
+             ON CONFLICT (producer, channel, dedup_key)
+               WHERE dedup_key IS NOT NULL AND duplicate_of IS NULL DO NOTHING
+             RETURNING id",
+        )
+        .bind(&e.producer)
+        .bind(e.channel.as_str())
+        .bind(e.received_at)
+        .bind(dedup_key.as_deref())
+        .bind(clean(&e.headers).as_ref())
+        .bind(e.body.as_slice())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("insert a delta"))?;
+        if let Some(id) = id {
+            return Ok(Ok(id));
+        }
+        let key = dedup_key.expect("only a dedup key can conflict");
+        let first = first_delivery(&mut **tx, &e.producer, e.channel, &key)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt {
+                table: "inbox",
+                reason: format!("dedup key {key:?} conflicts, but no first delivery found"),
+            })?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO inbox (producer, channel, received_at, dedup_key, duplicate_of, headers,
+               body, outcome, applied_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'duplicate', $3)
+             RETURNING id",
+        )
+        .bind(&e.producer)
+        .bind(e.channel.as_str())
+        .bind(e.received_at)
+        .bind(key.as_ref())
+        .bind(first)
+        .bind(clean(&e.headers).as_ref())
+        .bind(e.body.as_slice())
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db("insert a duplicate delta"))?;
+        Ok(Err(Settled {
+            id,
+            outcome: InboxOutcome::Duplicate,
+            error: None,
+            duplicate_of: Some(first),
+            changed: false,
+        }))
+    }
+
+    /// Carries out `effect` for a delta of `e.producer` received at
+    /// `e.received_at`; `late` applies the rule for versionless writes of
+    /// [`Store::settle_delta`].
+    async fn apply_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        e: &InboxEntry,
+        effect: &InboxEffect,
+        late: bool,
+    ) -> Result<(InboxOutcome, Option<String>, bool), StoreError> {
+        let (bucket_bits, hasher, writes) = match effect {
+            InboxEffect::Settle { outcome, error } => {
+                return Ok((*outcome, Some(clean(error).into_owned()), false))
+            }
+            InboxEffect::Write {
+                bucket_bits,
+                hasher,
+                writes,
+            } => (*bucket_bits, hasher, writes),
+        };
+        if !late || writes.iter().all(|w| w.version.is_some()) {
+            let outcomes = self
+                .write_entities_in(tx, &e.producer, bucket_bits, hasher, writes)
+                .await?;
+            let (outcome, changed) = outcome_of(&outcomes);
+            return Ok((outcome, None, changed));
+        }
+        // Take the producer's write lock first so the updated_at read is exact.
+        self.write_entities_in(tx, &e.producer, bucket_bits, hasher, &[])
+            .await?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for w in writes {
+            if w.version.is_none() {
+                let updated_at: Option<i64> = sqlx::query_scalar(
+                    "SELECT updated_at FROM entities WHERE producer = $1 AND key = $2",
+                )
+                .bind(&e.producer)
+                .bind(&w.key)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db("read an entity's update time"))?;
+                if updated_at.is_some_and(|t| t >= e.received_at) {
+                    outcomes.push(WriteOutcome::Stale);
+                    continue;
+                }
+            }
+            outcomes.extend(
+                self.write_entities_in(
+                    tx,
+                    &e.producer,
+                    bucket_bits,
+                    hasher,
+                    std::slice::from_ref(w),
+                )
+                .await?,
+            );
+        }
+        let (outcome, changed) = outcome_of(&outcomes);
+        Ok((outcome, None, changed))
+    }
+}
+
+async fn first_delivery<'c, E>(
+    executor: E,
+    producer: &str,
+    channel: Channel,
+    dedup_key: &str,
+) -> Result<Option<i64>, StoreError>
+where
+    E: sqlx::Executor<'c, Database = Any>,
+{
+    sqlx::query_scalar(
+        "SELECT id FROM inbox WHERE producer = $1 AND channel = $2 AND dedup_key = $3
+           AND duplicate_of IS NULL",
+    )
+    .bind(producer)
+    .bind(channel.as_str())
+    .bind(clean(dedup_key).as_ref())
+    .fetch_optional(executor)
+    .await
+    .map_err(db("find the first delivery of a dedup key"))
+}
+
+async fn record_in(
+    tx: &mut Transaction<'static, Any>,
+    id: i64,
+    outcome: InboxOutcome,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE inbox SET outcome = $2, error = $3, applied_at = $4 WHERE id = $1")
+        .bind(id)
+        .bind(outcome.as_str())
+        .bind(error.map(clean).as_deref())
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await
+        .map_err(db("record a delta's outcome"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_of_writes() {
+        use WriteOutcome::*;
+        let cases: &[(&[WriteOutcome], InboxOutcome, bool)] = &[
+            (&[Applied], InboxOutcome::Applied, true),
+            (&[Stale], InboxOutcome::Stale, false),
+            (&[Stale, Stale], InboxOutcome::Stale, false),
+            (&[Stale, Applied], InboxOutcome::Applied, true),
+            (&[Unchanged], InboxOutcome::Applied, false),
+            (&[Stale, Unchanged], InboxOutcome::Applied, false),
+            (&[], InboxOutcome::Applied, false),
+        ];
+        for (writes, outcome, changed) in cases {
+            assert_eq!(outcome_of(writes), (*outcome, *changed), "{writes:?}");
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for o in InboxOutcome::ALL {
+            assert_eq!(InboxOutcome::parse(o.as_str()), Some(*o));
+        }
+        for c in [Channel::Webhook, Channel::Email] {
+            assert_eq!(Channel::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(InboxOutcome::parse("nope"), None);
+        assert_eq!(clean("a\0b"), "a\u{FFFD}b");
+    }
+}
