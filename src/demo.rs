@@ -1324,6 +1324,12 @@ async fn finish(
         t.extra,
         t.changed
     ));
+    if Stats::get(&s.accepted) > 0 && lost > 0 {
+        out.push(format!(
+            "              ({lost} webhooks were lost; a lost change that a later delivered one \
+             overtook leaves no drift)"
+        ));
+    }
     out.push(format!(
         "  corrected   {done} apply work items done; {} open, {} dead",
         work.get("pending").copied().unwrap_or(0) + work.get("running").copied().unwrap_or(0),
