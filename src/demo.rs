@@ -61,6 +61,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds on the waits of the final phase.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 const KEYFRAME_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long each shutdown step may take.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Keyframes the final phase runs at most before comparing.
 const FINAL_ROUNDS: usize = 3;
 
@@ -972,10 +974,11 @@ async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         correcting: None,
     };
     let keyframer = Keyframer::new(store.clone(), client.clone(), metrics.clone());
+    let mut app_task = None;
 
     let story = async {
         bootstrap(&mut reporter, &keyframer, &producer, &client).await?;
-        tasks.spawn(app.run(app_stop.clone()));
+        app_task = Some(tasks.spawn(app.run(app_stop.clone())));
         reporter.console.say(format!(
             "driftd is running: keyframes on schedule {schedule:?}, apply workers, metrics at http://{listen}/metrics"
         ));
@@ -1020,16 +1023,25 @@ async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         }
     };
 
-    // Shut down in order: the churn, the daemon (it drains its tasks), the vendor.
+    // Shut down in order: the churn, the daemon (it drains its own tasks), then
+    // the vendor, so no scheduled keyframe sees the vendor vanish mid-pull.
     churn_stop.cancel();
     app_stop.cancel();
+    if let Some(task) = app_task {
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => eprintln!("warning: the daemon stopped with an error: {e:#}"),
+            Ok(Err(e)) => eprintln!("warning: the daemon task failed: {e}"),
+            Err(_) => eprintln!("warning: the daemon did not stop within {SHUTDOWN_TIMEOUT:?}"),
+        }
+    }
     root.cancel();
     tasks.close();
-    if tokio::time::timeout(Duration::from_secs(20), tasks.wait())
+    if tokio::time::timeout(SHUTDOWN_TIMEOUT, tasks.wait())
         .await
         .is_err()
     {
-        eprintln!("warning: some demo tasks did not stop within 20s");
+        eprintln!("warning: some demo tasks did not stop within {SHUTDOWN_TIMEOUT:?}");
     }
     println!(
         "files kept in {}; try `driftd status --config {}`",
