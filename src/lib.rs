@@ -8,7 +8,7 @@
 //! - [`metrics`]: the Prometheus families, created once and passed down.
 //! - [`store`]: SQLite and PostgreSQL behind one type; the only module with SQL.
 //! - [`keyframe`]: pulling snapshots, comparing digests, classifying drift.
-//! - [`ingest`]: webhook signatures, email parsing and rules.
+//! - [`ingest`]: webhooks and emails into the inbox, applied in version order; replay.
 //! - [`work`]: work specs, emission from keyframes, the `apply`/`http` workers.
 //! - [`schedule`]: cron next-fire times (pure) and the per-producer schedule loop.
 //! - [`server`]: the axum router, health and metrics endpoints.
