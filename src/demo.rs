@@ -61,6 +61,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds on the waits of the final phase.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 const KEYFRAME_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long each shutdown step may take.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Keyframes the final phase runs at most before comparing.
 const FINAL_ROUNDS: usize = 3;
 
@@ -122,9 +124,9 @@ fn validate_args(a: &DemoArgs) -> Result<(), String> {
     if !(0.0..=1.0).contains(&a.loss) {
         return Err(format!("--loss {} must be between 0 and 1", a.loss));
     }
-    if !(1..=1_000_000).contains(&a.records) {
+    if !(1..=100_000).contains(&a.records) {
         return Err(format!(
-            "--records {} must be between 1 and 1000000",
+            "--records {} must be between 1 and 100000",
             a.records
         ));
     }
@@ -666,6 +668,20 @@ struct Totals {
     failed: u64,
 }
 
+/// A keyframe run whose corrections the reporter waits to see applied.
+#[derive(Debug, Clone, Copy)]
+struct Correcting {
+    run: i64,
+    drift: u64,
+    since: Instant,
+    /// Open drift was seen above zero: the run's work has been emitted.
+    seen_open: bool,
+}
+
+/// A run is recorded finished just before its work is emitted; after this long
+/// an open drift of zero means the work was emitted and carried out.
+const EMIT_GRACE: Duration = Duration::from_secs(1);
+
 /// Watches the store and the metrics and prints what happened.
 struct Reporter {
     console: Console,
@@ -677,8 +693,8 @@ struct Reporter {
     kinds: BTreeMap<i64, Kind>,
     totals: Totals,
     warned_not_found: bool,
-    /// A keyframe whose corrections are still open: run id, drift, when it was printed.
-    correcting: Option<(i64, u64, Instant)>,
+    /// A keyframe whose corrections may still be open.
+    correcting: Option<Correcting>,
 }
 
 impl Reporter {
@@ -697,12 +713,17 @@ impl Reporter {
             let kind = self.kinds.get(&r.id).copied().unwrap_or(Kind::Scheduled);
             self.print_run(&r, kind);
         }
-        if let Some((id, drift, since)) = self.correcting {
-            if self.open_drift().await? == 0 {
+        if let Some(mut c) = self.correcting {
+            let open = self.open_drift().await?;
+            c.seen_open |= open > 0;
+            self.correcting = Some(c);
+            if open == 0 && (c.seen_open || c.since.elapsed() >= EMIT_GRACE) {
                 self.correcting = None;
                 self.console.say(format!(
-                    "  run {id}: the workers applied its {drift} corrections within {:.1}s; open drift 0",
-                    since.elapsed().as_secs_f64()
+                    "  run {}: the workers applied its {} corrections within {:.1}s; open drift 0",
+                    c.run,
+                    c.drift,
+                    c.since.elapsed().as_secs_f64()
                 ));
             }
         }
@@ -755,7 +776,12 @@ impl Reporter {
             ),
         };
         if r.state == RunState::Ok && drift > 0 && kind != Kind::Bootstrap {
-            self.correcting = Some((r.id, drift, Instant::now()));
+            self.correcting = Some(Correcting {
+                run: r.id,
+                drift,
+                since: Instant::now(),
+                seen_open: false,
+            });
         }
         if r.state != RunState::Failed {
             if kind == Kind::Bootstrap {
@@ -779,8 +805,7 @@ impl Reporter {
     fn webhook_line(&self) -> String {
         let s = &self.stats;
         format!(
-            "vendor changes {}: webhooks sent {}, lost {}, duplicated {}, reordered {}",
-            Stats::get(&s.changes),
+            "webhooks sent {}, lost {}, duplicated {}, reordered {}",
             Stats::get(&s.sent),
             Stats::get(&s.lost),
             Stats::get(&s.duplicated),
@@ -791,7 +816,7 @@ impl Reporter {
     fn driftd_deltas(&self) -> String {
         let s = &self.stats;
         if Stats::get(&s.accepted) == 0 && Stats::get(&s.not_found) > 0 {
-            return "webhooks answered 404 (no /hooks endpoint in this build)".into();
+            return "webhooks refused: 404".into();
         }
         let mut parts = vec![format!(
             "deltas applied {}, stale {}, duplicate {}",
@@ -801,7 +826,11 @@ impl Reporter {
         )];
         let refused = Stats::get(&s.refused) + Stats::get(&s.not_found);
         if refused > 0 {
-            parts.push(format!("refused {refused}"));
+            let status = match Stats::get(&s.refused) {
+                0 => 404,
+                _ => Stats::get(&s.last_refusal),
+            };
+            parts.push(format!("refused {refused} (last HTTP {status})"));
         }
         if Stats::get(&s.failed) > 0 {
             parts.push(format!("unanswered {}", Stats::get(&s.failed)));
@@ -820,7 +849,10 @@ impl Reporter {
     }
 
     /// The status line: what the vendor sent, what driftd holds, the open drift.
-    async fn status(&mut self, always: bool) -> anyhow::Result<()> {
+    ///
+    /// A permanent line, not one refreshed in place: it is wider than many
+    /// terminals, and a wrapped line cannot be redrawn with `\r`.
+    async fn status(&mut self) -> anyhow::Result<()> {
         let entities = self.store.count_entities(PRODUCER).await?;
         let open = self.open_drift().await?;
         let line = format!(
@@ -828,7 +860,7 @@ impl Reporter {
             self.webhook_line(),
             self.driftd_deltas()
         );
-        self.console.status(line, always);
+        self.console.say(line);
         if !self.warned_not_found && Stats::get(&self.stats.not_found) > 0 {
             self.warned_not_found = true;
             self.console.say(
@@ -942,10 +974,11 @@ async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         correcting: None,
     };
     let keyframer = Keyframer::new(store.clone(), client.clone(), metrics.clone());
+    let mut app_task = None;
 
     let story = async {
         bootstrap(&mut reporter, &keyframer, &producer, &client).await?;
-        tasks.spawn(app.run(app_stop.clone()));
+        app_task = Some(tasks.spawn(app.run(app_stop.clone())));
         reporter.console.say(format!(
             "driftd is running: keyframes on schedule {schedule:?}, apply workers, metrics at http://{listen}/metrics"
         ));
@@ -990,16 +1023,25 @@ async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         }
     };
 
-    // Shut down in order: the churn, the daemon (it drains its tasks), the vendor.
+    // Shut down in order: the churn, the daemon (it drains its own tasks), then
+    // the vendor, so no scheduled keyframe sees the vendor vanish mid-pull.
     churn_stop.cancel();
     app_stop.cancel();
+    if let Some(task) = app_task {
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => eprintln!("warning: the daemon stopped with an error: {e:#}"),
+            Ok(Err(e)) => eprintln!("warning: the daemon task failed: {e}"),
+            Err(_) => eprintln!("warning: the daemon did not stop within {SHUTDOWN_TIMEOUT:?}"),
+        }
+    }
     root.cancel();
     tasks.close();
-    if tokio::time::timeout(Duration::from_secs(20), tasks.wait())
+    if tokio::time::timeout(SHUTDOWN_TIMEOUT, tasks.wait())
         .await
         .is_err()
     {
-        eprintln!("warning: some demo tasks did not stop within 20s");
+        eprintln!("warning: some demo tasks did not stop within {SHUTDOWN_TIMEOUT:?}");
     }
     println!(
         "files kept in {}; try `driftd status --config {}`",
@@ -1117,7 +1159,7 @@ async fn watch(r: &mut Reporter, duration: Duration) -> anyhow::Result<()> {
         r.runs().await?;
         if last_status.elapsed() >= Duration::from_secs(1) {
             last_status = Instant::now();
-            r.status(true).await?;
+            r.status().await?;
         }
     }
     r.runs().await?;
@@ -1210,8 +1252,6 @@ async fn finish(
     {
         anyhow::bail!("the webhook sender did not stop within {FLUSH_TIMEOUT:?}");
     }
-    r.status(true).await?;
-    r.console.done();
     let work_limit = Duration::from_secs(60 + args.records / 20);
     drain(r, "before the final keyframe", work_limit).await?;
     r.console.done();
@@ -1275,7 +1315,15 @@ async fn finish(
         Stats::get(&s.duplicated),
         Stats::get(&s.reordered)
     ));
-    out.push(format!("  driftd      {}", r.driftd_deltas()));
+    if Stats::get(&s.accepted) == 0 && Stats::get(&s.not_found) > 0 {
+        out.push(
+            "  driftd      answered 404 to every webhook (no /hooks endpoint in this build): \
+             keyframes alone corrected the drift"
+                .into(),
+        );
+    } else {
+        out.push(format!("  driftd      {}", r.driftd_deltas()));
+    }
     out.push(format!(
         "  keyframes   {} run ({} failed, {} guarded); after the bootstrap ({} missing) they found \
          drift {} (missing {}, extra {}, changed {})",
@@ -1288,6 +1336,12 @@ async fn finish(
         t.extra,
         t.changed
     ));
+    if Stats::get(&s.accepted) > 0 && lost > 0 {
+        out.push(format!(
+            "              ({lost} webhooks were lost; a lost change that a later delivered one \
+             overtook leaves no drift)"
+        ));
+    }
     out.push(format!(
         "  corrected   {done} apply work items done; {} open, {} dead",
         work.get("pending").copied().unwrap_or(0) + work.get("running").copied().unwrap_or(0),

@@ -1,4 +1,4 @@
-//! Integration tests, one binary: store conformance on both backends, the CLI, keyframes end to end, the demo.
+//! Integration tests, one binary: store conformance on both backends, the CLI, ingest, keyframes end to end, the demo.
 
 mod admin;
 mod cli;
