@@ -6,6 +6,7 @@ mod ingest;
 mod keyframe;
 mod observe;
 mod producer;
+mod readyz;
 mod replicas;
 mod store;
 mod support;
