@@ -4,6 +4,7 @@ mod cli;
 mod demo;
 mod ingest;
 mod keyframe;
+mod logs;
 mod observe;
 mod producer;
 mod readyz;
