@@ -195,13 +195,37 @@ impl Store {
     }
 
     /// Whether the database answers and every migration has been applied.
+    ///
+    /// While the server refuses connections the pool keeps retrying until its
+    /// acquire timeout (10 s), which outlasts `/readyz`'s bound and says
+    /// nothing about why. So a pooled connection is awaited for
+    /// [`READINESS_ACQUIRE`] only; then one direct connection, as long again,
+    /// answers the question (or tells why it cannot) and is closed.
     pub async fn readiness(&self) -> Result<(), String> {
-        let applied: i64 =
-            sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE")
-                .fetch_one(&self.pool)
-                .await
-                .and_then(|r| r.try_get(0))
-                .map_err(|e| format!("database unreachable: {e}"))?;
+        use sqlx::{ConnectOptions, Connection};
+        let unreachable = |e: sqlx::Error| format!("database unreachable: {e}");
+        let applied = match tokio::time::timeout(READINESS_ACQUIRE, self.pool.acquire()).await {
+            Ok(conn) => {
+                let mut conn = conn.map_err(unreachable)?;
+                applied_migrations(&mut conn).await
+            }
+            Err(_) => {
+                let options = self.pool.connect_options();
+                let mut conn = tokio::time::timeout(READINESS_ACQUIRE, options.connect())
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "database unreachable: no connection within {}s",
+                            2 * READINESS_ACQUIRE.as_secs()
+                        )
+                    })?
+                    .map_err(unreachable)?;
+                let applied = applied_migrations(&mut conn).await;
+                let _ = conn.close().await;
+                applied
+            }
+        }
+        .map_err(unreachable)?;
         let expected = match self.backend {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").iter().count(),
             Backend::Postgres => sqlx::migrate!("migrations/postgres").iter().count(),
@@ -217,4 +241,14 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// How long [`Store::readiness`] waits for a pooled connection, and then for a direct one.
+const READINESS_ACQUIRE: Duration = Duration::from_secs(1);
+
+async fn applied_migrations(conn: &mut sqlx::AnyConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE")
+        .fetch_one(conn)
+        .await
+        .and_then(|r| r.try_get(0))
 }

@@ -1,0 +1,234 @@
+//! Logs of a child `driftd run`: JSON lines on stderr (by flag or `DRIFTD_LOG_FORMAT`), keyframe span fields present, config secrets absent even from failures.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::driftd_bin;
+
+/// Values that only the config's `${VAR}`s hold; no log line may contain them.
+const SNAPSHOT_TOKEN: &str = "snaptok-5b1f0c9e7d3a4e21";
+const WEBHOOK_SECRET: &str = "hooksec-8c2d7e4f1a9b3c60";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How the JSON format is asked for.
+enum Ask {
+    Flag,
+    Env,
+}
+
+/// A child `driftd run` with stderr in a file; killed on drop.
+struct Daemon {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Producer `orders`: a keyframe every second against a closed loopback
+    /// port (so each one fails), an `Authorization` header and a webhook
+    /// secret that come from the environment.
+    fn start(dir: &Path, ask: Ask) -> Self {
+        let port = free_port();
+        let closed = std::iter::repeat_with(free_port)
+            .find(|p| *p != port)
+            .unwrap();
+        let config = dir.join("driftd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\n\
+                 [database]\nurl = \"sqlite://{db}\"\n\
+                 [[producer]]\nname = \"orders\"\nschedule = \"* * * * * *\"\n\
+                 [producer.snapshot]\nurl = \"http://127.0.0.1:{closed}/orders\"\nitems = \"/data\"\n\
+                 headers = {{ Authorization = \"Bearer ${{LOGS_SNAPSHOT_TOKEN}}\" }}\n\
+                 retries = 1\nretry_backoff_ms = 1\n\
+                 [producer.webhook]\nscheme = \"github\"\nsecret = \"${{LOGS_WEBHOOK_SECRET}}\"\n\
+                 [producer.work]\naction = \"apply\"\n",
+                db = dir.join("driftd.db").display(),
+            ),
+        )
+        .unwrap();
+        let log = dir.join("driftd.log");
+        let mut cmd = Command::new(driftd_bin());
+        cmd.arg("run");
+        match ask {
+            Ask::Flag => {
+                cmd.args(["--log-format", "json"]);
+                cmd.env_remove("DRIFTD_LOG_FORMAT");
+            }
+            Ask::Env => {
+                cmd.env("DRIFTD_LOG_FORMAT", "json");
+            }
+        }
+        let child = cmd
+            .args(["--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "debug")
+            .env("LOGS_SNAPSHOT_TOKEN", SNAPSHOT_TOKEN)
+            .env("LOGS_WEBHOOK_SECRET", WEBHOOK_SECRET)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start driftd run");
+        Self {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls the log until `f` finds what it looks for.
+    async fn wait_for_log(&mut self, what: &str, f: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            if f(&log) {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("driftd exited ({status}) while waiting for {what}\nlog:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\nlog:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the daemon with SIGTERM (so its shutdown lines are logged too) and returns the log.
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.log()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `event` was logged inside a `keyframe` span of producer `orders` with a run id.
+fn in_keyframe_span(event: &Value) -> bool {
+    let span = &event["span"];
+    span["name"] == "keyframe" && span["producer"] == "orders" && span["run_id"].is_u64()
+}
+
+fn parse_lines(log: &str) -> Vec<Value> {
+    log.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l:?}\nlog:\n{log}"));
+            assert!(v.is_object(), "log line is not a JSON object: {l:?}");
+            for field in ["timestamp", "level", "target", "fields"] {
+                assert!(v.get(field).is_some(), "log line has no {field:?}: {l:?}");
+            }
+            v
+        })
+        .collect()
+}
+
+async fn json_logs_carry_span_fields_and_no_secret(ask: Ask) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(dir.path(), ask);
+
+    // A scheduled keyframe fails against the closed port, inside its span.
+    daemon
+        .wait_for_log("a failed keyframe logged in its span", |log| {
+            log.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|v| {
+                    in_keyframe_span(&v)
+                        && v["fields"]["message"] == "keyframe failed: no drift emitted"
+                })
+        })
+        .await;
+
+    // Webhooks with a wrong and with a malformed signature are refused.
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/hooks/orders", daemon.addr);
+    let wrong = format!("sha256={}", "ab".repeat(32));
+    for signature in [wrong.as_str(), "sha256=not-hex"] {
+        let r = client
+            .post(&url)
+            .header("X-Hub-Signature-256", signature)
+            .header("content-type", "application/json")
+            .body(r#"{"id":"ord_1","status":"paid"}"#)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("POST /hooks/orders");
+        assert_eq!(r.status().as_u16(), 401, "{signature}");
+    }
+    daemon
+        .wait_for_log("both refusals logged", |log| {
+            log.matches("webhook refused").count() >= 2
+        })
+        .await;
+
+    let log = daemon.stop();
+    let stdout = std::fs::read_to_string(dir.path().join("stdout.log")).unwrap();
+    assert_eq!(stdout, "", "logs go to stderr only");
+    let events = parse_lines(&log);
+    assert!(events.len() >= 4, "too few log lines:\n{log}");
+    assert!(
+        events
+            .iter()
+            .any(|v| v["fields"]["message"] == "driftd running"),
+        "no start-up line:\n{log}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|v| in_keyframe_span(v) && v["level"] == "WARN"),
+        "no keyframe warning in its span:\n{log}"
+    );
+    let refused: Vec<&Value> = events
+        .iter()
+        .filter(|v| v["fields"]["message"] == "webhook refused")
+        .collect();
+    assert_eq!(refused.len(), 2, "{log}");
+    assert!(refused.iter().all(|v| v["fields"]["producer"] == "orders"));
+    for (i, line) in log.lines().enumerate() {
+        for secret in [SNAPSHOT_TOKEN, WEBHOOK_SECRET] {
+            assert!(
+                !line.contains(secret),
+                "log line {} leaks a config secret: {line}",
+                i + 1
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_flag_json() {
+    json_logs_carry_span_fields_and_no_secret(Ask::Flag).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_env_json() {
+    json_logs_carry_span_fields_and_no_secret(Ask::Env).await;
+}
