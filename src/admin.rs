@@ -6,7 +6,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use crate::config::Config;
@@ -75,14 +74,7 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), AdminError> {
             "admin endpoints are off: set server.admin_token".into(),
         ));
     };
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let a = blake3::hash(given.as_bytes());
-    let b = blake3::hash(token.expose().as_bytes());
-    if bool::from(a.as_bytes().ct_eq(b.as_bytes())) {
+    if crate::server::bearer_matches(headers, token) {
         Ok(())
     } else {
         Err(AdminError(

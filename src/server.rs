@@ -73,3 +73,51 @@ async fn metrics(State(s): State<AppState>) -> Response {
     )
         .into_response()
 }
+
+/// Whether `Authorization: Bearer <token>` carries `secret`, compared in constant time (over digests).
+pub fn bearer_matches(headers: &axum::http::HeaderMap, secret: &crate::config::Secret) -> bool {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    let Some(token) = value
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+        .map(|_| value[7..].trim_ascii())
+    else {
+        return false;
+    };
+    let given = blake3::hash(token);
+    let wanted = blake3::hash(secret.expose().as_bytes());
+    subtle::ConstantTimeEq::ct_eq(&given.as_bytes()[..], &wanted.as_bytes()[..]).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use axum::http::HeaderValue;
+    use axum::http::{header, HeaderMap};
+
+    #[test]
+    fn bearer_tokens() {
+        let secret = Secret::new("s3cret");
+        let cases: &[(Option<&str>, bool)] = &[
+            (Some("Bearer s3cret"), true),
+            (Some("bearer s3cret "), true),
+            (Some("Bearer s3cre"), false),
+            (Some("Bearer s3cretx"), false),
+            (Some("Basic s3cret"), false),
+            (Some("s3cret"), false),
+            (Some("Bearer "), false),
+            (None, false),
+        ];
+        for (value, expected) in cases {
+            let mut h = HeaderMap::new();
+            if let Some(v) = value {
+                h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            }
+            assert_eq!(bearer_matches(&h, &secret), *expected, "{value:?}");
+        }
+    }
+}

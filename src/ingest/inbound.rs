@@ -2,15 +2,13 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
-use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use super::apply::{dedup_key, kept_headers};
 use super::{pipeline, receipt, IngestError, LazyPipeline};
-use crate::config::Secret;
 use crate::server::AppState;
 use crate::store::{now_ms, Channel, InboxEntry, Source};
 
@@ -33,7 +31,7 @@ pub(super) async fn receive(
         .and_then(|e| e.secret.as_ref())
         .filter(|s| !s.expose().is_empty())
         .ok_or(IngestError::NotFound("inbound-email"))?;
-    if !bearer_matches(&headers, secret) {
+    if !crate::server::bearer_matches(&headers, secret) {
         warn!(producer = %p.config.name, "inbound email refused: missing or wrong bearer token");
         return Err(IngestError::Unauthorized);
     }
@@ -51,51 +49,4 @@ pub(super) async fn receive(
         .await
         .map_err(|_| IngestError::Unavailable)?;
     Ok(receipt(settled))
-}
-
-/// `Authorization: Bearer <secret>`, compared in constant time (over
-/// digests, so the length of the secret does not show either).
-fn bearer_matches(headers: &HeaderMap, secret: &Secret) -> bool {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return false;
-    };
-    let value = value.as_bytes();
-    let Some(token) = value
-        .get(..7)
-        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
-        .map(|_| value[7..].trim_ascii())
-    else {
-        return false;
-    };
-    let given = blake3::hash(token);
-    let wanted = blake3::hash(secret.expose().as_bytes());
-    given.as_bytes().ct_eq(wanted.as_bytes()).into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::HeaderValue;
-
-    #[test]
-    fn bearer_tokens() {
-        let secret = Secret::new("s3cret");
-        let cases: &[(Option<&str>, bool)] = &[
-            (Some("Bearer s3cret"), true),
-            (Some("bearer s3cret "), true),
-            (Some("Bearer s3cre"), false),
-            (Some("Bearer s3cretx"), false),
-            (Some("Basic s3cret"), false),
-            (Some("s3cret"), false),
-            (Some("Bearer "), false),
-            (None, false),
-        ];
-        for (value, expected) in cases {
-            let mut h = HeaderMap::new();
-            if let Some(v) = value {
-                h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
-            }
-            assert_eq!(bearer_matches(&h, &secret), *expected, "{value:?}");
-        }
-    }
 }
