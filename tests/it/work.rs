@@ -15,11 +15,15 @@ use crate::keyframe::{keyframer, producer, seed, workers};
 use crate::producer::Vendor;
 use crate::support::TestDb;
 
+const APP_SECRET: &str = "app-shared-secret";
+
 #[derive(Clone, Default)]
 struct App {
     calls: Arc<AtomicUsize>,
     keys: Arc<Mutex<Vec<String>>>,
     bodies: Arc<Mutex<Vec<Value>>>,
+    /// Whether each call's `X-Driftd-Signature` was the HMAC-SHA256 of its body under `APP_SECRET`.
+    signed: Arc<Mutex<Vec<bool>>>,
     /// Status codes to answer in order; 200 once exhausted.
     script: Arc<Mutex<Vec<u16>>>,
 }
@@ -46,6 +50,20 @@ async fn start_app(script: Vec<u16>) -> (App, String) {
                     .lock()
                     .unwrap()
                     .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                let expected = {
+                    use hmac::Mac;
+                    let mut mac =
+                        hmac::Hmac::<sha2::Sha256>::new_from_slice(APP_SECRET.as_bytes()).unwrap();
+                    mac.update(&body);
+                    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+                };
+                let given = headers
+                    .get("x-driftd-signature")
+                    .and_then(|v| v.to_str().ok());
+                s.signed
+                    .lock()
+                    .unwrap()
+                    .push(given == Some(expected.as_str()));
                 let mut script = s.script.lock().unwrap();
                 let code = if script.is_empty() {
                     200
@@ -90,7 +108,7 @@ async fn http_action_retries_with_one_idempotency_key(db: &TestDb) {
     let (vendor, addr) = Vendor::start(50).await;
     let p = producer(
         &crate::producer::snapshot_toml("none", addr),
-        &format!("[producer.work]\naction = \"http\"\nurl = \"{url}\"\nbackoff_base_ms = 1\nbackoff_max_ms = 5\nmax_attempts = 5"),
+        &format!("[producer.work]\naction = \"http\"\nurl = \"{url}\"\nsecret = \"{APP_SECRET}\"\nbackoff_base_ms = 1\nbackoff_max_ms = 5\nmax_attempts = 5"),
     );
     seed(&store, &p, &vendor.snapshot()).await;
     vendor.records.lock().unwrap().get_mut("ord-00007").unwrap()["status"] =
@@ -116,6 +134,11 @@ async fn http_action_retries_with_one_idempotency_key(db: &TestDb) {
     assert_eq!(body["kind"], "changed");
     assert_eq!(body["record"]["status"], "cancelled");
     assert_eq!(body["run_id"], s.run_id.unwrap());
+    assert_eq!(
+        *app.signed.lock().unwrap(),
+        vec![true; 3],
+        "every call carries our HMAC of its body"
+    );
 }
 
 async fn http_client_errors_are_dead_at_once(db: &TestDb) {
