@@ -126,6 +126,13 @@ impl App {
             self.config.clone(),
             shutdown.clone(),
         ));
+        if self.config.database.retention_days > 0 {
+            tasks.spawn(prune_history(
+                self.store.clone(),
+                self.config.database.retention_days,
+                shutdown.clone(),
+            ));
+        }
         let state = AppState {
             config: self.config.clone(),
             store: self.store.clone(),
@@ -179,6 +186,32 @@ async fn listen_for_work(url: String, wake: Arc<Notify>, cancel: CancellationTok
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Deletes history older than the retention window, hourly.
+async fn prune_history(store: Store, days: u32, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        let before = crate::store::now_ms() - i64::from(days) * 86_400_000;
+        match store.prune(before).await {
+            Ok(p) if p != crate::store::Pruned::default() => info!(
+                inbox = p.inbox,
+                work = p.work,
+                runs = p.runs,
+                drifts = p.drifts,
+                "pruned history older than {days} days"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "could not prune history; retrying in an hour"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
     }
 }

@@ -90,6 +90,10 @@ pub struct DatabaseConfig {
     pub url: Secret,
     #[serde(default = "defaults::max_connections")]
     pub max_connections: u32,
+    /// Days to keep settled inbox rows, finished work, and keyframe runs with
+    /// their drift lists; 0 keeps everything. The `changes` log is never pruned.
+    #[serde(default = "defaults::retention_days")]
+    pub retention_days: u32,
 }
 
 impl Default for DatabaseConfig {
@@ -97,6 +101,7 @@ impl Default for DatabaseConfig {
         Self {
             url: defaults::database_url(),
             max_connections: defaults::max_connections(),
+            retention_days: defaults::retention_days(),
         }
     }
 }
@@ -398,6 +403,9 @@ pub mod defaults {
     }
     pub fn max_connections() -> u32 {
         10
+    }
+    pub fn retention_days() -> u32 {
+        30
     }
     pub fn bucket_bits() -> u8 {
         16

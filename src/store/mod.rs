@@ -25,7 +25,7 @@ pub use entities::{
 pub use inbox::{
     Channel, InboxEffect, InboxEntry, InboxFilter, InboxOutcome, InboxRow, SettleMode, Settled,
 };
-pub use runs::{DriftRow, RunCounts, RunRow};
+pub use runs::{DriftRow, Pruned, RunCounts, RunRow};
 pub use work::{Emitted, NewWork, WorkRow};
 
 /// Which database a [`Store`] talks to.

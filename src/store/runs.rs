@@ -34,6 +34,15 @@ pub struct RunRow {
     pub approved_at: Option<i64>,
 }
 
+/// What [`Store::prune`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub inbox: u64,
+    pub work: u64,
+    pub drifts: u64,
+    pub runs: u64,
+}
+
 /// One drifted entity of a run, with the producer's document when it has one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DriftRow {
@@ -275,6 +284,49 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Deletes history older than `before_ms`: settled inbox rows, done or
+    /// cancelled work, and keyframe runs with their drift lists. Kept whatever
+    /// their age: pending deltas, open and dead work, guarded runs awaiting
+    /// approval, each producer's latest run, and the `changes` log.
+    pub async fn prune(&self, before_ms: i64) -> Result<Pruned, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("begin pruning"))?;
+        let run = |sql: &'static str| sqlx::query(sql).bind(before_ms);
+        let inbox = run("DELETE FROM inbox WHERE received_at < $1 AND outcome <> 'pending'")
+            .execute(&mut *tx)
+            .await
+            .map_err(db("prune the inbox"))?
+            .rows_affected();
+        let work = run("DELETE FROM work WHERE updated_at < $1 AND state IN ('done', 'cancelled')")
+            .execute(&mut *tx)
+            .await
+            .map_err(db("prune work"))?
+            .rows_affected();
+        const OLD_RUNS: &str = "SELECT id FROM keyframe_runs WHERE started_at < $1
+             AND state NOT IN ('guarded', 'running')
+             AND id NOT IN (SELECT MAX(id) FROM keyframe_runs GROUP BY producer)";
+        let drifts = sqlx::query(&format!("DELETE FROM drifts WHERE run_id IN ({OLD_RUNS})"))
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("prune drift lists"))?
+            .rows_affected();
+        let runs = sqlx::query(&format!(
+            "DELETE FROM keyframe_runs WHERE id IN ({OLD_RUNS})"
+        ))
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("prune keyframe runs"))?
+        .rows_affected();
+        tx.commit().await.map_err(db("commit pruning"))?;
+        Ok(Pruned {
+            inbox,
+            work,
+            drifts,
+            runs,
+        })
     }
 
     /// Takes (or renews) the lease `name` for `holder` until `ttl_ms` from now.

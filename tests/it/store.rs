@@ -300,6 +300,7 @@ async fn unchanged_content_is_not_a_change(db: &TestDb) {
 }
 
 crate::on_both_backends!(
+    prune_deletes_old_history_and_keeps_what_matters,
     put_read_delete,
     versions_order_writes,
     merge_patches_apply_to_stored_doc,
@@ -308,3 +309,86 @@ crate::on_both_backends!(
     verify_finds_a_tampered_change,
     unchanged_content_is_not_a_change,
 );
+
+async fn prune_deletes_old_history_and_keeps_what_matters(db: &TestDb) {
+    let store = db.store().await;
+    let exec = |sql: String| {
+        let pool = store.pool().clone();
+        async move { sqlx::query(&sql).execute(&pool).await.unwrap() }
+    };
+    // Inbox: old settled, old pending, new settled.
+    for (at, outcome) in [(1_000, "applied"), (1_000, "pending"), (9_000, "applied")] {
+        exec(format!(
+            "INSERT INTO inbox (producer, channel, received_at, headers, body, outcome) VALUES ('p', 'webhook', {at}, '{{}}', '', '{outcome}')"
+        )).await;
+    }
+    // Work: old done, old dead, old pending, new done.
+    for (i, (at, state)) in [
+        (1_000, "done"),
+        (1_000, "dead"),
+        (1_000, "pending"),
+        (9_000, "done"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        exec(format!(
+            "INSERT INTO work (time, spec, producer, key, action, state, run_at, max_attempts, dedup_key, updated_at)
+             VALUES ({at}, '{{}}', 'p', 'k{i}', 'apply', '{state}', {at}, 5, 'd{i}', {at})"
+        )).await;
+    }
+    // Runs: old ok, old guarded, the latest (old too), each with a drift row.
+    let mut ids = Vec::new();
+    for state in ["ok", "guarded", "ok"] {
+        let id = store.start_run("p", 1_000).await.unwrap();
+        exec(format!(
+            "UPDATE keyframe_runs SET state = '{state}' WHERE id = {id}"
+        ))
+        .await;
+        exec(format!(
+            "INSERT INTO drifts (run_id, producer, key, kind) VALUES ({id}, 'p', 'k', 'extra')"
+        ))
+        .await;
+        ids.push(id);
+    }
+    let pruned = store.prune(5_000).await.unwrap();
+    assert_eq!(
+        pruned,
+        driftd::store::Pruned {
+            inbox: 1,
+            work: 1,
+            drifts: 1,
+            runs: 1
+        }
+    );
+    assert!(
+        store.run(ids[0]).await.unwrap().is_none(),
+        "old ok run pruned"
+    );
+    assert!(
+        store.run(ids[1]).await.unwrap().is_some(),
+        "guarded run kept for approval"
+    );
+    assert!(
+        store.run(ids[2]).await.unwrap().is_some(),
+        "the producer's latest run kept"
+    );
+    assert_eq!(store.drifts_of_run(ids[1]).await.unwrap().len(), 1);
+    let states: Vec<String> = store
+        .list_work(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.state.to_string())
+        .collect();
+    assert_eq!(states.len(), 3, "{states:?}");
+    assert!(
+        !states.contains(&"done".to_string())
+            || states.iter().filter(|s| *s == "done").count() == 1
+    );
+    assert_eq!(
+        store.prune(5_000).await.unwrap(),
+        driftd::store::Pruned::default(),
+        "idempotent"
+    );
+}
