@@ -145,29 +145,26 @@ pub fn after_failure(
     }
 }
 
-/// Carries out one item. Returns a note for the log on success.
+/// Carries out one `http` item. Returns a note for the log on success.
 async fn perform(
     item: &WorkRow,
     p: &ProducerConfig,
-    store: &Store,
     client: &reqwest::Client,
 ) -> Result<&'static str, Failure> {
     let spec: WorkSpec = serde_json::from_str(&item.spec)
         .map_err(|e| Failure::Intransient(format!("invalid work spec: {e}")))?;
     match p.work.action {
-        Action::Apply => apply(&spec, p, store).await,
         Action::Http => post(&spec, item, p, client).await,
-        Action::None => Err(Failure::Intransient(
-            "action \"none\" items are for the application's workers".into(),
-        )),
+        Action::Apply | Action::None => Err(Failure::Intransient(format!(
+            "action {:?} is not carried out one item at a time",
+            action_name(p.work.action)
+        ))),
     }
 }
 
-async fn apply(
-    spec: &WorkSpec,
-    p: &ProducerConfig,
-    store: &Store,
-) -> Result<&'static str, Failure> {
+/// The entity write that carries out an `apply` item: the producer's record
+/// (or a deletion for `extra`), conditional on the row the keyframe saw.
+fn correction(spec: &WorkSpec) -> Result<EntityWrite, Failure> {
     let kind = DriftKind::parse(&spec.kind)
         .ok_or_else(|| Failure::Intransient(format!("unknown drift kind {:?}", spec.kind)))?;
     let seen = match &spec.local_hash {
@@ -189,31 +186,12 @@ async fn apply(
             )))
         }
     };
-    let hasher = RecordHasher::new(&p.snapshot.ignore)
-        .map_err(|e| Failure::Intransient(format!("invalid ignore pointer: {e}")))?;
-    let write = EntityWrite {
+    Ok(EntityWrite {
         key: spec.key.clone(),
         change,
         version: spec.version,
         source: Source::Keyframe,
         ordering: Ordering::Correct { seen },
-    };
-    let outcome = store
-        .write_entities(&p.name, p.bucket_bits, &hasher, &[write])
-        .await
-        .map_err(|e| {
-            if e.is_transient() {
-                Failure::Transient(e.to_string())
-            } else {
-                Failure::Intransient(e.to_string())
-            }
-        })?;
-    Ok(match outcome[0] {
-        crate::store::WriteOutcome::Applied => "applied",
-        crate::store::WriteOutcome::Unchanged => "already in place",
-        crate::store::WriteOutcome::Stale => {
-            "local row changed since the keyframe; left for the next one"
-        }
     })
 }
 
@@ -275,6 +253,9 @@ fn strip_query(url: &str) -> &str {
     url.split('?').next().unwrap_or(url)
 }
 
+/// `apply` items claimed and committed together per round.
+const APPLY_BATCH: u32 = 200;
+
 /// The in-process workers for every producer whose action is `apply` or `http`.
 #[derive(Clone, Debug)]
 pub struct Workers {
@@ -322,6 +303,17 @@ impl Workers {
             );
         }
         let lease_ms = (p.work.lease_secs * 1000) as i64;
+        if p.work.action == Action::Apply {
+            let items = self
+                .store
+                .claim_work(&p.name, &self.id, APPLY_BATCH, lease_ms)
+                .await?;
+            let n = items.len();
+            if n > 0 {
+                self.apply_batch(p, items).await?;
+            }
+            return Ok(n);
+        }
         let items = self
             .store
             .claim_work(&p.name, &self.id, p.work.concurrency, lease_ms)
@@ -343,59 +335,136 @@ impl Workers {
         Ok(n)
     }
 
-    async fn carry_out(&self, p: &ProducerConfig, item: WorkRow) -> Result<(), StoreError> {
-        let action = action_name(p.work.action);
+    /// Carries out claimed `apply` items together: every correction and every
+    /// item's completion commit in one transaction, so an item is done exactly
+    /// when its effect is in place. An invalid spec is dead on its own; a
+    /// database error returns the batch to the queue with backoff.
+    async fn apply_batch(&self, p: &ProducerConfig, items: Vec<WorkRow>) -> Result<(), StoreError> {
         let started = Instant::now();
-        let result = perform(&item, p, &self.store, &self.client).await;
-        self.metrics
-            .work_duration
-            .with_label_values(&[action])
-            .observe(started.elapsed().as_secs_f64());
         let now = now_ms();
-        let (next, run_at, error, outcome) = match &result {
-            Ok(note) => {
-                debug!(note, "work item done");
-                (WorkState::Done, now, None, "done")
+        let mut batch = Vec::with_capacity(items.len());
+        for item in &items {
+            let write = serde_json::from_str::<WorkSpec>(&item.spec)
+                .map_err(|e| Failure::Intransient(format!("invalid work spec: {e}")))
+                .and_then(|spec| correction(&spec));
+            match write {
+                Ok(w) => batch.push((item.id, w)),
+                Err(f) => self.record_failure(p, item, &f, now).await?,
             }
-            Err(f) => {
-                let (next, run_at) = after_failure(
-                    f,
-                    item.attempts,
-                    item.max_attempts,
-                    p.work.backoff_base_ms,
-                    p.work.backoff_max_ms,
-                    now,
-                    rand::random::<f64>(),
-                );
-                let msg = match f {
-                    Failure::Transient(m) | Failure::Intransient(m) => m.clone(),
-                };
-                if next == WorkState::Dead {
-                    warn!(error = %msg, attempts = item.attempts, "work item dead");
-                } else {
-                    debug!(error = %msg, attempts = item.attempts, "work item will be retried");
+        }
+        let hasher = match RecordHasher::new(&p.snapshot.ignore) {
+            Ok(h) => h,
+            Err(e) => {
+                let f = Failure::Intransient(format!("invalid ignore pointer: {e}"));
+                for item in &items {
+                    self.record_failure(p, item, &f, now).await?;
                 }
-                let outcome = if next == WorkState::Dead {
-                    "dead"
-                } else {
-                    "retry"
-                };
-                (next, run_at, Some(msg), outcome)
+                return Ok(());
             }
+        };
+        match self
+            .store
+            .apply_work(&p.name, p.bucket_bits, &hasher, &self.id, &batch)
+            .await
+        {
+            Ok(outcomes) => {
+                let per_item = started.elapsed().as_secs_f64() / outcomes.len().max(1) as f64;
+                for (id, outcome) in &outcomes {
+                    debug!(work_id = id, ?outcome, "apply item done");
+                    self.metrics
+                        .work_duration
+                        .with_label_values(&["apply"])
+                        .observe(per_item);
+                }
+                self.metrics
+                    .work_completed
+                    .with_label_values(&["apply", "done"])
+                    .inc_by(outcomes.len() as u64);
+                Ok(())
+            }
+            Err(e) => {
+                let f = Failure::Transient(e.to_string());
+                for item in items
+                    .iter()
+                    .filter(|i| batch.iter().any(|(id, _)| *id == i.id))
+                {
+                    self.record_failure(p, item, &f, now).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn record_failure(
+        &self,
+        p: &ProducerConfig,
+        item: &WorkRow,
+        f: &Failure,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let action = action_name(p.work.action);
+        let (next, run_at) = after_failure(
+            f,
+            item.attempts,
+            item.max_attempts,
+            p.work.backoff_base_ms,
+            p.work.backoff_max_ms,
+            now,
+            rand::random::<f64>(),
+        );
+        let msg = match f {
+            Failure::Transient(m) | Failure::Intransient(m) => m.as_str(),
+        };
+        if next == WorkState::Dead {
+            warn!(work_id = item.id, key = %item.key, error = %msg, attempts = item.attempts, "work item dead");
+        }
+        let outcome = if next == WorkState::Dead {
+            "dead"
+        } else {
+            "retry"
         };
         if self
             .store
-            .finish_work(item.id, &self.id, next, run_at, error.as_deref())
+            .finish_work(item.id, &self.id, next, run_at, Some(msg))
             .await?
         {
             self.metrics
                 .work_completed
                 .with_label_values(&[action, outcome])
                 .inc();
-        } else {
-            warn!("work item lease lost before completion; another worker owns it now");
         }
         Ok(())
+    }
+
+    /// Carries out one `http` item and records its outcome.
+    async fn carry_out(&self, p: &ProducerConfig, item: WorkRow) -> Result<(), StoreError> {
+        let action = action_name(p.work.action);
+        let started = Instant::now();
+        let result = perform(&item, p, &self.client).await;
+        self.metrics
+            .work_duration
+            .with_label_values(&[action])
+            .observe(started.elapsed().as_secs_f64());
+        let now = now_ms();
+        match result {
+            Ok(note) => {
+                debug!(note, "work item done");
+                if self
+                    .store
+                    .finish_work(item.id, &self.id, WorkState::Done, now, None)
+                    .await?
+                {
+                    self.metrics
+                        .work_completed
+                        .with_label_values(&[action, "done"])
+                        .inc();
+                } else {
+                    warn!("work item lease lost before completion; another worker owns it now");
+                }
+                Ok(())
+            }
+            Err(f) => self.record_failure(p, &item, &f, now).await,
+        }
     }
 }
 

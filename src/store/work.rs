@@ -265,6 +265,56 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Writes the corrections of running `apply` items held by `worker` and
+    /// marks those items done, in one transaction. If any item's lease was
+    /// lost meanwhile, nothing is written and an error is returned.
+    pub async fn apply_work(
+        &self,
+        producer: &str,
+        bucket_bits: u8,
+        hasher: &crate::canonical::RecordHasher,
+        worker: &str,
+        items: &[(i64, crate::store::EntityWrite)],
+    ) -> Result<Vec<(i64, crate::store::WriteOutcome)>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        let writes: Vec<crate::store::EntityWrite> = items.iter().map(|(_, w)| w.clone()).collect();
+        let outcomes = self
+            .write_entities_in(&mut tx, producer, bucket_bits, hasher, &writes)
+            .await?;
+        let now = now_ms();
+        let mut done = 0;
+        for chunk in items.chunks(500) {
+            let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "UPDATE work SET state = 'done', last_error = NULL, locked_by = NULL, locked_until = NULL,
+                   updated_at = $1 WHERE state = 'running' AND locked_by = $2 AND id IN ({})",
+                ids.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(now).bind(worker);
+            for (id, _) in chunk {
+                q = q.bind(id);
+            }
+            done += q
+                .execute(&mut *tx)
+                .await
+                .map_err(db("complete apply items"))?
+                .rows_affected();
+        }
+        if done != items.len() as u64 {
+            tx.rollback().await.map_err(db("roll back apply items"))?;
+            return Err(StoreError::Invalid(format!(
+                "{} of {} apply items are no longer held by {worker}; they will be retried",
+                items.len() as u64 - done,
+                items.len()
+            )));
+        }
+        tx.commit().await.map_err(db("commit apply items"))?;
+        Ok(items.iter().map(|(id, _)| *id).zip(outcomes).collect())
+    }
+
     /// Returns running items whose lease expired to `pending` (or `dead` once
     /// out of attempts). Returns how many were reclaimed.
     pub async fn reclaim_expired_work(&self) -> Result<u64, StoreError> {
