@@ -322,7 +322,65 @@ async fn convergence_over_random_loss(db: &TestDb) {
     }
 }
 
+/// A batch of apply items commits its corrections and completions together:
+/// if the worker lost a lease meanwhile, nothing of the batch is written.
+async fn apply_batches_are_all_or_nothing(db: &TestDb) {
+    use driftd::canonical::RecordHasher;
+    use driftd::store::{Change, EntityWrite, Ordering, Source};
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(30).await;
+    let p = producer(&crate::producer::snapshot_toml("none", addr), "");
+    seed(&store, &p, &vendor.snapshot()).await;
+    for k in ["ord-00001", "ord-00002"] {
+        vendor.records.lock().unwrap().get_mut(k).unwrap()["status"] = Value::String("new".into());
+    }
+    keyframer(&store).run(&p, false).await.unwrap();
+    let claimed = store.claim_work("orders", "w1", 10, 30).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let batch: Vec<(i64, EntityWrite)> = claimed
+        .iter()
+        .map(|w| {
+            let spec: driftd::work::WorkSpec = serde_json::from_str(&w.spec).unwrap();
+            let seen = spec.local_hash.as_deref().map(|h| {
+                driftd::canonical::RecordHash::from_slice(&hex::decode(h).unwrap()).unwrap()
+            });
+            (
+                w.id,
+                EntityWrite {
+                    key: spec.key.clone(),
+                    change: Change::Replace(spec.record.unwrap()),
+                    version: None,
+                    source: Source::Keyframe,
+                    ordering: Ordering::Correct { seen },
+                },
+            )
+        })
+        .collect();
+    // One lease expires and another worker takes that item.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(store.reclaim_expired_work().await.unwrap(), 2);
+    let other = store.claim_work("orders", "w2", 1, 60_000).await.unwrap();
+    assert_eq!(other.len(), 1);
+    let hasher = RecordHasher::default();
+    let err = store
+        .apply_work("orders", p.bucket_bits, &hasher, "w1", &batch)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no longer held by w1"), "{err}");
+    for k in ["ord-00001", "ord-00002"] {
+        let e = store.entity("orders", k).await.unwrap().unwrap();
+        assert_eq!(
+            e.doc.unwrap()["status"],
+            "open",
+            "{k} was written by a batch that lost a lease"
+        );
+    }
+    let (checked, broken) = store.verify_chain().await.unwrap();
+    assert_eq!((checked, broken), (30, None), "no change was logged");
+}
+
 crate::on_both_backends!(
+    apply_batches_are_all_or_nothing,
     http_action_retries_with_one_idempotency_key,
     http_client_errors_are_dead_at_once,
     expired_leases_are_retried,
