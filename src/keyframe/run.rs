@@ -219,19 +219,22 @@ impl Keyframer {
         p: &ProducerConfig,
         snapshot: &Snapshot,
     ) -> Result<(RunCounts, Vec<DriftRow>), KeyframeError> {
-        let remote: Vec<Remote<'_>> = snapshot
-            .records
-            .iter()
-            .enumerate()
-            .map(|(index, r)| Remote {
-                key: &r.key,
-                bucket: r.bucket,
-                hash: r.hash,
-                version: r.version,
-                index,
-            })
-            .collect();
-        let remote_digests = compare::remote_digests(remote.iter().copied());
+        // Views of the records, built lazily: at a million records a second
+        // full vector would double the keyframe's memory.
+        let remote = || {
+            snapshot
+                .records
+                .iter()
+                .enumerate()
+                .map(|(index, r)| Remote {
+                    key: &r.key,
+                    bucket: r.bucket,
+                    hash: r.hash,
+                    version: r.version,
+                    index,
+                })
+        };
+        let remote_digests = compare::remote_digests(remote());
         let local_digests: BTreeMap<_, _> = self
             .store
             .bucket_digests(&p.name)
@@ -240,11 +243,8 @@ impl Keyframer {
             .collect();
         let mismatched = compare::mismatched_buckets(&remote_digests, &local_digests);
         let local = self.store.rows_in_buckets(&p.name, &mismatched).await?;
-        // Records are sorted by bucket: keep those in mismatched buckets.
-        let in_mismatched: Vec<Remote<'_>> = remote
-            .iter()
+        let in_mismatched: Vec<Remote<'_>> = remote()
             .filter(|r| mismatched.binary_search(&r.bucket).is_ok())
-            .copied()
             .collect();
         let previous = self
             .store
