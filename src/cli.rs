@@ -51,7 +51,14 @@ pub enum Command {
     /// Run the daemon: HTTP server, keyframe schedules, workers, until SIGINT/SIGTERM.
     Run(ConfigArg),
     /// Validate the config; list every problem with its TOML path (exit 64 on error).
-    Check(ConfigArg),
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also fetch each producer's first snapshot page and check the
+        /// pointers against it (network only; no database, no port).
+        #[arg(long)]
+        probe: bool,
+    },
     /// Apply database migrations.
     Migrate(ConfigArg),
     /// Walk the hash-chained `changes` log and report the first broken link.
@@ -143,7 +150,7 @@ pub fn main() -> ExitCode {
     };
     init_logging(cli.log_format, default_filter);
     match cli.command {
-        Command::Check(args) => check(&args.config),
+        Command::Check { config, probe } => check(&config.config, probe),
         Command::Run(args) => run_daemon(&args.config),
         Command::Migrate(args) => with_store(&args.config, |_, store| async move {
             store.migrate().await?;
@@ -244,8 +251,14 @@ fn load(path: &Path) -> Result<Loaded, ExitCode> {
     })
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, probe: bool) -> ExitCode {
     match load(path) {
+        Ok(loaded) if probe => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            probe_producers(&loaded.config)
+        }
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
@@ -555,5 +568,43 @@ fn replay(
             println!("  {:<10} {n}", o.as_str());
         }
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn probe_producers(config: &Config) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let client = match http_client() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("cannot build the HTTP client: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut problems = 0;
+        for (i, p) in config.producers.iter().enumerate() {
+            println!("{}:", p.name);
+            for f in crate::probe::probe(&client, i, p).await {
+                if f.level == crate::probe::Level::Problem {
+                    problems += 1;
+                }
+                println!("  {f}");
+            }
+        }
+        if problems > 0 {
+            eprintln!(
+                "{problems} problem{} found",
+                if problems == 1 { "" } else { "s" }
+            );
+            ExitCode::from(EXIT_USAGE)
+        } else {
+            ExitCode::SUCCESS
+        }
     })
 }

@@ -10,6 +10,7 @@
 //! - [`keyframe`]: pulling snapshots, comparing digests, classifying drift.
 //! - [`ingest`]: webhooks and emails into the inbox, applied in version order; replay.
 //! - [`work`]: work specs, emission from keyframes, the `apply`/`http` workers.
+//! - [`probe`]: `driftd check --probe`, the first page against the pointers.
 //! - [`schedule`]: cron next-fire times (pure) and the per-producer schedule loop.
 //! - [`server`]: the axum router, health and metrics endpoints.
 //! - [`admin`]: operator endpoints behind the admin bearer token.
@@ -27,6 +28,7 @@ pub mod ingest;
 pub mod keyframe;
 pub mod metrics;
 pub mod patch;
+pub mod probe;
 pub mod schedule;
 pub mod server;
 pub mod state;

@@ -235,3 +235,81 @@ async fn keyframe_guard_approve_and_status_through_the_binary() {
     assert_eq!(code, 64);
     assert!(stderr.contains("unknown producer \"nope\""), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_probe_points_at_the_wrong_pointers() {
+    let (_vendor, addr) = crate::producer::Vendor::start(600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, snapshot: String| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("[database]\nurl = \"sqlite://{}/never.db\"\n[[producer]]\nname = \"orders\"\nschedule = \"0 0 * * * *\"\n[producer.snapshot]\n{snapshot}\n", dir.path().display()),
+        )
+        .unwrap();
+        path
+    };
+    let good = write(
+        "good.toml",
+        format!(
+            "{}\nversion = \"/rev\"",
+            crate::producer::snapshot_toml("cursor", addr)
+        ),
+    );
+    let (code, stdout, stderr) =
+        run_async(&["check", "--probe", "--config", good.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("ok: producer[0].snapshot.items: pointer \"/data\" finds 250 records"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok: producer[0].snapshot.key: pointer \"/id\" finds key \"ord-00000\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok: producer[0].snapshot.pagination.cursor"),
+        "{stdout}"
+    );
+
+    let bad_items = write(
+        "bad-items.toml",
+        format!("url = \"http://{addr}/cursor\"\nitems = \"/results\"\npagination = {{ style = \"cursor\", cursor = \"/meta/next_cursor\" }}"),
+    );
+    let (code, stdout, _) =
+        run_async(&["check", "--probe", "--config", bad_items.to_str().unwrap()]).await;
+    assert_eq!(code, 64, "{stdout}");
+    assert!(
+        stdout.contains("problem: producer[0].snapshot.items: pointer \"/results\" finds nothing, not an array; arrays on the page: /data"),
+        "{stdout}"
+    );
+    let bad_key = write(
+        "bad-key.toml",
+        format!("url = \"http://{addr}/none\"\nitems = \"/data\"\nkey = \"/order_id\"\nversion = \"/status\""),
+    );
+    let (code, stdout, _) =
+        run_async(&["check", "--probe", "--config", bad_key.to_str().unwrap()]).await;
+    assert_eq!(code, 64, "{stdout}");
+    assert!(stdout.contains("problem: producer[0].snapshot.key: pointer \"/order_id\" finds nothing in the first record; its members: /amount, /id,"), "{stdout}");
+    assert!(
+        stdout.contains("problem: producer[0].snapshot.version"),
+        "{stdout}"
+    );
+    let unreachable = write("down.toml", "url = \"http://127.0.0.1:9/orders\"".into());
+    let (code, stdout, _) = run_async(&[
+        "check",
+        "--probe",
+        "--config",
+        unreachable.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 64);
+    assert!(
+        stdout.contains("problem: producer[0].snapshot.url: GET http://127.0.0.1:9/orders failed"),
+        "{stdout}"
+    );
+    assert!(
+        !dir.path().join("never.db").exists(),
+        "the probe opens no database"
+    );
+}
