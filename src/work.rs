@@ -19,7 +19,8 @@ use crate::keyframe::compare::DriftKind;
 use crate::metrics::Metrics;
 use crate::state::WorkState;
 use crate::store::{
-    now_ms, Change, EntityWrite, NewWork, Ordering, Source, Store, StoreError, WorkRow,
+    now_ms, Change, DriftRow, Emitted, EntityWrite, NewWork, Ordering, Source, Store, StoreError,
+    WorkRow,
 };
 
 /// The JSON spec of a work item (`work.spec`). Applications that take items
@@ -72,45 +73,59 @@ fn action_name(a: Action) -> &'static str {
 
 /// Emits one work item per drift of run `run_id`; returns the items written.
 pub async fn emit_run(store: &Store, p: &ProducerConfig, run_id: i64) -> Result<u64, StoreError> {
-    let drifts = store.drifts_of_run(run_id).await?;
-    let mut items = Vec::with_capacity(drifts.len());
-    for d in drifts {
-        let record: Option<Value> = d.doc.as_deref().and_then(|s| serde_json::from_str(s).ok());
-        let version = match (&p.snapshot.version, &record) {
-            (Some(ptr), Some(doc)) => doc
-                .pointer(ptr)
-                .and_then(|v| crate::canonical::version_value(v).ok()),
-            _ => None,
-        };
-        let spec = WorkSpec {
-            producer: p.name.clone(),
-            key: d.key.clone(),
-            kind: d.kind.clone(),
-            expected_hash: d.remote_hash.map(|h| h.to_hex()),
-            local_hash: d.local_hash.map(|h| h.to_hex()),
-            run_id,
-            action: action_name(p.work.action).to_string(),
-            record,
-            version,
-        };
-        items.push(NewWork {
-            key: d.key,
-            action: spec.action.clone(),
-            dedup_key: spec.idempotency_key(),
-            spec: serde_json::to_string(&spec).expect("a spec always serializes"),
-        });
+    let mut after = String::new();
+    let mut total = Emitted::default();
+    loop {
+        // Page by page, so a large drift never sits in memory whole.
+        let page = store.drifts_page(run_id, &after, 1_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.key.clone();
+        let items: Vec<NewWork> = page.into_iter().map(|d| new_work(p, run_id, d)).collect();
+        let e = store
+            .emit_work(&p.name, &items, p.work.max_attempts)
+            .await?;
+        total.inserted += e.inserted;
+        total.updated += e.updated;
+        total.skipped_running += e.skipped_running;
     }
-    let e = store
-        .emit_work(
+    let closed = store
+        .close_vanished_work(
             &p.name,
-            &items,
-            p.work.max_attempts,
+            run_id,
             &format!("drift gone at keyframe run {run_id}"),
         )
         .await?;
-    debug!(producer = %p.name, run_id, inserted = e.inserted, updated = e.updated,
-        skipped_running = e.skipped_running, closed = e.closed, "work emitted");
-    Ok(e.inserted + e.updated)
+    debug!(producer = %p.name, run_id, inserted = total.inserted, updated = total.updated,
+        skipped_running = total.skipped_running, closed, "work emitted");
+    Ok(total.inserted + total.updated)
+}
+
+/// The work item of one drift: its documented spec and idempotency key.
+fn new_work(p: &ProducerConfig, run_id: i64, d: DriftRow) -> NewWork {
+    let record: Option<Value> = d.doc.as_deref().and_then(|s| serde_json::from_str(s).ok());
+    let version = match (&p.snapshot.version, &record) {
+        (Some(ptr), Some(doc)) => doc
+            .pointer(ptr)
+            .and_then(|v| crate::canonical::version_value(v).ok()),
+        _ => None,
+    };
+    let spec = WorkSpec {
+        producer: p.name.clone(),
+        key: d.key.clone(),
+        kind: d.kind.clone(),
+        expected_hash: d.remote_hash.map(|h| h.to_hex()),
+        local_hash: d.local_hash.map(|h| h.to_hex()),
+        run_id,
+        action: action_name(p.work.action).to_string(),
+        record,
+        version,
+    };
+    NewWork {
+        key: d.key,
+        action: spec.action.clone(),
+        dedup_key: spec.idempotency_key(),
+        spec: serde_json::to_string(&spec).expect("a spec always serializes"),
+    }
 }
 
 /// Why an attempt failed, and whether trying again can help.

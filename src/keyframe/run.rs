@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::{info, warn, Instrument};
 
-use super::compare::{self, DriftKind, Remote};
+use super::compare::{self, Drift, DriftKind, Remote};
 use super::fetch::{self, Snapshot};
 use crate::canonical::RecordHasher;
 use crate::config::ProducerConfig;
@@ -173,7 +173,7 @@ impl Keyframer {
                 warn!(producer = %p.name, error = %message, "keyframe failed: no drift emitted");
                 summary.state = RunState::Failed;
                 summary.error = Some(message);
-                return self.finish(p, summary, clock, &[]).await;
+                return self.finish(p, summary, clock, None).await;
             }
         };
         let (counts, drifts) = self.compare(p, &snapshot).await?;
@@ -210,15 +210,16 @@ impl Keyframer {
                 run_id.unwrap_or_default()
             );
         }
-        self.finish(p, summary, clock, &drifts).await
+        self.finish(p, summary, clock, Some((&snapshot, &drifts)))
+            .await
     }
 
-    /// Compares the snapshot with the store and returns the counts and the drift list with documents.
+    /// Compares the snapshot with the store and returns the counts and the drift list.
     async fn compare(
         &self,
         p: &ProducerConfig,
         snapshot: &Snapshot,
-    ) -> Result<(RunCounts, Vec<DriftRow>), KeyframeError> {
+    ) -> Result<(RunCounts, Vec<Drift>), KeyframeError> {
         // Views of the records, built lazily: at a million records a second
         // full vector would double the keyframe's memory.
         let remote = || {
@@ -262,29 +263,7 @@ impl Keyframer {
             changed: classified.count(DriftKind::Changed),
             skipped_races: classified.skipped_races.len() as u64,
         };
-        let mut drifts = Vec::with_capacity(classified.drifts.len());
-        for d in &classified.drifts {
-            let doc = match d.remote_index {
-                Some(i) => Some(
-                    snapshot
-                        .doc(&snapshot.records[i])
-                        .map_err(|e| KeyframeError::Config {
-                            producer: p.name.clone(),
-                            reason: format!("cannot read back a spilled record: {e}"),
-                        })?
-                        .to_string(),
-                ),
-                None => None,
-            };
-            drifts.push(DriftRow {
-                key: d.key.clone(),
-                kind: d.kind.as_str().to_string(),
-                remote_hash: d.remote_hash,
-                local_hash: d.local_hash,
-                doc,
-            });
-        }
-        Ok((counts, drifts))
+        Ok((counts, classified.drifts))
     }
 
     /// Records the run, emits work for an `ok` run, updates health and metrics.
@@ -293,7 +272,7 @@ impl Keyframer {
         p: &ProducerConfig,
         mut summary: Summary,
         clock: Instant,
-        drifts: &[DriftRow],
+        drifts: Option<(&Snapshot, &[Drift])>,
     ) -> Result<Summary, KeyframeError> {
         summary.duration_ms = clock.elapsed().as_millis() as u64;
         let Some(run_id) = summary.run_id else {
@@ -309,8 +288,15 @@ impl Keyframer {
             changed: summary.changed,
             skipped_races: summary.skipped_races,
         };
-        if !drifts.is_empty() {
-            self.store.insert_drifts(run_id, &p.name, drifts).await?;
+        if let Some((snapshot, drifts)) = drifts {
+            // In chunks, so at most one chunk of documents is in memory.
+            for chunk in drifts.chunks(1_000) {
+                let rows = chunk
+                    .iter()
+                    .map(|d| drift_row(p, snapshot, d))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.store.insert_drifts(run_id, &p.name, &rows).await?;
+            }
         }
         self.store
             .finish_run(run_id, summary.state, &counts, summary.error.as_deref())
@@ -382,4 +368,31 @@ impl Keyframer {
         );
         Ok(summary)
     }
+}
+
+/// A drift as stored, with the producer's document read back from the spill file.
+fn drift_row(
+    p: &ProducerConfig,
+    snapshot: &Snapshot,
+    d: &Drift,
+) -> Result<DriftRow, KeyframeError> {
+    let doc = match d.remote_index {
+        Some(i) => Some(
+            snapshot
+                .doc(&snapshot.records[i])
+                .map_err(|e| KeyframeError::Config {
+                    producer: p.name.clone(),
+                    reason: format!("cannot read back a spilled record: {e}"),
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok(DriftRow {
+        key: d.key.clone(),
+        kind: d.kind.as_str().to_string(),
+        remote_hash: d.remote_hash,
+        local_hash: d.local_hash,
+        doc,
+    })
 }

@@ -261,10 +261,23 @@ impl Store {
 
     /// The drift list of a run, in key order.
     pub async fn drifts_of_run(&self, run_id: i64) -> Result<Vec<DriftRow>, StoreError> {
+        self.drifts_page(run_id, "", i64::MAX).await
+    }
+
+    /// Up to `limit` drifts of a run with keys after `after` (`""` from the start), in key order.
+    pub async fn drifts_page(
+        &self,
+        run_id: i64,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<DriftRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT key, kind, remote_hash, local_hash, doc FROM drifts WHERE run_id = $1 ORDER BY key",
+            "SELECT key, kind, remote_hash, local_hash, doc FROM drifts
+             WHERE run_id = $1 AND key > $2 ORDER BY key LIMIT $3",
         )
         .bind(run_id)
+        .bind(after)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await
         .map_err(db("read drifts"))?;

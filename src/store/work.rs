@@ -5,7 +5,7 @@
 //! `FOR UPDATE SKIP LOCKED` on PostgreSQL; on SQLite the claiming `UPDATE`
 //! runs alone in its write transaction.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -29,8 +29,6 @@ pub struct Emitted {
     pub updated: u64,
     /// Drifts whose entity already has a running item (re-checked next keyframe).
     pub skipped_running: u64,
-    /// Pending items of entities no longer drifted, closed as done.
-    pub closed: u64,
 }
 
 /// One row of `work`.
@@ -90,32 +88,41 @@ impl Backend {
 impl Store {
     /// Writes one item per drifted entity of `producer`: new items in
     /// multi-row batches, an existing pending item updated in place, a running
-    /// one left alone. Pending items of entities not in `items` are closed.
+    /// one left alone. Call it page by page; [`Store::close_vanished_work`]
+    /// then closes the items whose drift is gone.
     pub async fn emit_work(
         &self,
         producer: &str,
         items: &[NewWork],
         max_attempts: u32,
-        note: &str,
     ) -> Result<Emitted, StoreError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
-        let open: Vec<(i64, String, String)> = sqlx::query(
-            "SELECT id, key, state FROM work WHERE producer = $1 AND state IN ('pending', 'running')",
-        )
-        .bind(producer)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("read open work"))?
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(db("read open work"))?;
+        let mut open: Vec<(i64, String, String)> = Vec::new();
+        for chunk in items.chunks(500) {
+            let keys: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT id, key, state FROM work WHERE producer = $1
+                 AND state IN ('pending', 'running') AND key IN ({})",
+                keys.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(producer);
+            for w in chunk {
+                q = q.bind(&w.key);
+            }
+            for r in q.fetch_all(&mut *tx).await.map_err(db("read open work"))? {
+                let e = db("read open work");
+                open.push((
+                    r.try_get(0).map_err(e)?,
+                    r.try_get(1).map_err(e)?,
+                    r.try_get(2).map_err(e)?,
+                ));
+            }
+        }
         let open: BTreeMap<&str, (i64, &str)> = open
             .iter()
             .map(|(id, k, s)| (k.as_str(), (*id, s.as_str())))
             .collect();
-        let wanted: BTreeSet<&str> = items.iter().map(|w| w.key.as_str()).collect();
         let mut out = Emitted::default();
         let mut fresh = Vec::new();
         for w in items {
@@ -176,23 +183,6 @@ impl Store {
                 .map_err(db("insert work items"))?
                 .rows_affected();
         }
-        let vanished: Vec<i64> = open
-            .iter()
-            .filter(|(k, (_, state))| *state == "pending" && !wanted.contains(*k))
-            .map(|(_, (id, _))| *id)
-            .collect();
-        for id in &vanished {
-            sqlx::query(
-                "UPDATE work SET state = 'done', last_error = $2, updated_at = $3 WHERE id = $1 AND state = 'pending'",
-            )
-            .bind(id)
-            .bind(note)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("close a work item"))?;
-        }
-        out.closed = vanished.len() as u64;
         if self.backend == Backend::Postgres && (out.inserted + out.updated) > 0 {
             sqlx::query("SELECT 1 FROM (SELECT pg_notify('driftd_work', $1)) AS n")
                 .bind(producer)
@@ -202,6 +192,29 @@ impl Store {
         }
         tx.commit().await.map_err(db("commit emitted work"))?;
         Ok(out)
+    }
+
+    /// Closes (as done, with `note`) the pending items of `producer` whose
+    /// entity is not in the drift list of `run_id`: a late delta fixed them.
+    pub async fn close_vanished_work(
+        &self,
+        producer: &str,
+        run_id: i64,
+        note: &str,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE work SET state = 'done', last_error = $3, updated_at = $4
+             WHERE producer = $1 AND state = 'pending'
+               AND key NOT IN (SELECT key FROM drifts WHERE run_id = $2)",
+        )
+        .bind(producer)
+        .bind(run_id)
+        .bind(note)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db("close work whose drift is gone"))?;
+        Ok(done.rows_affected())
     }
 
     /// Claims up to `limit` due pending items of `producer` for `worker`, leased for `lease_ms`.

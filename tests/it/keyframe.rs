@@ -364,18 +364,43 @@ async fn lost_deltas_are_corrected_by_apply_work(db: &TestDb) {
         .unwrap();
     let keys: BTreeSet<String> = items.iter().map(|w| w.key.clone()).collect();
     assert_eq!(keys, changed);
-    // A second keyframe before the work ran updates the same items instead of adding more.
+    // A late delta fixes one entity; a second keyframe before the work ran
+    // updates the other items instead of adding more, and closes the fixed one.
+    let fixed = changed.iter().next().unwrap().clone();
+    let vendor_doc = vendor.snapshot()[&fixed].clone();
+    store
+        .write_entities(
+            "orders",
+            p.bucket_bits,
+            &RecordHasher::default(),
+            &[EntityWrite {
+                key: fixed.clone(),
+                change: Change::Replace(vendor_doc),
+                version: None,
+                source: Source::Webhook,
+                ordering: Ordering::IfNewer,
+            }],
+        )
+        .await
+        .unwrap();
+    // Times are milliseconds: let the next pull begin in a later one than the delta.
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let again = keyframe(&store, &p).await;
-    assert_eq!(again.changed, 20);
-    assert_eq!(
-        store.list_work(None, 100).await.unwrap().len(),
-        20,
-        "one open item per entity"
-    );
-
+    assert_eq!(again.changed, 19, "{again:?}");
+    let all = store.list_work(None, 100).await.unwrap();
+    assert_eq!(all.len(), 20, "one item per entity, no duplicates");
+    let closed: Vec<_> = all.iter().filter(|w| w.state == WorkState::Done).collect();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].key, fixed);
+    assert!(closed[0]
+        .last_error
+        .as_deref()
+        .unwrap_or_default()
+        .contains("drift gone"));
+    let done_before = 1;
     drain_work(&store, &p).await;
     let done = store.list_work(Some(WorkState::Done), 100).await.unwrap();
-    assert_eq!(done.len(), 20);
+    assert_eq!(done.len(), 19 + done_before);
     let s = keyframe(&store, &p).await;
     assert_eq!(s.missing + s.extra + s.changed, 0, "{s:?}");
     let local: BTreeMap<String, Value> = store
