@@ -83,12 +83,13 @@ impl App {
     /// until `shutdown` is cancelled, then drains.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tasks = TaskTracker::new();
+        let wake = Arc::new(Notify::new());
         let keyframer = Keyframer::new(
             self.store.clone(),
             self.client.clone(),
             self.metrics.clone(),
-        );
-        let wake = Arc::new(Notify::new());
+        )
+        .with_wake(wake.clone());
         let workers = Workers {
             store: self.store.clone(),
             client: self.client.clone(),

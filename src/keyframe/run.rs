@@ -68,6 +68,8 @@ pub struct Keyframer {
     client: reqwest::Client,
     metrics: Metrics,
     holder: String,
+    /// Wakes in-process workers when a run emits work.
+    wake: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl Keyframer {
@@ -83,7 +85,14 @@ impl Keyframer {
             client,
             metrics,
             holder,
+            wake: None,
         }
+    }
+
+    /// Wakes `wake`'s waiters whenever a run emits work (in-process workers).
+    pub fn with_wake(mut self, wake: std::sync::Arc<tokio::sync::Notify>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// Runs one keyframe of `p` now. `dry_run` pulls and compares but records and emits nothing.
@@ -303,6 +312,11 @@ impl Keyframer {
             .await?;
         if summary.state == RunState::Ok {
             summary.work_emitted = work::emit_run(&self.store, p, run_id).await?;
+            if summary.work_emitted > 0 {
+                if let Some(w) = &self.wake {
+                    w.notify_waiters();
+                }
+            }
         }
 
         let succeeded = summary.state != RunState::Failed;
