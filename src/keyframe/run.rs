@@ -185,7 +185,7 @@ impl Keyframer {
                 return self.finish(p, summary, clock, None).await;
             }
         };
-        let (counts, drifts) = self.compare(p, &snapshot).await?;
+        let (counts, drifts, local_rows) = self.compare(p, &snapshot).await?;
         summary.records = counts.records;
         summary.buckets_compared = counts.buckets_compared;
         summary.buckets_mismatched = counts.buckets_mismatched;
@@ -195,7 +195,6 @@ impl Keyframer {
         summary.changed = counts.changed;
         summary.skipped_races = counts.skipped_races;
 
-        let local_rows = self.store.count_entities(&p.name).await?.max(0) as u64;
         let guarded = compare::guard_trips(
             summary.drift(),
             summary.records,
@@ -223,12 +222,12 @@ impl Keyframer {
             .await
     }
 
-    /// Compares the snapshot with the store and returns the counts and the drift list.
+    /// Compares the snapshot with the store; returns the counts, the drift list and the live local rows.
     async fn compare(
         &self,
         p: &ProducerConfig,
         snapshot: &Snapshot,
-    ) -> Result<(RunCounts, Vec<Drift>), KeyframeError> {
+    ) -> Result<(RunCounts, Vec<Drift>, u64), KeyframeError> {
         // Views of the records, built lazily: at a million records a second
         // full vector would double the keyframe's memory.
         let remote = || {
@@ -272,7 +271,9 @@ impl Keyframer {
             changed: classified.count(DriftKind::Changed),
             skipped_races: classified.skipped_races.len() as u64,
         };
-        Ok((counts, classified.drifts))
+        // Live local rows, from the digests already read (no COUNT over the table).
+        let local_rows = local_digests.values().map(|d| d.rows.max(0) as u64).sum();
+        Ok((counts, classified.drifts, local_rows))
     }
 
     /// Records the run, emits work for an `ok` run, updates health and metrics.
