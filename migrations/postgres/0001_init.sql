@@ -45,6 +45,7 @@ CREATE TABLE changes (
     chain    BYTEA  NOT NULL,
     UNIQUE (producer, seq)
 );
+CREATE INDEX changes_by_time ON changes (producer, at);
 
 -- Every delta as it arrived (raw body and a few headers), kept for replay and
 -- audit. outcome: pending | applied | stale | duplicate | rejected | unmatched.

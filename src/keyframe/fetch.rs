@@ -719,9 +719,13 @@ struct PageOutcome {
 struct Sink {
     spill: BufWriter<File>,
     offset: u64,
-    records: Vec<RemoteRecord>,
+    /// Fixed-size blocks, so growing never copies (and briefly doubles) every record.
+    blocks: Vec<Vec<RemoteRecord>>,
     scratch: Vec<u8>,
 }
+
+/// Records per block of [`Sink::blocks`].
+const BLOCK: usize = 1 << 16;
 
 impl Sink {
     fn new() -> Result<Self, PullError> {
@@ -732,7 +736,7 @@ impl Sink {
         Ok(Self {
             spill: BufWriter::with_capacity(256 << 10, file),
             offset: 0,
-            records: Vec::new(),
+            blocks: Vec::new(),
             scratch: Vec::new(),
         })
     }
@@ -791,7 +795,11 @@ impl Sink {
                 action: format!("writing record {index} of {at}"),
                 source,
             })?;
-        self.records.push(RemoteRecord {
+        if self.blocks.last().is_none_or(|b| b.len() == BLOCK) {
+            self.blocks.push(Vec::with_capacity(BLOCK));
+        }
+        let block = self.blocks.last_mut().expect("a block was just ensured");
+        block.push(RemoteRecord {
             key: key.into_boxed_str(),
             bucket,
             hash,
@@ -805,16 +813,18 @@ impl Sink {
 
     /// Sorts by `(bucket, key)`, rejects duplicate keys, flushes the spill file.
     fn finish(self) -> Result<(Vec<RemoteRecord>, File), PullError> {
-        let Sink {
-            spill, mut records, ..
-        } = self;
+        let Sink { spill, blocks, .. } = self;
+        // One exactly sized vector; each block is freed as soon as it is moved.
+        let mut records = Vec::with_capacity(blocks.iter().map(Vec::len).sum());
+        for block in blocks {
+            records.extend(block);
+        }
         records.sort_unstable_by(|a, b| a.bucket.cmp(&b.bucket).then_with(|| a.key.cmp(&b.key)));
         if let Some(w) = records.windows(2).find(|w| w[0].key == w[1].key) {
             return Err(PullError::DuplicateKey {
                 key: w[0].key.to_string(),
             });
         }
-        records.shrink_to_fit();
         let spill = spill.into_inner().map_err(|e| PullError::Spill {
             action: "flushing".into(),
             source: e.into_error(),
@@ -829,7 +839,6 @@ fn parse_page(
     rules: &Rules,
     at: &PageAt,
 ) -> Result<PageOutcome, PullError> {
-    let first_record = sink.records.len();
     let mut index = 0u64;
     let mut walk = Walk::new(&rules.paths, |item: Value| {
         let r = sink.accept(rules, at, index, &item);
@@ -874,8 +883,10 @@ fn parse_page(
         Found::Array => Ok(PageOutcome {
             items: index,
             captured: captured.into_iter().next().flatten(),
-            last_key: sink.records[first_record..]
-                .last()
+            // The last record this page added, if it added any.
+            last_key: (index > 0)
+                .then(|| sink.blocks.last().and_then(|b| b.last()))
+                .flatten()
                 .map(|r| r.key.to_string()),
         }),
     }

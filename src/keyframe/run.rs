@@ -20,6 +20,9 @@ use crate::state::{Health, RunState};
 use crate::store::{now_ms, DriftRow, RunCounts, Store, StoreError};
 use crate::work;
 
+/// Mismatched buckets whose local rows are read and classified together.
+const CLASSIFY_BUCKETS: usize = 1_024;
+
 /// How long a keyframe lease lives without renewal, and how often it is renewed.
 const LEASE_TTL: Duration = Duration::from_secs(60);
 const LEASE_RENEW: Duration = Duration::from_secs(20);
@@ -228,22 +231,13 @@ impl Keyframer {
         p: &ProducerConfig,
         snapshot: &Snapshot,
     ) -> Result<(RunCounts, Vec<Drift>, u64), KeyframeError> {
-        // Views of the records, built lazily: at a million records a second
-        // full vector would double the keyframe's memory.
-        let remote = || {
-            snapshot
-                .records
-                .iter()
-                .enumerate()
-                .map(|(index, r)| Remote {
-                    key: &r.key,
-                    bucket: r.bucket,
-                    hash: r.hash,
-                    version: r.version,
-                    index,
-                })
-        };
-        let remote_digests = compare::remote_digests(remote());
+        let remote_digests = compare::remote_digests(snapshot.records.iter().map(|r| Remote {
+            key: &r.key,
+            bucket: r.bucket,
+            hash: r.hash,
+            version: r.version,
+            index: 0,
+        }));
         let local_digests: BTreeMap<_, _> = self
             .store
             .bucket_digests(&p.name)
@@ -251,29 +245,54 @@ impl Keyframer {
             .into_iter()
             .collect();
         let mismatched = compare::mismatched_buckets(&remote_digests, &local_digests);
-        let local = self.store.rows_in_buckets(&p.name, &mismatched).await?;
-        let in_mismatched: Vec<Remote<'_>> = remote()
-            .filter(|r| mismatched.binary_search(&r.bucket).is_ok())
-            .collect();
         let previous = self
             .store
             .previous_pull_started(&p.name, snapshot.started_at_ms)
             .await?;
-        let classified =
-            compare::classify(&in_mismatched, &local, snapshot.started_at_ms, previous);
+        // Classify a slice of mismatched buckets at a time, so the local rows
+        // in memory are those of one slice, not of every mismatched bucket.
+        let mut drifts = Vec::new();
+        let mut skipped_races = 0u64;
+        let mut rows_read = 0u64;
+        let records = &snapshot.records;
+        for slice in mismatched.chunks(CLASSIFY_BUCKETS) {
+            let local = self.store.rows_in_buckets(&p.name, slice).await?;
+            rows_read += local.len() as u64;
+            // Records are sorted by bucket: the slice's records are one range.
+            let (first, last) = (slice[0], slice[slice.len() - 1]);
+            let start = records.partition_point(|r| r.bucket < first);
+            let end = records.partition_point(|r| r.bucket <= last);
+            let in_slice: Vec<Remote<'_>> = (start..end)
+                .filter(|&i| slice.binary_search(&records[i].bucket).is_ok())
+                .map(|index| {
+                    let r = &records[index];
+                    Remote {
+                        key: &r.key,
+                        bucket: r.bucket,
+                        hash: r.hash,
+                        version: r.version,
+                        index,
+                    }
+                })
+                .collect();
+            let c = compare::classify(&in_slice, &local, snapshot.started_at_ms, previous);
+            skipped_races += c.skipped_races.len() as u64;
+            drifts.extend(c.drifts);
+        }
+        let count = |kind| drifts.iter().filter(|d: &&Drift| d.kind == kind).count() as u64;
         let counts = RunCounts {
             records: snapshot.records.len() as u64,
             buckets_compared: remote_digests.len().max(local_digests.len()) as u64,
             buckets_mismatched: mismatched.len() as u64,
-            rows_read: local.len() as u64,
-            missing: classified.count(DriftKind::Missing),
-            extra: classified.count(DriftKind::Extra),
-            changed: classified.count(DriftKind::Changed),
-            skipped_races: classified.skipped_races.len() as u64,
+            rows_read,
+            missing: count(DriftKind::Missing),
+            extra: count(DriftKind::Extra),
+            changed: count(DriftKind::Changed),
+            skipped_races,
         };
         // Live local rows, from the digests already read (no COUNT over the table).
         let local_rows = local_digests.values().map(|d| d.rows.max(0) as u64).sum();
-        Ok((counts, classified.drifts, local_rows))
+        Ok((counts, drifts, local_rows))
     }
 
     /// Records the run, emits work for an `ok` run, updates health and metrics.
