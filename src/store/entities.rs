@@ -5,6 +5,8 @@
 //! the read-modify-write of an entity, its bucket digest and the chain exact
 //! under concurrency on both backends.
 
+use std::collections::{BTreeMap, HashMap};
+
 use futures::TryStreamExt;
 use serde_json::Value;
 use sqlx::any::AnyRow;
@@ -111,6 +113,7 @@ pub struct ChainBreak {
     pub reason: String,
 }
 
+#[derive(Clone)]
 struct Current {
     doc: Option<Value>,
     hash: Option<RecordHash>,
@@ -120,6 +123,17 @@ struct Current {
 }
 
 const ZERO_CHAIN: [u8; 32] = [0; 32];
+
+/// A `changes` row about to be inserted.
+struct NewLink {
+    key: String,
+    seq: i64,
+    op: &'static str,
+    hash: Option<RecordHash>,
+    version: Option<i64>,
+    source: Source,
+    chain: [u8; 32],
+}
 
 impl Store {
     /// Applies `writes` to one producer's entities in one transaction.
@@ -258,58 +272,46 @@ impl Store {
             .await
             .map_err(db("record the bucket layout"))?;
 
+        // Read every touched row once, decide each write in order against the
+        // state earlier writes of the batch left, then flush with multi-row
+        // statements: a batch costs a handful of round trips, not a few per row.
+        let keys: Vec<&str> = {
+            let mut k: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
+            k.sort_unstable();
+            k.dedup();
+            k
+        };
+        let mut state = self.current_many(tx, producer, &keys).await?;
         let mut outcomes = Vec::with_capacity(writes.len());
-        for w in writes {
-            let current = self.current(tx, producer, &w.key).await?;
-            let (outcome, next) = decide(current.as_ref(), w, hasher)?;
+        let mut buckets: BTreeMap<u32, Digest> = BTreeMap::new();
+        let mut rows: BTreeMap<&str, (&Current, Source)> = BTreeMap::new();
+        let mut links: Vec<NewLink> = Vec::new();
+        let mut written: Vec<(usize, Current)> = Vec::new();
+        for (n, w) in writes.iter().enumerate() {
+            let current = state.get(w.key.as_str()).and_then(Option::as_ref);
+            let (outcome, next) = decide(current, w, hasher)?;
             outcomes.push(outcome);
             let Some(next) = next else { continue };
-
-            let bucket = bucket_of(&w.key, bucket_bits);
-            let mut delta_old = Digest::default();
             if let Some(Current {
                 hash: Some(h),
-                bucket: old_bucket,
+                bucket,
                 ..
-            }) = &current
+            }) = current
             {
-                delta_old.remove(&w.key, h);
-                self.add_to_bucket(tx, producer, *old_bucket, &delta_old)
-                    .await?;
+                buckets.entry(*bucket).or_default().remove(&w.key, h);
             }
-            let (doc_text, hash) = match &next {
-                Next::Put { doc, hash } => (Some(doc.to_string()), Some(*hash)),
+            let bucket = bucket_of(&w.key, bucket_bits);
+            let (doc, hash) = match next {
+                Next::Put { doc, hash } => {
+                    buckets.entry(bucket).or_default().add(&w.key, &hash);
+                    (Some(doc), Some(hash))
+                }
                 Next::Tombstone => (None, None),
             };
-            if let Some(h) = &hash {
-                let mut delta_new = Digest::default();
-                delta_new.add(&w.key, h);
-                self.add_to_bucket(tx, producer, bucket, &delta_new).await?;
-            }
-            let version = w.version.or(current.as_ref().and_then(|c| c.version));
-            sqlx::query(
-                "INSERT INTO entities (producer, key, doc, hash, bucket, version, deleted, source, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (producer, key) DO UPDATE SET doc = excluded.doc, hash = excluded.hash,
-                   bucket = excluded.bucket, version = excluded.version, deleted = excluded.deleted,
-                   source = excluded.source, updated_at = excluded.updated_at",
-            )
-            .bind(producer)
-            .bind(&w.key)
-            .bind(doc_text)
-            .bind(hash.map(|h| h.0.to_vec()))
-            .bind(i64::from(bucket))
-            .bind(version)
-            .bind(i64::from(hash.is_none()))
-            .bind(w.source.as_str())
-            .bind(now)
-            .execute(&mut **tx)
-            .await
-            .map_err(db("write an entity"))?;
-
+            let version = w.version.or(current.and_then(|c| c.version));
             seq += 1;
             let op = if hash.is_some() { "put" } else { "delete" };
-            let link = ChangeLink {
+            chain = ChangeLink {
                 producer,
                 seq,
                 key: &w.key,
@@ -318,24 +320,137 @@ impl Store {
                 version,
                 source: w.source.as_str(),
                 at: now,
+            }
+            .chain(&chain);
+            links.push(NewLink {
+                key: w.key.clone(),
+                seq,
+                op,
+                hash,
+                version,
+                source: w.source,
+                chain,
+            });
+            let next_state = Current {
+                deleted: hash.is_none(),
+                doc,
+                hash,
+                bucket,
+                version,
             };
-            chain = link.chain(&chain);
-            sqlx::query(
-                "INSERT INTO changes (producer, seq, key, op, hash, version, source, at, chain)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(producer)
-            .bind(seq)
-            .bind(&w.key)
-            .bind(op)
-            .bind(hash.map(|h| h.0.to_vec()))
-            .bind(version)
-            .bind(w.source.as_str())
-            .bind(now)
-            .bind(chain.to_vec())
-            .execute(&mut **tx)
-            .await
-            .map_err(db("append to the changes log"))?;
+            state.insert(w.key.as_str(), Some(next_state.clone()));
+            written.push((n, next_state));
+        }
+        for (n, row) in &written {
+            rows.insert(writes[*n].key.as_str(), (row, writes[*n].source));
+        }
+        for chunk in rows.iter().collect::<Vec<_>>().chunks(500) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 7 + 3;
+                    format!(
+                        "($1, ${}, ${}, ${}, ${}, ${}, ${}, ${}, $2)",
+                        b,
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO entities (producer, key, doc, hash, bucket, version, deleted, source, updated_at)
+                 VALUES {} ON CONFLICT (producer, key) DO UPDATE SET doc = excluded.doc, hash = excluded.hash,
+                   bucket = excluded.bucket, version = excluded.version, deleted = excluded.deleted,
+                   source = excluded.source, updated_at = excluded.updated_at",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(producer).bind(now);
+            for (key, (row, source)) in chunk {
+                q = q
+                    .bind(**key)
+                    .bind(row.doc.as_ref().map(Value::to_string))
+                    .bind(row.hash.map(|h| h.0.to_vec()))
+                    .bind(i64::from(row.bucket))
+                    .bind(row.version)
+                    .bind(i64::from(row.deleted))
+                    .bind(source.as_str());
+            }
+            q.execute(&mut **tx).await.map_err(db("write entities"))?;
+        }
+        let changed: Vec<(&u32, &Digest)> = buckets.iter().filter(|(_, d)| !d.is_empty()).collect();
+        for chunk in changed.chunks(500) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 6 + 2;
+                    format!(
+                        "($1, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b,
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO buckets (producer, bucket, rows, l0, l1, l2, l3) VALUES {}
+                 ON CONFLICT (producer, bucket) DO UPDATE SET rows = buckets.rows + excluded.rows,
+                   l0 = buckets.l0 + excluded.l0, l1 = buckets.l1 + excluded.l1,
+                   l2 = buckets.l2 + excluded.l2, l3 = buckets.l3 + excluded.l3",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(producer);
+            for (bucket, d) in chunk {
+                q = q
+                    .bind(i64::from(**bucket))
+                    .bind(d.rows)
+                    .bind(d.lanes[0])
+                    .bind(d.lanes[1])
+                    .bind(d.lanes[2])
+                    .bind(d.lanes[3]);
+            }
+            q.execute(&mut **tx)
+                .await
+                .map_err(db("update bucket digests"))?;
+        }
+        for chunk in links.chunks(500) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 7 + 3;
+                    format!(
+                        "($1, ${}, ${}, ${}, ${}, ${}, ${}, $2, ${})",
+                        b,
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO changes (producer, seq, key, op, hash, version, source, at, chain) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(producer).bind(now);
+            for l in chunk {
+                q = q
+                    .bind(l.seq)
+                    .bind(l.key.as_str())
+                    .bind(l.op)
+                    .bind(l.hash.map(|h| h.0.to_vec()))
+                    .bind(l.version)
+                    .bind(l.source.as_str())
+                    .bind(l.chain.to_vec());
+            }
+            q.execute(&mut **tx)
+                .await
+                .map_err(db("append to the changes log"))?;
         }
         sqlx::query("UPDATE chain_heads SET seq = $2, chain = $3 WHERE producer = $1")
             .bind(producer)
@@ -347,36 +462,50 @@ impl Store {
         Ok(outcomes)
     }
 
-    async fn current(
+    /// The stored rows of `keys` (sorted, unique); absent keys map to `None`.
+    async fn current_many<'k>(
         &self,
         tx: &mut Transaction<'static, Any>,
         producer: &str,
-        key: &str,
-    ) -> Result<Option<Current>, StoreError> {
-        let row = sqlx::query(
-            "SELECT doc, hash, bucket, version, deleted FROM entities WHERE producer = $1 AND key = $2",
-        )
-        .bind(producer)
-        .bind(key)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db("read an entity"))?;
-        let Some(row) = row else { return Ok(None) };
-        let doc: Option<String> = row.try_get(0).map_err(db("read an entity"))?;
-        let doc = doc
-            .map(|d| serde_json::from_str(&d))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt {
-                table: "entities",
-                reason: format!("doc of key {key:?} is not JSON: {e}"),
-            })?;
-        Ok(Some(Current {
-            doc,
-            hash: hash_col(&row, 1)?,
-            bucket: row.try_get::<i64, _>(2).map_err(db("read an entity"))? as u32,
-            version: row.try_get(3).map_err(db("read an entity"))?,
-            deleted: row.try_get::<i64, _>(4).map_err(db("read an entity"))? != 0,
-        }))
+        keys: &[&'k str],
+    ) -> Result<HashMap<&'k str, Option<Current>>, StoreError> {
+        let mut out: HashMap<&'k str, Option<Current>> = keys.iter().map(|k| (*k, None)).collect();
+        for chunk in keys.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT key, doc, hash, bucket, version, deleted FROM entities
+                 WHERE producer = $1 AND key IN ({})",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(producer);
+            for k in chunk {
+                q = q.bind(*k);
+            }
+            for row in q.fetch_all(&mut **tx).await.map_err(db("read entities"))? {
+                let e = db("read an entity");
+                let key: String = row.try_get(0).map_err(e)?;
+                let doc: Option<String> = row.try_get(1).map_err(e)?;
+                let doc = doc
+                    .map(|d| serde_json::from_str(&d))
+                    .transpose()
+                    .map_err(|err| StoreError::Corrupt {
+                        table: "entities",
+                        reason: format!("doc of key {key:?} is not JSON: {err}"),
+                    })?;
+                let current = Current {
+                    doc,
+                    hash: hash_col(&row, 2)?,
+                    bucket: row.try_get::<i64, _>(3).map_err(e)? as u32,
+                    version: row.try_get(4).map_err(e)?,
+                    deleted: row.try_get::<i64, _>(5).map_err(e)? != 0,
+                };
+                if let Some(slot) = chunk.iter().find(|k| **k == key) {
+                    out.insert(slot, Some(current));
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn add_to_bucket(
