@@ -300,6 +300,7 @@ async fn unchanged_content_is_not_a_change(db: &TestDb) {
 }
 
 crate::on_both_backends!(
+    one_batch_with_repeated_keys,
     prune_deletes_old_history_and_keeps_what_matters,
     put_read_delete,
     versions_order_writes,
@@ -391,4 +392,40 @@ async fn prune_deletes_old_history_and_keeps_what_matters(db: &TestDb) {
         driftd::store::Pruned::default(),
         "idempotent"
     );
+}
+
+/// Several writes of one key in one batch are decided in order, each against
+/// the state the previous one left; the flushed row, digest and chain agree.
+async fn one_batch_with_repeated_keys(db: &TestDb) {
+    let store = db.store().await;
+    let writes = vec![
+        put("k", json!({"v": 1}), Some(1)),
+        put("k", json!({"v": 3}), Some(3)),
+        put("k", json!({"v": 2}), Some(2)),
+        put("j", json!({"v": 1}), Some(1)),
+        delete("j", Some(2)),
+        put("j", json!({"v": 1}), Some(1)),
+        EntityWrite {
+            change: Change::MergePatch(json!({"w": true})),
+            ..put("k", Value::Null, Some(4))
+        },
+    ];
+    let outcomes = store
+        .write_entities("p", BITS, &RecordHasher::default(), &writes)
+        .await
+        .unwrap();
+    use WriteOutcome::*;
+    assert_eq!(
+        outcomes,
+        vec![Applied, Applied, Stale, Applied, Applied, Stale, Applied]
+    );
+    let k = store.entity("p", "k").await.unwrap().unwrap();
+    assert_eq!(
+        (k.doc, k.version),
+        (Some(json!({"v": 3, "w": true})), Some(4))
+    );
+    let j = store.entity("p", "j").await.unwrap().unwrap();
+    assert!(j.deleted);
+    assert_digests_exact(&store, "p").await;
+    assert_eq!(store.verify_chain().await.unwrap(), (5, None));
 }
