@@ -150,6 +150,18 @@ impl Store {
             Backend::Postgres => max_connections.max(2),
         };
         let pool = AnyPoolOptions::new()
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Postgres {
+                        // Batches bind hundreds of keys (`key IN ($2, …)`); a cached
+                        // generic plan for those misjudges them and scans the table.
+                        sqlx::query("SET plan_cache_mode = force_custom_plan")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
