@@ -481,3 +481,67 @@ crate::on_both_backends!(
     lost_deltas_are_corrected_by_apply_work,
     bootstrap_into_an_empty_table,
 );
+
+/// Snapshot requests carry secret headers: a redirect to another origin is not
+/// followed (the pull fails on the 3xx), one within the origin is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_stay_on_the_producers_origin() {
+    use axum::response::Redirect;
+    use std::sync::atomic::{AtomicUsize, Ordering as AO};
+    let seen = Arc::new(AtomicUsize::new(0));
+    let other = {
+        let seen = seen.clone();
+        axum::Router::new().route(
+            "/steal",
+            axum::routing::get(move || {
+                let seen = seen.clone();
+                async move {
+                    seen.fetch_add(1, AO::SeqCst);
+                    axum::Json(serde_json::json!({"data": []}))
+                }
+            }),
+        )
+    };
+    let other_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_url = format!("http://{}/steal", other_listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(other_listener, other).await.unwrap() });
+    let vendor = axum::Router::new()
+        .route(
+            "/away",
+            axum::routing::get(move || async move { Redirect::temporary(&other_url) }),
+        )
+        .route(
+            "/moved",
+            axum::routing::get(|| async { Redirect::permanent("/orders") }),
+        )
+        .route(
+            "/orders",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({"data": [{"id": "a"}]})) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, vendor).await.unwrap() });
+
+    let db = TestDb::sqlite();
+    let store = db.store().await;
+    let k = Keyframer::new(
+        store.clone(),
+        driftd::cli::http_client().unwrap(),
+        Metrics::new(),
+    );
+    let headers = "headers = { Authorization = \"Bearer s3cret\" }";
+    let away = producer(
+        &format!("url = \"{base}/away\"\nitems = \"/data\"\n{headers}"),
+        "",
+    );
+    let s = k.run(&away, true).await.unwrap();
+    assert_eq!(s.state, RunState::Failed, "{s:?}");
+    assert!(s.error.unwrap_or_default().contains("307"));
+    assert_eq!(seen.load(AO::SeqCst), 0, "the other origin was never asked");
+    let moved = producer(
+        &format!("url = \"{base}/moved\"\nitems = \"/data\"\n{headers}"),
+        "",
+    );
+    let s = k.run(&moved, true).await.unwrap();
+    assert_eq!((s.state, s.records), (RunState::Ok, 1), "{s:?}");
+}
