@@ -99,7 +99,7 @@ struct AllArgs {
     #[arg(long, default_value_t = 1_000_000)]
     records: u64,
     /// Records of the keyframe scenarios on PostgreSQL (seeding is slower there).
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 100_000)]
     pg_records: u64,
     /// Where to write the results as JSON.
     #[arg(long)]
