@@ -12,7 +12,7 @@ use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::{db, now_ms, Store, StoreError};
+use super::{db, now_ms, placeholders, Store, StoreError};
 use crate::canonical::{bucket_of, Digest, RecordHash, RecordHasher};
 use crate::patch::merge_patch;
 
@@ -217,7 +217,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await
             .map_err(db("read rows to rebuild buckets"))?;
-        let mut digests: std::collections::BTreeMap<u32, Digest> = Default::default();
+        let mut digests: BTreeMap<u32, Digest> = BTreeMap::new();
         for r in &rows {
             let key: String = r.try_get(0).map_err(db("read rows to rebuild buckets"))?;
             let bucket = bucket_of(&key, bucket_bits);
@@ -237,9 +237,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db("clear bucket digests"))?;
-        for (bucket, d) in &digests {
-            self.add_to_bucket(&mut tx, producer, *bucket, d).await?;
-        }
+        self.add_to_buckets(&mut tx, producer, &digests).await?;
         sqlx::query(
             "INSERT INTO layouts (producer, bucket_bits) VALUES ($1, $2)
              ON CONFLICT (producer) DO UPDATE SET bucket_bits = excluded.bucket_bits",
@@ -345,27 +343,12 @@ impl Store {
             rows.insert(writes[*n].key.as_str(), (row, writes[*n].source));
         }
         for chunk in rows.iter().collect::<Vec<_>>().chunks(500) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 7 + 3;
-                    format!(
-                        "($1, ${}, ${}, ${}, ${}, ${}, ${}, ${}, $2)",
-                        b,
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6
-                    )
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO entities (producer, key, doc, hash, bucket, version, deleted, source, updated_at)
                  VALUES {} ON CONFLICT (producer, key) DO UPDATE SET doc = excluded.doc, hash = excluded.hash,
                    bucket = excluded.bucket, version = excluded.version, deleted = excluded.deleted,
                    source = excluded.source, updated_at = excluded.updated_at",
-                values.join(", ")
+                placeholders(chunk.len(), 3, "($1, ?, ?, ?, ?, ?, ?, ?, $2)")
             );
             let mut q = sqlx::query(&sql).bind(producer).bind(now);
             for (key, (row, source)) in chunk {
@@ -380,62 +363,11 @@ impl Store {
             }
             q.execute(&mut **tx).await.map_err(db("write entities"))?;
         }
-        let changed: Vec<(&u32, &Digest)> = buckets.iter().filter(|(_, d)| !d.is_empty()).collect();
-        for chunk in changed.chunks(500) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 6 + 2;
-                    format!(
-                        "($1, ${}, ${}, ${}, ${}, ${}, ${})",
-                        b,
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO buckets (producer, bucket, rows, l0, l1, l2, l3) VALUES {}
-                 ON CONFLICT (producer, bucket) DO UPDATE SET rows = buckets.rows + excluded.rows,
-                   l0 = buckets.l0 + excluded.l0, l1 = buckets.l1 + excluded.l1,
-                   l2 = buckets.l2 + excluded.l2, l3 = buckets.l3 + excluded.l3",
-                values.join(", ")
-            );
-            let mut q = sqlx::query(&sql).bind(producer);
-            for (bucket, d) in chunk {
-                q = q
-                    .bind(i64::from(**bucket))
-                    .bind(d.rows)
-                    .bind(d.lanes[0])
-                    .bind(d.lanes[1])
-                    .bind(d.lanes[2])
-                    .bind(d.lanes[3]);
-            }
-            q.execute(&mut **tx)
-                .await
-                .map_err(db("update bucket digests"))?;
-        }
+        self.add_to_buckets(tx, producer, &buckets).await?;
         for chunk in links.chunks(500) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 7 + 3;
-                    format!(
-                        "($1, ${}, ${}, ${}, ${}, ${}, ${}, $2, ${})",
-                        b,
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6
-                    )
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO changes (producer, seq, key, op, hash, version, source, at, chain) VALUES {}",
-                values.join(", ")
+                placeholders(chunk.len(), 3, "($1, ?, ?, ?, ?, ?, ?, $2, ?)")
             );
             let mut q = sqlx::query(&sql).bind(producer).bind(now);
             for l in chunk {
@@ -471,12 +403,10 @@ impl Store {
     ) -> Result<HashMap<&'k str, Option<Current>>, StoreError> {
         let mut out: HashMap<&'k str, Option<Current>> = keys.iter().map(|k| (*k, None)).collect();
         for chunk in keys.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
                 "SELECT key, doc, hash, bucket, version, deleted FROM entities
                  WHERE producer = $1 AND key IN ({})",
-                placeholders.join(", ")
+                placeholders(chunk.len(), 2, "?")
             );
             let mut q = sqlx::query(&sql).bind(producer);
             for k in chunk {
@@ -508,29 +438,36 @@ impl Store {
         Ok(out)
     }
 
-    async fn add_to_bucket(
+    /// Adds digest deltas to their buckets (multi-row upserts; empty deltas skipped).
+    async fn add_to_buckets(
         &self,
         tx: &mut Transaction<'static, Any>,
         producer: &str,
-        bucket: u32,
-        d: &Digest,
+        deltas: &BTreeMap<u32, Digest>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO buckets (producer, bucket, rows, l0, l1, l2, l3) VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (producer, bucket) DO UPDATE SET rows = buckets.rows + excluded.rows,
-               l0 = buckets.l0 + excluded.l0, l1 = buckets.l1 + excluded.l1,
-               l2 = buckets.l2 + excluded.l2, l3 = buckets.l3 + excluded.l3",
-        )
-        .bind(producer)
-        .bind(i64::from(bucket))
-        .bind(d.rows)
-        .bind(d.lanes[0])
-        .bind(d.lanes[1])
-        .bind(d.lanes[2])
-        .bind(d.lanes[3])
-        .execute(&mut **tx)
-        .await
-        .map_err(db("update a bucket digest"))?;
+        let changed: Vec<(&u32, &Digest)> = deltas.iter().filter(|(_, d)| !d.is_empty()).collect();
+        for chunk in changed.chunks(500) {
+            let sql = format!(
+                "INSERT INTO buckets (producer, bucket, rows, l0, l1, l2, l3) VALUES {}
+                 ON CONFLICT (producer, bucket) DO UPDATE SET rows = buckets.rows + excluded.rows,
+                   l0 = buckets.l0 + excluded.l0, l1 = buckets.l1 + excluded.l1,
+                   l2 = buckets.l2 + excluded.l2, l3 = buckets.l3 + excluded.l3",
+                placeholders(chunk.len(), 2, "($1, ?, ?, ?, ?, ?, ?)")
+            );
+            let mut q = sqlx::query(&sql).bind(producer);
+            for (bucket, d) in chunk {
+                q = q
+                    .bind(i64::from(**bucket))
+                    .bind(d.rows)
+                    .bind(d.lanes[0])
+                    .bind(d.lanes[1])
+                    .bind(d.lanes[2])
+                    .bind(d.lanes[3]);
+            }
+            q.execute(&mut **tx)
+                .await
+                .map_err(db("update bucket digests"))?;
+        }
         Ok(())
     }
 
@@ -579,12 +516,10 @@ impl Store {
     ) -> Result<Vec<LocalRow>, StoreError> {
         let mut out = Vec::new();
         for chunk in buckets.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
                 "SELECT key, hash, version, deleted, updated_at FROM entities
                  WHERE producer = $1 AND bucket IN ({})",
-                placeholders.join(",")
+                placeholders(chunk.len(), 2, "?")
             );
             let mut q = sqlx::query(&sql).bind(producer);
             for b in chunk {

@@ -115,6 +115,30 @@ pub(crate) fn db(op: &'static str) -> impl Fn(sqlx::Error) -> StoreError + Copy 
     move |source| StoreError::Db { op, source }
 }
 
+/// Numbered placeholders for a multi-row statement: `rows` copies of
+/// `template`, each `?` in it replaced by the next placeholder from `$first`
+/// on (fixed ones such as `$1` stay as written), joined by `, `.
+/// `placeholders(2, 3, "($1, ?, ?)")` is `($1, $3, $4), ($1, $5, $6)`;
+/// `placeholders(3, 2, "?")` is `$2, $3, $4`, for an `IN (...)` list.
+pub(crate) fn placeholders(rows: usize, first: usize, template: &str) -> String {
+    let mut next = first;
+    let mut out = String::new();
+    for row in 0..rows {
+        if row > 0 {
+            out.push_str(", ");
+        }
+        for ch in template.chars() {
+            if ch == '?' {
+                out.push_str(&format!("${next}"));
+                next += 1;
+            } else {
+                out.push(ch);
+            }
+        }
+    }
+    out
+}
+
 /// Milliseconds since the Unix epoch, the unit of every time column.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -263,4 +287,20 @@ async fn applied_migrations(conn: &mut sqlx::AnyConnection) -> Result<i64, sqlx:
         .fetch_one(conn)
         .await
         .and_then(|r| r.try_get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholders;
+
+    #[test]
+    fn placeholder_lists() {
+        assert_eq!(
+            placeholders(2, 3, "($1, ?, ?)"),
+            "($1, $3, $4), ($1, $5, $6)"
+        );
+        assert_eq!(placeholders(3, 2, "?"), "$2, $3, $4");
+        assert_eq!(placeholders(1, 4, "(?, $2, ?)"), "($4, $2, $5)");
+        assert_eq!(placeholders(0, 1, "?"), "");
+    }
 }

@@ -3,7 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{db, now_ms, Store, StoreError};
+use super::{db, now_ms, placeholders, Store, StoreError};
 use crate::canonical::RecordHash;
 use crate::state::RunState;
 
@@ -228,22 +228,9 @@ impl Store {
             .await
             .map_err(db("begin storing drifts"))?;
         for chunk in drifts.chunks(200) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 5 + 3;
-                    format!(
-                        "($1, $2, ${}, ${}, ${}, ${}, ${})",
-                        b,
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4
-                    )
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO drifts (run_id, producer, key, kind, remote_hash, local_hash, doc) VALUES {}",
-                values.join(", ")
+                placeholders(chunk.len(), 3, "($1, $2, ?, ?, ?, ?, ?)")
             );
             let mut q = sqlx::query(&sql).bind(run_id).bind(producer);
             for d in chunk {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{db, now_ms, Backend, Store, StoreError};
+use super::{db, now_ms, placeholders, Backend, Store, StoreError};
 use crate::state::{Health, WorkState};
 
 /// A work item to emit.
@@ -100,11 +100,10 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let mut open: Vec<(i64, String, String)> = Vec::new();
         for chunk in items.chunks(500) {
-            let keys: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
                 "SELECT id, key, state FROM work WHERE producer = $1
                  AND state IN ('pending', 'running') AND key IN ({})",
-                keys.join(", ")
+                placeholders(chunk.len(), 2, "?")
             );
             let mut q = sqlx::query(&sql).bind(producer);
             for w in chunk {
@@ -149,22 +148,10 @@ impl Store {
             }
         }
         for chunk in fresh.chunks(100) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 4 + 4;
-                    format!(
-                        "($1, $2, ${}, ${}, ${}, ${}, $1, $3, $1)",
-                        b,
-                        b + 1,
-                        b + 2,
-                        b + 3
-                    )
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO work (time, producer, key, action, spec, dedup_key, run_at, max_attempts, updated_at)
                  VALUES {} ON CONFLICT DO NOTHING",
-                values.join(", ")
+                placeholders(chunk.len(), 4, "($1, $2, ?, ?, ?, ?, $1, $3, $1)")
             );
             let mut q = sqlx::query(&sql)
                 .bind(now)
@@ -300,11 +287,10 @@ impl Store {
         let now = now_ms();
         let mut done = 0;
         for chunk in items.chunks(500) {
-            let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
             let sql = format!(
                 "UPDATE work SET state = 'done', last_error = NULL, locked_by = NULL, locked_until = NULL,
                    updated_at = $1 WHERE state = 'running' AND locked_by = $2 AND id IN ({})",
-                ids.join(", ")
+                placeholders(chunk.len(), 3, "?")
             );
             let mut q = sqlx::query(&sql).bind(now).bind(worker);
             for (id, _) in chunk {
