@@ -1131,14 +1131,6 @@ async fn replay_is_idempotent(db: &TestDb) {
 // ---------------------------------------------------------------------------
 // Crash safety
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `driftd run` child process, killed when dropped.
 struct Child {
     process: tokio::process::Child,
@@ -1148,7 +1140,7 @@ struct Child {
 
 impl Child {
     async fn spawn(db_url: &str, dir: &Path, run: &str) -> Child {
-        let port = free_port();
+        let port = crate::support::free_port();
         let cfg = dir.join(format!("{run}.toml"));
         std::fs::write(
             &cfg,

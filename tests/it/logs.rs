@@ -12,14 +12,6 @@ use crate::support::driftd_bin;
 const SNAPSHOT_TOKEN: &str = "snaptok-5b1f0c9e7d3a4e21";
 const WEBHOOK_SECRET: &str = "hooksec-8c2d7e4f1a9b3c60";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// How the JSON format is asked for.
 enum Ask {
     Flag,
@@ -38,8 +30,8 @@ impl Daemon {
     /// port (so each one fails), an `Authorization` header and a webhook
     /// secret that come from the environment.
     fn start(dir: &Path, ask: Ask) -> Self {
-        let port = free_port();
-        let closed = std::iter::repeat_with(free_port)
+        let port = crate::support::free_port();
+        let closed = std::iter::repeat_with(crate::support::free_port)
             .find(|p| *p != port)
             .unwrap();
         let config = dir.join("driftd.toml");

@@ -105,18 +105,6 @@ fn sample_sum(text: &str, family: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-async fn wait_for<F, Fut>(what: &str, secs: u64, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Edits every `step`-th record of the vendor, so the next keyframe finds `changed` drift.
 fn edit_vendor(v: &Vendor, step: usize) -> usize {
     let mut r = v.records.lock().unwrap();
@@ -133,7 +121,7 @@ async fn daemon_with_history(db: &TestDb, orders_records: usize) -> (Daemon, Ven
     let (orders, orders_addr) = Vendor::start(orders_records).await;
     let (_billing, billing_addr) = Vendor::start(5).await;
     let d = Daemon::start(db, &orders, orders_addr, billing_addr).await;
-    wait_for("a successful keyframe of orders", 60, || async {
+    crate::support::wait_for("a successful keyframe of orders", 60, || async {
         sample_sum(
             &d.metrics().await,
             "driftd_keyframe_runs_total",
@@ -142,7 +130,7 @@ async fn daemon_with_history(db: &TestDb, orders_records: usize) -> (Daemon, Ven
     })
     .await;
     edit_vendor(&orders, 10);
-    wait_for(
+    crate::support::wait_for(
         "drift found, corrected, and billing's work dead",
         60,
         || async {

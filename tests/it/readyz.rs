@@ -10,14 +10,6 @@ use crate::support::driftd_bin;
 /// The handler's own bound (3 s) plus room for a loaded CI machine.
 const ANSWER_WITHIN: Duration = Duration::from_secs(6);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Directory holding `initdb`, `pg_ctl` and `postgres` (the newest installed major version).
 fn pg_bin_dir() -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -70,7 +62,7 @@ impl Cluster {
         let cluster = Self {
             bin,
             dir,
-            port: free_port(),
+            port: crate::support::free_port(),
             as_postgres,
         };
         let data = cluster.data();
@@ -195,7 +187,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, db_url: &str) -> Self {
-        let port = free_port();
+        let port = crate::support::free_port();
         let config = dir.join("driftd.toml");
         std::fs::write(
             &config,

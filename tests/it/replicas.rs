@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use driftd::state::RunState;
 use serde_json::Value;
@@ -10,14 +10,6 @@ use serde_json::Value;
 use crate::keyframe::{producer, seed};
 use crate::producer::Vendor;
 use crate::support::{driftd_bin, TestDb};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Daemon(Child);
 
@@ -53,7 +45,7 @@ fn spawn_daemon_with(
             "[server]\nlisten = \"127.0.0.1:{}\"\n[database]\nurl = \"{db_url}\"\nmax_connections = 4\n\
              [[producer]]\nname = \"orders\"\nschedule = \"{schedule}\"\n[producer.snapshot]\n{snapshot}\n\
              [producer.work]\n{work}\n",
-            free_port()
+            crate::support::free_port()
         ),
     )
     .unwrap();
@@ -66,18 +58,6 @@ fn spawn_daemon_with(
         .spawn()
         .expect("start driftd run");
     Daemon(child)
-}
-
-async fn wait_for<F, Fut>(what: &str, secs: u64, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +81,7 @@ async fn two_daemons_share_the_queue_and_the_keyframe_lease() {
 
     // Converged: the local rows equal the vendor's and nothing is open.
     let expected = vendor.snapshot();
-    wait_for("both daemons to correct the drift", 60, || {
+    crate::support::wait_for("both daemons to correct the drift", 60, || {
         let store = store.clone();
         let expected = expected.clone();
         async move {
@@ -219,7 +199,7 @@ async fn a_worker_killed_mid_item_is_finished_by_another_once() {
     let dir = tempfile::tempdir().unwrap();
     let yearly = "0 0 0 1 1 *";
     let mut a = spawn_daemon_with(dir.path(), "a", &db.url, &snapshot, &work, yearly);
-    wait_for("daemon A to call the application", 30, || {
+    crate::support::wait_for("daemon A to call the application", 30, || {
         let app = app.clone();
         async move { app.calls.load(AtomicOrdering::SeqCst) >= 1 }
     })
@@ -231,7 +211,7 @@ async fn a_worker_killed_mid_item_is_finished_by_another_once() {
 
     // Daemon B takes the item over once A's lease expires, and finishes it.
     let _b = spawn_daemon_with(dir.path(), "b", &db.url, &snapshot, &work, yearly);
-    wait_for("daemon B to finish the item", 60, || {
+    crate::support::wait_for("daemon B to finish the item", 60, || {
         let store = store.clone();
         async move {
             store.work_item(item.id).await.unwrap().unwrap().state == driftd::state::WorkState::Done
