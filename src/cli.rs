@@ -152,8 +152,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { config, probe } => check(&config.config, probe),
         Command::Run(args) => run_daemon(&args.config),
-        Command::Migrate(args) => with_store(&args.config, |_, store| async move {
-            store.migrate().await?;
+        Command::Migrate(args) => with_store_migrated(&args.config, |_, store| async move {
             println!("migrations applied ({})", store.backend().name());
             Ok(ExitCode::SUCCESS)
         }),
@@ -165,9 +164,13 @@ pub fn main() -> ExitCode {
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(b) => {
+                    let at = match b.id {
+                        Some(id) => format!("row id {id}"),
+                        None => "the start".to_string(),
+                    };
                     eprintln!(
-                        "changes log broken at row id {} (producer {:?}, seq {}): {}; {checked} rows before it verified",
-                        b.id, b.producer, b.seq, b.reason
+                        "changes log broken at {at} (producer {:?}, seq {}): {}; {checked} rows before it verified",
+                        b.producer, b.seq, b.reason
                     );
                     Ok(ExitCode::FAILURE)
                 }
@@ -279,8 +282,33 @@ fn check(path: &Path, probe: bool) -> ExitCode {
     }
 }
 
-/// Loads the config, opens (and migrates) the store, and runs `f` on a tokio runtime.
+/// Loads the config, opens the existing, migrated store (creating nothing),
+/// and runs `f` on a tokio runtime.
 fn with_store<F, Fut>(path: &Path, f: F) -> ExitCode
+where
+    F: FnOnce(Loaded, Store) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    with_store_opened(path, Open::Existing, f)
+}
+
+/// As [`with_store`], but creates the database if missing and migrates it.
+fn with_store_migrated<F, Fut>(path: &Path, f: F) -> ExitCode
+where
+    F: FnOnce(Loaded, Store) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    with_store_opened(path, Open::Migrate, f)
+}
+
+/// How a command opens the store: only `run` and `migrate` create or migrate.
+#[derive(Debug, Clone, Copy)]
+enum Open {
+    Migrate,
+    Existing,
+}
+
+fn with_store_opened<F, Fut>(path: &Path, open: Open, f: F) -> ExitCode
 where
     F: FnOnce(Loaded, Store) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
@@ -298,7 +326,11 @@ where
     };
     runtime.block_on(async move {
         let db = &loaded.config.database;
-        let store = match Store::open(db.url.expose(), db.max_connections).await {
+        let opened = match open {
+            Open::Migrate => Store::open(db.url.expose(), db.max_connections).await,
+            Open::Existing => Store::open_existing(db.url.expose(), db.max_connections).await,
+        };
+        let store = match opened {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: {e}");

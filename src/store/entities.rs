@@ -107,7 +107,9 @@ pub struct LocalRow {
 /// The first broken link `verify_chain` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainBreak {
-    pub id: i64,
+    /// The row where the chain breaks; the last intact row for a cut-off tail
+    /// (`None` when no row of the producer is left).
+    pub id: Option<i64>,
     pub producer: String,
     pub seq: i64,
     pub reason: String,
@@ -571,45 +573,69 @@ impl Store {
     }
 
     /// Walks every producer's `changes` chain and returns the first broken link.
+    ///
+    /// The walk ends at each producer's recorded chain head (read first, so
+    /// rows appended while it runs are left for the next walk): a log that
+    /// stops short of its head was cut off, and a head that points past the
+    /// log, or a log with no head, is broken too.
     pub async fn verify_chain(&self) -> Result<(u64, Option<ChainBreak>), StoreError> {
+        let heads: BTreeMap<String, (i64, Vec<u8>)> =
+            sqlx::query("SELECT producer, seq, chain FROM chain_heads")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("read the chain heads"))?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(db("read the chain heads"))?;
         let mut rows = sqlx::query(
             "SELECT id, producer, seq, key, op, hash, version, source, at, chain
              FROM changes ORDER BY producer, seq",
         )
         .fetch(&self.pool);
         let mut checked = 0u64;
-        let mut producer = String::new();
-        let mut prev = ZERO_CHAIN;
-        let mut expected_seq = 1;
+        // The producer being walked: its name, last row id, last seq, last chain.
+        let mut walk: Option<(String, Option<i64>, i64, [u8; 32])> = None;
+        let mut walked: Vec<String> = Vec::new();
         while let Some(r) = rows.try_next().await.map_err(db("read the changes log"))? {
-            let get_err = db("read the changes log");
-            let id: i64 = r.try_get(0).map_err(get_err)?;
-            let p: String = r.try_get(1).map_err(db("read the changes log"))?;
-            let seq: i64 = r.try_get(2).map_err(db("read the changes log"))?;
-            if p != producer {
-                producer = p.clone();
-                prev = ZERO_CHAIN;
-                expected_seq = 1;
+            let read = db("read the changes log");
+            let id: i64 = r.try_get(0).map_err(read)?;
+            let p: String = r.try_get(1).map_err(read)?;
+            let seq: i64 = r.try_get(2).map_err(read)?;
+            if walk.as_ref().is_none_or(|(name, ..)| *name != p) {
+                if let Some((name, last_id, last_seq, last_chain)) = walk.take() {
+                    if let Some(b) = end_at_head(&heads, &name, last_id, last_seq, &last_chain) {
+                        return Ok((checked, Some(b)));
+                    }
+                    walked.push(name);
+                }
+                walk = Some((p.clone(), None, 0, ZERO_CHAIN));
+            }
+            let (_, last_id, last_seq, prev) = walk.as_mut().expect("set above");
+            if heads.get(&p).is_some_and(|(head, _)| seq > *head) {
+                // Appended after the heads were read: the next walk checks it.
+                continue;
             }
             let broken = |reason: String| ChainBreak {
-                id,
+                id: Some(id),
                 producer: p.clone(),
                 seq,
                 reason,
             };
+            let expected_seq = *last_seq + 1;
             if seq != expected_seq {
                 return Ok((
                     checked,
                     Some(broken(format!("expected seq {expected_seq}, found {seq}"))),
                 ));
             }
-            let key: String = r.try_get(3).map_err(db("read the changes log"))?;
-            let op: String = r.try_get(4).map_err(db("read the changes log"))?;
+            let key: String = r.try_get(3).map_err(read)?;
+            let op: String = r.try_get(4).map_err(read)?;
             let hash = hash_col(&r, 5)?;
-            let version: Option<i64> = r.try_get(6).map_err(db("read the changes log"))?;
-            let source: String = r.try_get(7).map_err(db("read the changes log"))?;
-            let at: i64 = r.try_get(8).map_err(db("read the changes log"))?;
-            let stored: Vec<u8> = r.try_get(9).map_err(db("read the changes log"))?;
+            let version: Option<i64> = r.try_get(6).map_err(read)?;
+            let source: String = r.try_get(7).map_err(read)?;
+            let at: i64 = r.try_get(8).map_err(read)?;
+            let stored: Vec<u8> = r.try_get(9).map_err(read)?;
             let link = ChangeLink {
                 producer: &p,
                 seq,
@@ -620,18 +646,78 @@ impl Store {
                 source: &source,
                 at,
             };
-            let computed = link.chain(&prev);
+            let computed = link.chain(prev);
             if stored != computed {
                 return Ok((
                     checked,
                     Some(broken("chain does not match the row's content".into())),
                 ));
             }
-            prev = computed;
-            expected_seq += 1;
+            *prev = computed;
+            *last_id = Some(id);
+            *last_seq = seq;
             checked += 1;
         }
+        if let Some((name, last_id, last_seq, last_chain)) = walk.take() {
+            if let Some(b) = end_at_head(&heads, &name, last_id, last_seq, &last_chain) {
+                return Ok((checked, Some(b)));
+            }
+            walked.push(name);
+        }
+        // A head whose producer has no rows at all: its log was cut off whole.
+        for (name, (seq, _)) in &heads {
+            if *seq > 0 && !walked.contains(name) {
+                return Ok((
+                    checked,
+                    Some(ChainBreak {
+                        id: None,
+                        producer: name.clone(),
+                        seq: *seq,
+                        reason: format!(
+                            "the chain head records seq {seq} but the log has no rows: rows 1 to {seq} are missing"
+                        ),
+                    }),
+                ));
+            }
+        }
         Ok((checked, None))
+    }
+}
+
+/// Whether a producer's walk, which ended at `last_seq` with `last_chain`,
+/// reached the chain head recorded for it.
+fn end_at_head(
+    heads: &BTreeMap<String, (i64, Vec<u8>)>,
+    producer: &str,
+    last_id: Option<i64>,
+    last_seq: i64,
+    last_chain: &[u8; 32],
+) -> Option<ChainBreak> {
+    let broken = |seq, reason| {
+        Some(ChainBreak {
+            id: last_id,
+            producer: producer.to_string(),
+            seq,
+            reason,
+        })
+    };
+    match heads.get(producer) {
+        None => broken(
+            last_seq,
+            "the log has rows but no chain head records them".to_string(),
+        ),
+        Some((head, _)) if last_seq < *head => broken(
+            last_seq + 1,
+            format!(
+                "the log ends at seq {last_seq} but the chain head records seq {head}: rows {} to {head} are missing",
+                last_seq + 1
+            ),
+        ),
+        Some((head, chain)) if chain.as_slice() != last_chain.as_slice() => broken(
+            *head,
+            "the chain head does not match the last row of the log".to_string(),
+        ),
+        Some(_) => None,
     }
 }
 

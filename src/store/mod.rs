@@ -90,6 +90,8 @@ pub enum StoreError {
         op: &'static str,
         source: sqlx::Error,
     },
+    #[error("{0}; run `driftd migrate` (or `driftd run`) to create it")]
+    NotCreated(String),
     #[error("{0}")]
     Invalid(String),
     #[error("corrupt row in {table}: {reason}")]
@@ -154,6 +156,14 @@ pub struct Store {
 impl Store {
     /// Connects to `url` (creating a SQLite file if missing). Does not migrate.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        Self::connect_with(url, max_connections, Create::IfMissing).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        create: Create,
+    ) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url).ok_or_else(|| {
             StoreError::UnsupportedUrl(url.split(':').next().unwrap_or_default().to_string())
@@ -161,7 +171,11 @@ impl Store {
         let url = match backend {
             Backend::Sqlite if !url.contains("mode=") => {
                 let sep = if url.contains('?') { '&' } else { '?' };
-                format!("{url}{sep}mode=rwc")
+                let mode = match create {
+                    Create::IfMissing => "rwc",
+                    Create::Never => "rw",
+                };
+                format!("{url}{sep}mode={mode}")
             }
             _ => url.to_string(),
         };
@@ -203,11 +217,82 @@ impl Store {
         Ok(Self { pool, backend })
     }
 
-    /// Connects and applies pending migrations.
+    /// Connects and applies pending migrations (creating a SQLite file if
+    /// missing): for `driftd run` and `driftd migrate`.
     pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let store = Self::connect(url, max_connections).await?;
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Connects to a database that `driftd migrate` (or `driftd run`) already
+    /// created and migrated; creates and migrates nothing. Every command other
+    /// than those two opens the store this way, so a mistyped path is an
+    /// error instead of a new, empty database.
+    pub async fn open_existing(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        if Backend::from_url(url) == Some(Backend::Sqlite) {
+            let path = sqlite_path(url);
+            if !path.is_empty() && path != ":memory:" && !std::path::Path::new(path).exists() {
+                return Err(StoreError::NotCreated(format!(
+                    "the SQLite database {path:?} does not exist"
+                )));
+            }
+        }
+        let store = Self::connect_with(url, max_connections, Create::Never).await?;
+        let applied = match store.applied_migrations().await {
+            Ok(n) => n,
+            Err(e) => {
+                store.close().await;
+                return Err(e);
+            }
+        };
+        let expected = store.expected_migrations();
+        if applied < expected {
+            store.close().await;
+            return Err(StoreError::NotCreated(if applied == 0 {
+                "the database has no driftd tables".to_string()
+            } else {
+                format!("the database schema is behind: {applied} of {expected} migrations applied")
+            }));
+        }
+        Ok(store)
+    }
+
+    /// Migrations recorded as applied; 0 when the database has no migration table.
+    async fn applied_migrations(&self) -> Result<usize, StoreError> {
+        let table = match self.backend {
+            Backend::Sqlite => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"
+            }
+            Backend::Postgres => {
+                "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = '_sqlx_migrations'"
+            }
+        };
+        let exists: i64 = sqlx::query(table)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(db("look for the migration table"))?;
+        if exists == 0 {
+            return Ok(0);
+        }
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("read the applied migrations"))?;
+        applied_migrations(&mut conn)
+            .await
+            .map(|n| n as usize)
+            .map_err(db("read the applied migrations"))
+    }
+
+    /// Migrations this build of driftd knows.
+    fn expected_migrations(&self) -> usize {
+        match self.backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").iter().count(),
+            Backend::Postgres => sqlx::migrate!("migrations/postgres").iter().count(),
+        }
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -262,10 +347,7 @@ impl Store {
             }
         }
         .map_err(unreachable)?;
-        let expected = match self.backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").iter().count(),
-            Backend::Postgres => sqlx::migrate!("migrations/postgres").iter().count(),
-        };
+        let expected = self.expected_migrations();
         if (applied as usize) < expected {
             return Err(format!(
                 "database migrations pending: {applied} of {expected} applied"
@@ -277,6 +359,22 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Whether connecting may create a missing SQLite file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Create {
+    IfMissing,
+    Never,
+}
+
+/// The file path of a `sqlite:` URL (`sqlite://PATH?opts`, `sqlite:PATH`).
+fn sqlite_path(url: &str) -> &str {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    rest.split('?').next().unwrap_or(rest)
 }
 
 /// How long [`Store::readiness`] waits for a pooled connection, and then for a direct one.
@@ -291,7 +389,14 @@ async fn applied_migrations(conn: &mut sqlx::AnyConnection) -> Result<i64, sqlx:
 
 #[cfg(test)]
 mod tests {
-    use super::placeholders;
+    use super::{placeholders, sqlite_path};
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(sqlite_path("sqlite:///var/lib/d.db"), "/var/lib/d.db");
+        assert_eq!(sqlite_path("sqlite://d.db?mode=rw"), "d.db");
+        assert_eq!(sqlite_path("sqlite:d.db"), "d.db");
+    }
 
     #[test]
     fn placeholder_lists() {

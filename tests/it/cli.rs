@@ -146,6 +146,8 @@ async fn keyframe_guard_approve_and_status_through_the_binary() {
     )
     .unwrap();
     let cfg = config.to_str().unwrap();
+    let (code, _, stderr) = run_async(&["migrate", "--config", cfg]).await;
+    assert_eq!(code, 0, "{stderr}");
 
     // A dry run compares and records nothing.
     let (code, stdout, stderr) =
@@ -313,3 +315,62 @@ async fn check_probe_points_at_the_wrong_pointers() {
         "the probe opens no database"
     );
 }
+
+/// Only `run` and `migrate` create or migrate a database: every other command
+/// fails clearly on a missing or unmigrated one and leaves nothing behind.
+async fn read_only_commands_never_create_a_database(db: &TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftd.toml");
+    let cfg = config.to_str().unwrap();
+    let commands: &[&[&str]] = &[
+        &["status", "--config", cfg],
+        &["verify", "--config", cfg],
+        &["work", "list", "--config", cfg],
+        &["replay", "--config", cfg],
+        &["approve", "--config", cfg, "1"],
+    ];
+    let url = if db.url.starts_with("sqlite:") {
+        // A mistyped path: the file must not appear.
+        let missing = dir.path().join("mistyped.db");
+        format!("sqlite://{}", missing.display())
+    } else {
+        // An existing PostgreSQL database that nothing migrated.
+        db.url.clone()
+    };
+    std::fs::write(&config, format!("[database]\nurl = \"{url}\"\n")).unwrap();
+    for args in commands {
+        let (code, stdout, stderr) = run_async(args).await;
+        assert_ne!(code, 0, "{args:?} must fail: {stdout}{stderr}");
+        assert!(
+            stderr.contains("run `driftd migrate`"),
+            "{args:?} says what to do: {stderr}"
+        );
+        assert!(
+            stderr.contains("does not exist") || stderr.contains("has no driftd tables"),
+            "{args:?} says what is wrong: {stderr}"
+        );
+        assert_eq!(stderr.matches("error").count(), 1, "printed once: {stderr}");
+    }
+    if db.url.starts_with("sqlite:") {
+        assert!(!dir.path().join("mistyped.db").exists(), "no file created");
+    } else {
+        let store = driftd::store::Store::connect(&db.url, 2).await.unwrap();
+        let tables: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        store.close().await;
+        assert_eq!(tables, 0, "nothing migrated");
+    }
+    // `migrate` creates and migrates; then `status` and `verify` work.
+    let (code, stdout, stderr) = run_async(&["migrate", "--config", cfg]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, stdout, stderr) = run_async(&["verify", "--config", cfg]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("intact: 0 rows"), "{stdout}");
+    let (code, stdout, stderr) = run_async(&["status", "--config", cfg]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+crate::on_both_backends!(read_only_commands_never_create_a_database);

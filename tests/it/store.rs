@@ -279,7 +279,55 @@ async fn verify_finds_a_tampered_change(db: &TestDb) {
     let broken = broken.expect("tampering detected");
     assert_eq!(
         (broken.id, broken.producer.as_str(), broken.seq),
-        (id, "p", 3)
+        (Some(id), "p", 3)
+    );
+}
+
+async fn verify_finds_a_cut_off_tail(db: &TestDb) {
+    let store = db.store().await;
+    for i in 0..8 {
+        write(&store, put(&format!("k{i}"), json!({"i": i}), None)).await;
+    }
+    assert_eq!(store.verify_chain().await.unwrap(), (8, None));
+    let exec = |sql: &'static str| {
+        let pool = store.pool().clone();
+        async move { sqlx::query(sql).execute(&pool).await.unwrap() }
+    };
+    // The last three rows cut off: every remaining link is intact, but the
+    // walk must reach the recorded head.
+    exec("DELETE FROM changes WHERE producer = 'p' AND seq > 5").await;
+    let (checked, broken) = store.verify_chain().await.unwrap();
+    let broken = broken.expect("a cut-off tail is a break");
+    assert_eq!(checked, 5);
+    assert_eq!((broken.producer.as_str(), broken.seq), ("p", 6));
+    assert!(
+        broken.reason.contains("ends at seq 5") && broken.reason.contains("records seq 8"),
+        "{}",
+        broken.reason
+    );
+    // The whole log gone: the head still tells.
+    exec("DELETE FROM changes WHERE producer = 'p'").await;
+    let (_, broken) = store.verify_chain().await.unwrap();
+    let broken = broken.expect("an emptied log is a break");
+    assert_eq!((broken.id, broken.seq), (None, 8));
+    // A head that points past the log is a break even when the rows are intact.
+    let other = db.store().await;
+    other
+        .write_entities(
+            "q",
+            BITS,
+            &RecordHasher::default(),
+            &[put("z", json!(1), None)],
+        )
+        .await
+        .unwrap();
+    exec("DELETE FROM chain_heads WHERE producer = 'p'").await;
+    assert_eq!(other.verify_chain().await.unwrap(), (1, None));
+    exec("UPDATE chain_heads SET seq = 2 WHERE producer = 'q'").await;
+    let (_, broken) = other.verify_chain().await.unwrap();
+    assert_eq!(
+        broken.map(|b| (b.producer, b.seq)),
+        Some(("q".to_string(), 2))
     );
 }
 
@@ -308,6 +356,7 @@ crate::on_both_backends!(
     rows_in_buckets_reads_only_those_buckets,
     concurrent_writers_keep_digests_exact,
     verify_finds_a_tampered_change,
+    verify_finds_a_cut_off_tail,
     unchanged_content_is_not_a_change,
 );
 
