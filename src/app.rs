@@ -140,7 +140,13 @@ impl App {
             metrics: self.metrics.clone(),
             wake: wake.clone(),
             keyframer: keyframer.clone(),
+            shutdown: shutdown.clone(),
         };
+        tasks.spawn({
+            let store = self.store.clone();
+            let cancel = shutdown.clone();
+            async move { store.listen_changes(cancel).await }
+        });
         for task in crate::ingest::background(&state, &shutdown) {
             tasks.spawn(task);
         }

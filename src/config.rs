@@ -66,6 +66,9 @@ pub struct ServerConfig {
     pub listen: String,
     /// Bearer token for the admin endpoints; admin endpoints are off without one.
     pub admin_token: Option<Secret>,
+    /// Bearer token for the application's `/v1` API (change feed, entities);
+    /// the API is off without one.
+    pub read_token: Option<Secret>,
     #[serde(default = "defaults::body_limit_bytes")]
     pub body_limit_bytes: usize,
     #[serde(default = "defaults::request_timeout_secs")]
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
         Self {
             listen: defaults::listen(),
             admin_token: None,
+            read_token: None,
             body_limit_bytes: defaults::body_limit_bytes(),
             request_timeout_secs: defaults::request_timeout_secs(),
         }
@@ -761,6 +765,14 @@ fn validate(config: &Config, problems: &mut Vec<Problem>, warnings: &mut Vec<Pro
             "server.listen",
             format!("invalid socket address {:?}: {e}", config.server.listen),
         );
+    }
+    if let (Some(read), Some(admin)) = (&config.server.read_token, &config.server.admin_token) {
+        if read.expose() == admin.expose() {
+            c.push(
+                "server.read_token",
+                "must differ from server.admin_token: the application's token must not grant admin rights",
+            );
+        }
     }
     if config.server.body_limit_bytes == 0 {
         c.push("server.body_limit_bytes", "must be greater than 0");

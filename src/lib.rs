@@ -14,11 +14,13 @@
 //! - [`schedule`]: cron next-fire times (pure) and the per-producer schedule loop.
 //! - [`server`]: the axum router, health and metrics endpoints.
 //! - [`admin`]: operator endpoints behind the admin bearer token.
+//! - [`api`]: the application's `/v1` API: the change feed and the read API.
 //! - [`app`]: `App::build` / `App::run`, the owner of every task.
 //! - [`cli`]: the `driftd` command line; `main.rs` only calls [`cli::main`].
 //! - [`demo`]: `driftd demo`, the real daemon against an in-process vendor with lossy webhooks.
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod canonical;
 pub mod cli;

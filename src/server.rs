@@ -23,6 +23,8 @@ pub struct AppState {
     pub wake: std::sync::Arc<tokio::sync::Notify>,
     /// Runs keyframes on demand (admin endpoint).
     pub keyframer: crate::keyframe::run::Keyframer,
+    /// Cancelled at shutdown: long polls answer and event streams end.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The router with every route, body limit and request timeout applied.
@@ -35,11 +37,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::ingest::routes())
         .merge(crate::admin::routes())
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
+        // After the timeout: long polls and event streams bound themselves.
+        .merge(crate::api::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -151,6 +151,9 @@ impl Store {
             .write_entities_in(&mut tx, producer, bucket_bits, hasher, writes)
             .await?;
         tx.commit().await.map_err(db("commit entity writes"))?;
+        if outcomes.contains(&WriteOutcome::Applied) {
+            self.changes_committed(producer);
+        }
         Ok(outcomes)
     }
 
@@ -386,6 +389,15 @@ impl Store {
                 .await
                 .map_err(db("append to the changes log"))?;
         }
+        if !links.is_empty() && self.backend == super::Backend::Postgres {
+            // Delivered at commit, to every replica's change-feed listener.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::feed::CHANNEL)
+                .bind(self.signals.payload(producer))
+                .execute(&mut **tx)
+                .await
+                .map_err(db("notify change-feed consumers"))?;
+        }
         sqlx::query("UPDATE chain_heads SET seq = $2, chain = $3 WHERE producer = $1")
             .bind(producer)
             .bind(seq)
@@ -496,6 +508,28 @@ impl Store {
         .bind(producer)
         .fetch(&self.pool)
         .map_err(db("read entities"))
+        .and_then(|r| async move { entity_from_row(&r) })
+        .try_collect()
+        .await
+    }
+
+    /// A page of live entities in key order, after `after` (keyset paging).
+    pub async fn entity_page(
+        &self,
+        producer: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Entity>, StoreError> {
+        sqlx::query(
+            "SELECT key, doc, hash, bucket, version, deleted, source, updated_at
+             FROM entities WHERE producer = $1 AND deleted = 0 AND key > $2
+             ORDER BY key LIMIT $3",
+        )
+        .bind(producer)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch(&self.pool)
+        .map_err(db("read a page of entities"))
         .and_then(|r| async move { entity_from_row(&r) })
         .try_collect()
         .await

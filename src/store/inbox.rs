@@ -257,6 +257,11 @@ impl Store {
             out.push(settled);
         }
         tx.commit().await.map_err(db("commit deltas"))?;
+        for ((entry, _), settled) in items.iter().zip(&out) {
+            if settled.changed {
+                self.changes_committed(&entry.producer);
+            }
+        }
         Ok(out)
     }
 
@@ -331,6 +336,9 @@ impl Store {
             record_in(&mut tx, id, outcome, error.as_deref()).await?;
         }
         tx.commit().await.map_err(db("commit a settled delta"))?;
+        if changed {
+            self.changes_committed(&entry.producer);
+        }
         Ok(Some(Settled {
             id,
             outcome,

@@ -10,6 +10,7 @@
 //! hold a connection while acquiring another.
 
 mod entities;
+mod feed;
 mod inbox;
 mod runs;
 mod work;
@@ -22,6 +23,7 @@ use sqlx::{AnyPool, Row};
 pub use entities::{
     ChainBreak, Change, Entity, EntityWrite, LocalRow, Ordering, Source, WriteOutcome,
 };
+pub use feed::FeedChange;
 pub use inbox::{
     Channel, InboxEffect, InboxEntry, InboxFilter, InboxOutcome, InboxRow, SettleMode, Settled,
 };
@@ -151,6 +153,8 @@ pub fn now_ms() -> i64 {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Wake-ups of change-feed consumers, shared by every clone.
+    signals: std::sync::Arc<feed::Signals>,
 }
 
 impl Store {
@@ -214,7 +218,11 @@ impl Store {
                 .await
                 .map_err(db("enable SQLite WAL mode"))?;
         }
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            signals: feed::Signals::new(),
+        })
     }
 
     /// Connects and applies pending migrations (creating a SQLite file if

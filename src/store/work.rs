@@ -311,6 +311,9 @@ impl Store {
             )));
         }
         tx.commit().await.map_err(db("commit apply items"))?;
+        if outcomes.contains(&crate::store::WriteOutcome::Applied) {
+            self.changes_committed(producer);
+        }
         Ok(items.iter().map(|(id, _)| *id).zip(outcomes).collect())
     }
 

@@ -3,6 +3,7 @@
 mod admin;
 mod cli;
 mod demo;
+mod feed;
 mod ingest;
 mod keyframe;
 mod logs;
