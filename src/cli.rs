@@ -103,6 +103,20 @@ pub enum Command {
         #[arg(long)]
         outcome: Option<String>,
     },
+    /// Follow the change feed (every entity change, in order) on the terminal, resumable by position.
+    Tail {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this producer (positions are per producer).
+        #[arg(long)]
+        producer: Option<String>,
+        /// Start after this position, or at the current end (`now`).
+        #[arg(long, default_value = "now")]
+        from: crate::tail::From,
+        /// One JSON object per change instead of columns.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and steer the work queue.
     Work {
         #[command(subcommand)]
@@ -225,6 +239,45 @@ pub fn main() -> ExitCode {
             })
         }
         Command::Work { command } => work_command(command),
+        Command::Tail {
+            config,
+            producer,
+            from,
+            json,
+        } => with_store(&config.config, move |loaded, store| async move {
+            let names: Vec<String> = match producer {
+                Some(p) if loaded.config.producer(&p).is_some() => vec![p],
+                Some(p) => {
+                    eprintln!(
+                        "unknown producer {p:?}; configured: {}",
+                        producer_names(&loaded.config)
+                    );
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+                None => loaded
+                    .config
+                    .producers
+                    .iter()
+                    .map(|p| p.name.clone())
+                    .collect(),
+            };
+            if names.len() > 1 && from != crate::tail::From::Now {
+                eprintln!("--from POSITION needs --producer: positions are per producer");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let stop = cancel.clone();
+            let follow = crate::tail::follow(&store, &names, from, json, cancel);
+            tokio::pin!(follow);
+            tokio::select! {
+                r = &mut follow => r?,
+                _ = wait_for_signal() => {
+                    stop.cancel();
+                    follow.await?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Demo(args) => crate::demo::main(args),
         Command::Replay {
             config,

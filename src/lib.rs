@@ -17,6 +17,7 @@
 //! - [`api`]: the application's `/v1` API: the change feed and the read API.
 //! - [`app`]: `App::build` / `App::run`, the owner of every task.
 //! - [`cli`]: the `driftd` command line; `main.rs` only calls [`cli::main`].
+//! - [`tail`]: `driftd tail`, the change feed on a terminal.
 //! - [`demo`]: `driftd demo`, the real daemon against an in-process vendor with lossy webhooks.
 
 pub mod admin;
@@ -35,4 +36,5 @@ pub mod schedule;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tail;
 pub mod work;

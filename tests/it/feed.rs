@@ -503,7 +503,8 @@ async fn read_api_and_token(db: &TestDb) {
 crate::on_both_backends!(
     consumers_resume_exactly_once,
     long_poll_wakes_on_commit,
-    read_api_and_token
+    read_api_and_token,
+    tail_follows_and_resumes,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,4 +578,88 @@ async fn replicas_serve_the_same_feed() {
     let from_a = feed(a.base.clone()).await;
     assert_eq!(from_a.as_array().unwrap().len(), 11);
     assert_eq!(from_a, feed(b.base.clone()).await);
+}
+
+/// `driftd tail` prints the feed as it grows and resumes from a position.
+async fn tail_follows_and_resumes(db: &TestDb) {
+    use tokio::io::AsyncBufReadExt;
+    let store = db.store().await;
+    let hasher = driftd::canonical::RecordHasher::default();
+    let put = |k: String| driftd::store::EntityWrite {
+        key: k.clone(),
+        change: driftd::store::Change::Replace(json!({"id": k})),
+        version: None,
+        source: driftd::store::Source::Webhook,
+        ordering: driftd::store::Ordering::IfNewer,
+    };
+    let batch =
+        |from: usize, to: usize| (from..to).map(|i| put(format!("k{i}"))).collect::<Vec<_>>();
+    store
+        .write_entities("orders", 8, &hasher, &batch(0, 3))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("driftd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[database]\nurl = \"{}\"\n[[producer]]\nname = \"orders\"\nschedule = \"0 0 0 1 1 *\"\n[producer.snapshot]\nurl = \"http://127.0.0.1:9/x\"\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    let tail = |from: &str| {
+        tokio::process::Command::new(crate::support::driftd_bin())
+            .args([
+                "tail",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--producer",
+                "orders",
+                "--json",
+                "--from",
+                from,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let read = |child: &mut tokio::process::Child, n: usize| {
+        let stdout = child.stdout.take().unwrap();
+        async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            let mut seqs = Vec::new();
+            while seqs.len() < n {
+                let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+                    .await
+                    .expect("tail prints within 20 s")
+                    .unwrap()
+                    .expect("tail still running");
+                let v: Value = serde_json::from_str(&line).unwrap();
+                seqs.push(v["seq"].as_i64().unwrap());
+            }
+            seqs
+        }
+    };
+    let mut first = tail("0");
+    let reading = tokio::spawn(read(&mut first, 6));
+    // Written while tail is following.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store
+        .write_entities("orders", 8, &hasher, &batch(3, 6))
+        .await
+        .unwrap();
+    assert_eq!(reading.await.unwrap(), vec![1, 2, 3, 4, 5, 6]);
+    first.kill().await.unwrap();
+    // Missed while no tail ran; resumed from the last position printed.
+    store
+        .write_entities("orders", 8, &hasher, &batch(6, 8))
+        .await
+        .unwrap();
+    let mut second = tail("6");
+    assert_eq!(read(&mut second, 2).await, vec![7, 8]);
+    second.kill().await.unwrap();
+    store.close().await;
 }
