@@ -47,6 +47,8 @@ use crate::store::{RunRow, Store};
 use crate::work::Workers;
 
 /// The producer's name in the demo config.
+/// The demo's `/v1` read token (a loopback demo; real configs take it from the environment).
+const DEMO_READ_TOKEN: &str = "demo-read-token";
 const PRODUCER: &str = "demo";
 /// File names inside the demo directory.
 const CONFIG_FILE: &str = "driftd-demo.toml";
@@ -496,6 +498,8 @@ pub fn config_toml(
 
 [server]
 listen = "{listen}"
+# The application's API (/v1: change feed, entities); a real config reads its token from the environment.
+read_token = "{DEMO_READ_TOKEN}"
 
 [database]
 url = {db_url}
@@ -936,6 +940,9 @@ async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     println!("  vendor:  http://{vendor_addr}/orders  (cursor pagination)");
     println!("  metrics: http://{listen}/metrics");
     println!("  webhook: POST http://{listen}/hooks/{PRODUCER}  (standard-webhooks, signed)");
+    println!(
+        "  feed:    curl -N -H 'Accept: text/event-stream' -H 'Authorization: Bearer {DEMO_READ_TOKEN}' \\\n             'http://{listen}/v1/changes?producer={PRODUCER}'"
+    );
 
     let tasks = TaskTracker::new();
     let root = CancellationToken::new();
