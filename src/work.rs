@@ -342,7 +342,7 @@ impl Calls {
                 continue;
             }
             let note = format!(
-                "interrupted by shutdown while in flight ({}); delivered again with the same idempotency key",
+                "interrupted by shutdown during its call ({}); it is sent again with the same idempotency key",
                 workers.id
             );
             match workers.store.release_work(&claim, &workers.id, &note).await {
