@@ -395,7 +395,8 @@ where
         match result {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                // Once, with each cause once: store errors already carry theirs.
+                eprintln!("error: {}", crate::redact::error_chain(e.as_ref()));
                 ExitCode::FAILURE
             }
         }
@@ -570,7 +571,7 @@ fn run_daemon(path: &Path) -> ExitCode {
         let app = match crate::app::App::build(loaded.config, None).await {
             Ok(a) => a,
             Err(e) => {
-                tracing::error!("cannot start: {e:#}");
+                tracing::error!("cannot start: {}", crate::redact::error_chain(e.as_ref()));
                 return ExitCode::FAILURE;
             }
         };
@@ -589,7 +590,7 @@ fn run_daemon(path: &Path) -> ExitCode {
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!("{e:#}");
+                tracing::error!("{}", crate::redact::error_chain(e.as_ref()));
                 ExitCode::FAILURE
             }
         }

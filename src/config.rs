@@ -746,13 +746,14 @@ impl Check<'_> {
     }
 
     fn http_url(&mut self, path: impl Into<String>, url: &str) {
+        let shown = crate::redact::redact_url(url);
         match reqwest::Url::parse(url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             Ok(u) => self.push(
                 path,
-                format!("URL {url:?} must be http or https, not {:?}", u.scheme()),
+                format!("URL {shown:?} must be http or https, not {:?}", u.scheme()),
             ),
-            Err(e) => self.push(path, format!("invalid URL {url:?}: {e}")),
+            Err(e) => self.push(path, format!("invalid URL {shown:?}: {e}")),
         }
     }
 }
@@ -1037,6 +1038,17 @@ fn validate_work(c: &mut Check<'_>, at: &str, w: &WorkConfig) {
     }
     if w.lease_secs == 0 {
         c.push(format!("{at}.lease_secs"), "must be at least 1");
+    } else if w.action == Action::Http && w.lease_secs <= w.timeout_secs {
+        // A lease that can end while a call still runs lets another worker
+        // deliver the same item again (the lease is renewed, but a renewal
+        // that is late must not be the only guard).
+        c.push(
+            format!("{at}.lease_secs"),
+            format!(
+                "{} must be greater than timeout_secs {}: an item's lease must outlast its call",
+                w.lease_secs, w.timeout_secs
+            ),
+        );
     }
     if w.backoff_base_ms > w.backoff_max_ms {
         c.push(
@@ -1163,6 +1175,41 @@ headers = { X-Key = "${MISSING_VAR}" }
             );
             let err = Config::parse("t.toml", &text, &env).unwrap_err();
             assert!(err.to_string().contains(expected), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn work_checks() {
+        let parse = |work: &str| {
+            let text = format!("[[producer]]\nname = \"a\"\nschedule = \"* * * * * *\"\n[producer.snapshot]\nurl = \"http://127.0.0.1:9/\"\n[producer.work]\n{work}\n");
+            Config::parse("t.toml", &text, &env).map(|_| ())
+        };
+        let http = "action = \"http\"\nurl = \"http://127.0.0.1:9/w\"";
+        for (lease, timeout) in [(2, 30), (10, 10)] {
+            let err = parse(&format!(
+                "{http}\nlease_secs = {lease}\ntimeout_secs = {timeout}"
+            ))
+            .unwrap_err();
+            assert!(
+                err.to_string().contains(&format!(
+                    "producer[0].work.lease_secs: {lease} must be greater than timeout_secs {timeout}"
+                )),
+                "{err}"
+            );
+        }
+        assert!(parse(&format!("{http}\nlease_secs = 11\ntimeout_secs = 10")).is_ok());
+        // Only a call can outlast a lease: `apply` items are one transaction.
+        assert!(parse("action = \"apply\"\nlease_secs = 1\ntimeout_secs = 10").is_ok());
+        // A URL in a problem is shown without its credentials or query.
+        let err = parse("action = \"http\"\nurl = \"ftp://bob:hunter2@host/w?token=abc\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("producer[0].work.url: URL \"ftp://host/w\" must be http or https"),
+            "{err}"
+        );
+        for secret in ["bob", "hunter2", "token=abc"] {
+            assert!(!err.contains(secret), "{secret} in {err}");
         }
     }
 

@@ -11,6 +11,7 @@
 //! - [`ingest`]: webhooks and emails into the inbox, applied in version order; replay.
 //! - [`work`]: work specs, emission from keyframes, the `apply`/`http` workers.
 //! - [`probe`]: `driftd check --probe`, the first page against the pointers.
+//! - `redact`: URLs without credentials or query, errors with every cause.
 //! - [`schedule`]: cron next-fire times (pure) and the per-producer schedule loop.
 //! - [`server`]: the axum router, health and metrics endpoints.
 //! - [`admin`]: operator endpoints behind the admin bearer token.
@@ -32,6 +33,7 @@ pub mod keyframe;
 pub mod metrics;
 pub mod patch;
 pub mod probe;
+pub(crate) mod redact;
 pub mod schedule;
 pub mod server;
 pub mod state;

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::canonical::{key_string, version_value};
 use crate::config::{PaginationStyle, ProducerConfig};
+use crate::redact::{redact_url, request_error};
 
 /// One thing the probe found, good or bad.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +49,7 @@ pub async fn probe(client: &reqwest::Client, index: usize, p: &ProducerConfig) -
             message,
         })
     };
-    let shown = s.url.split('?').next().unwrap_or(&s.url).to_string();
+    let shown = redact_url(&s.url);
     let mut req = client.get(&s.url).timeout(s.timeout());
     for (name, value) in &s.headers {
         req = req.header(name.as_str(), value.expose());
@@ -70,7 +71,7 @@ pub async fn probe(client: &reqwest::Client, index: usize, p: &ProducerConfig) -
             push(
                 format!("{at}.url"),
                 Level::Problem,
-                format!("GET {shown} {why}: {}", e.without_url()),
+                format!("GET {shown} {why}: {}", request_error(e, &s.url)),
             );
             return out;
         }
@@ -100,7 +101,10 @@ pub async fn probe(client: &reqwest::Client, index: usize, p: &ProducerConfig) -
             push(
                 format!("{at}.url"),
                 Level::Problem,
-                format!("GET {shown}: the body is not JSON: {e}"),
+                format!(
+                    "GET {shown}: the body is not JSON: {}",
+                    request_error(e, &s.url)
+                ),
             );
             return out;
         }

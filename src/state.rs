@@ -79,6 +79,8 @@ state_machine! {
 
 state_machine! {
     /// A work item. A retry goes back to `pending` with a later `run_at`.
+    /// `dead → done`: a call that outlived its lease answered 2xx after the
+    /// reclaim had run the item out of attempts.
     WorkState, "work item" {
         Pending = "pending",
         Running = "running",
@@ -90,7 +92,7 @@ state_machine! {
         Pending => [Running, Done, Cancelled],
         Running => [Done, Pending, Dead, Cancelled],
         Done => [],
-        Dead => [Pending],
+        Dead => [Pending, Done],
         Cancelled => [],
     }
 }
@@ -188,6 +190,7 @@ mod tests {
                 (Running, Dead),
                 (Running, Cancelled),
                 (Dead, Pending),
+                (Dead, Done),
             ],
         );
     }

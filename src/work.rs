@@ -5,6 +5,7 @@
 //! Every failure goes through [`Failure`], which decides between retry (with
 //! exponential backoff and full jitter) and `dead`.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,7 @@ use crate::canonical::{RecordHash, RecordHasher};
 use crate::config::{Action, ProducerConfig};
 use crate::keyframe::compare::DriftKind;
 use crate::metrics::Metrics;
+use crate::redact::{redact_url, request_error};
 use crate::state::WorkState;
 use crate::store::{
     now_ms, Change, DriftRow, Emitted, EntityWrite, NewWork, Ordering, Source, Store, StoreError,
@@ -238,17 +240,15 @@ async fn post(
             format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
         );
     }
+    let shown = redact_url(url);
     let resp = req.body(body).send().await.map_err(|e| {
         let what = if e.is_timeout() {
             "timed out"
         } else {
             "failed"
         };
-        Failure::Transient(format!(
-            "POST {} {what}: {}",
-            strip_query(url),
-            e.without_url()
-        ))
+        let message = format!("POST {shown} {what}: {}", request_error(e, url));
+        Failure::Transient(message)
     })?;
     let status = resp.status();
     if status.is_success() {
@@ -256,7 +256,7 @@ async fn post(
     }
     let text = resp.text().await.unwrap_or_default();
     let excerpt: String = text.chars().take(300).collect();
-    let message = format!("POST {} answered {status}: {excerpt}", strip_query(url));
+    let message = format!("POST {shown} answered {status}: {excerpt}");
     if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
         Err(Failure::Transient(message))
     } else {
@@ -264,12 +264,23 @@ async fn post(
     }
 }
 
-fn strip_query(url: &str) -> &str {
-    url.split('?').next().unwrap_or(url)
-}
-
 /// `apply` items claimed and committed together per round.
 const APPLY_BATCH: u32 = 200;
+
+/// How often an idle worker looks for due items (and reclaims expired
+/// leases) when no wake-up came.
+const POLL: Duration = Duration::from_millis(500);
+
+/// The lease of one claim, in milliseconds.
+fn lease_ms(p: &ProducerConfig) -> i64 {
+    (p.work.lease_secs * 1000) as i64
+}
+
+/// How often a held item's lease is renewed: three times per lease, so one
+/// slow or failed renewal still leaves time for the next.
+fn renew_every(p: &ProducerConfig) -> Duration {
+    Duration::from_millis((lease_ms(p) / 3).max(1) as u64)
+}
 
 /// The in-process workers for every producer whose action is `apply` or `http`.
 #[derive(Clone, Debug)]
@@ -281,17 +292,83 @@ pub struct Workers {
     pub id: String,
 }
 
-impl Workers {
-    /// Runs one producer's worker loop until `cancel`: reclaim expired leases,
-    /// claim due items, carry them out `concurrency` at a time, wait for a
-    /// wake-up or the poll interval.
-    pub async fn run_producer(&self, p: ProducerConfig, cancel: CancellationToken) {
-        if p.work.action == Action::None {
-            return;
+/// The `http` calls in flight for one producer, each with the claim it carries out.
+#[derive(Default)]
+struct Calls {
+    set: tokio::task::JoinSet<()>,
+    claims: HashMap<tokio::task::Id, WorkRow>,
+}
+
+impl Calls {
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    fn start(&mut self, workers: &Workers, p: &ProducerConfig, item: WorkRow) {
+        let span =
+            tracing::info_span!("work", producer = %p.name, work_id = item.id, key = %item.key);
+        let (this, p, claim) = (workers.clone(), p.clone(), item.clone());
+        let call = self
+            .set
+            .spawn(async move { this.carry_out(&p, claim).await }.instrument(span));
+        self.claims.insert(call.id(), item);
+    }
+
+    /// Waits for one call to end; returns its claim and whether it was
+    /// aborted before recording an outcome, or `None` when none is in flight.
+    async fn next(&mut self) -> Option<(WorkRow, bool)> {
+        loop {
+            let (id, aborted) = match self.set.join_next_with_id().await? {
+                Ok((id, ())) => (id, false),
+                Err(e) => {
+                    if e.is_panic() {
+                        warn!(error = %e, "work item: the call panicked; its lease will expire and it will be retried");
+                    }
+                    (e.id(), e.is_cancelled())
+                }
+            };
+            if let Some(claim) = self.claims.remove(&id) {
+                return Some((claim, aborted));
+            }
         }
-        let poll = Duration::from_millis(500);
+    }
+
+    /// Stops every call in flight and returns each claim without an outcome
+    /// to the queue at once, so no item waits for its lease to expire.
+    async fn abandon(mut self, workers: &Workers) {
+        self.set.abort_all();
+        while let Some((claim, aborted)) = self.next().await {
+            if !aborted {
+                continue;
+            }
+            let note = format!(
+                "interrupted by shutdown during its call ({}); it is sent again with the same idempotency key",
+                workers.id
+            );
+            match workers.store.release_work(&claim, &workers.id, &note).await {
+                Ok(_) => debug!(work_id = claim.id, "work item released at shutdown"),
+                Err(e) => warn!(work_id = claim.id, error = %e,
+                    "work item: could not release it at shutdown; its lease will expire and it will be retried"),
+            }
+        }
+    }
+}
+
+impl Workers {
+    /// Runs one producer's worker loop until `cancel`.
+    pub async fn run_producer(&self, p: ProducerConfig, cancel: CancellationToken) {
+        match p.work.action {
+            Action::None => {}
+            Action::Apply => self.run_apply(&p, &cancel).await,
+            Action::Http => self.run_http(&p, &cancel).await,
+        }
+    }
+
+    /// `apply`: reclaim expired leases, claim a batch of due items, commit
+    /// it, and wait for a wake-up or the poll interval when nothing was due.
+    async fn run_apply(&self, p: &ProducerConfig, cancel: &CancellationToken) {
         while !cancel.is_cancelled() {
-            let claimed = match self.tick(&p).await {
+            let claimed = match self.tick(p).await {
                 Ok(n) => n,
                 Err(e) => {
                     warn!(producer = %p.name, error = %e, "work loop: database error; retrying");
@@ -302,14 +379,43 @@ impl Workers {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(poll) => {}
+                    _ = tokio::time::sleep(POLL) => {}
                 }
             }
         }
     }
 
-    /// One round: returns how many items were claimed and carried out.
-    pub async fn tick(&self, p: &ProducerConfig) -> Result<usize, StoreError> {
+    /// `http`: a pool that keeps `concurrency` calls in flight. Whenever a
+    /// call ends its slot is refilled at once, so one slow call never holds
+    /// back the others. On `cancel`, calls in flight are stopped and their
+    /// items returned to the queue.
+    async fn run_http(&self, p: &ProducerConfig, cancel: &CancellationToken) {
+        let mut calls = Calls::default();
+        let mut next_reclaim = Instant::now();
+        while !cancel.is_cancelled() {
+            if Instant::now() >= next_reclaim {
+                next_reclaim = Instant::now() + POLL;
+                if let Err(e) = self.reclaim().await {
+                    warn!(producer = %p.name, error = %e, "work loop: database error; retrying");
+                }
+            }
+            if let Err(e) = self.refill(p, &mut calls).await {
+                warn!(producer = %p.name, error = %e, "work loop: database error; retrying");
+            }
+            let busy = calls.len() > 0;
+            let room = calls.len() < p.work.concurrency as usize;
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(_) = calls.next(), if busy => {}
+                _ = self.wake.notified(), if room => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+        calls.abandon(self).await;
+    }
+
+    /// Returns items whose lease expired to the queue.
+    async fn reclaim(&self) -> Result<(), StoreError> {
         let reclaimed = self.store.reclaim_expired_work().await?;
         if reclaimed > 0 {
             info!(
@@ -317,11 +423,36 @@ impl Workers {
                 "work items with expired leases returned to the queue"
             );
         }
-        let lease_ms = (p.work.lease_secs * 1000) as i64;
+        Ok(())
+    }
+
+    /// Claims due `http` items into the free slots of `calls` and starts them.
+    async fn refill(&self, p: &ProducerConfig, calls: &mut Calls) -> Result<usize, StoreError> {
+        let room = (p.work.concurrency as usize).saturating_sub(calls.len());
+        if room == 0 {
+            return Ok(0);
+        }
+        let items = self
+            .store
+            .claim_work(&p.name, &self.id, room as u32, lease_ms(p))
+            .await?;
+        let n = items.len();
+        for item in items {
+            calls.start(self, p, item);
+        }
+        Ok(n)
+    }
+
+    /// One round, for callers that drive the queue step by step: reclaim
+    /// expired leases, claim what is due (an `apply` batch, or up to
+    /// `concurrency` `http` items), carry it out and wait for every outcome.
+    /// Returns how many items were claimed.
+    pub async fn tick(&self, p: &ProducerConfig) -> Result<usize, StoreError> {
+        self.reclaim().await?;
         if p.work.action == Action::Apply {
             let items = self
                 .store
-                .claim_work(&p.name, &self.id, APPLY_BATCH, lease_ms)
+                .claim_work(&p.name, &self.id, APPLY_BATCH, lease_ms(p))
                 .await?;
             let n = items.len();
             if n > 0 {
@@ -329,24 +460,9 @@ impl Workers {
             }
             return Ok(n);
         }
-        let items = self
-            .store
-            .claim_work(&p.name, &self.id, p.work.concurrency, lease_ms)
-            .await?;
-        let n = items.len();
-        let mut set = tokio::task::JoinSet::new();
-        for item in items {
-            let this = self.clone();
-            let p = p.clone();
-            let span =
-                tracing::info_span!("work", producer = %p.name, work_id = item.id, key = %item.key);
-            set.spawn(async move { this.carry_out(&p, item).await }.instrument(span));
-        }
-        while let Some(r) = set.join_next().await {
-            if let Ok(Err(e)) = r {
-                warn!(error = %e, "work item: could not record the outcome; its lease will expire and it will be retried");
-            }
-        }
+        let mut calls = Calls::default();
+        let n = self.refill(p, &mut calls).await?;
+        while calls.next().await.is_some() {}
         Ok(n)
     }
 
@@ -451,34 +567,63 @@ impl Workers {
         Ok(())
     }
 
-    /// Carries out one `http` item and records its outcome.
-    async fn carry_out(&self, p: &ProducerConfig, item: WorkRow) -> Result<(), StoreError> {
+    /// Carries out one `http` item, renewing its lease while the call runs,
+    /// and records the outcome. Errors are logged here, where they end.
+    async fn carry_out(&self, p: &ProducerConfig, item: WorkRow) {
         let action = action_name(p.work.action);
         let started = Instant::now();
-        let result = perform(&item, p, &self.client).await;
+        let result = tokio::select! {
+            r = perform(&item, p, &self.client) => r,
+            () = self.keep_leased(p, &item) => unreachable!("lease renewal runs until the call ends"),
+        };
         self.metrics
             .work_duration
             .with_label_values(&[action])
             .observe(started.elapsed().as_secs_f64());
-        let now = now_ms();
-        match result {
-            Ok(note) => {
-                debug!(note, "work item done");
-                if self
-                    .store
-                    .finish_work(item.id, &self.id, WorkState::Done, now, None)
-                    .await?
-                {
+        let recorded = match result {
+            Ok(note) => match self.store.complete_work(&item, &self.id).await {
+                Ok(true) => {
+                    debug!(note, "work item done");
                     self.metrics
                         .work_completed
                         .with_label_values(&[action, "done"])
                         .inc();
-                } else {
-                    warn!("work item lease lost before completion; another worker owns it now");
+                    Ok(())
                 }
-                Ok(())
+                Ok(false) => {
+                    warn!("work item delivered, but meanwhile it was claimed again, changed or closed; left as it is");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            Err(f) => self.record_failure(p, &item, &f, now_ms()).await,
+        };
+        if let Err(e) = recorded {
+            warn!(error = %e, "work item: could not record the outcome; its lease will expire and it will be retried");
+        }
+    }
+
+    /// Renews the lease of `item` every third of a lease until dropped (the
+    /// call it guards has ended). A refused renewal means the claim is gone;
+    /// the call still ends and [`Store::complete_work`] decides what counts.
+    async fn keep_leased(&self, p: &ProducerConfig, item: &WorkRow) {
+        let every = renew_every(p);
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            renew.tick().await;
+            match self
+                .store
+                .renew_work_lease(item, &self.id, lease_ms(p))
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!("work item lease lost while its call runs (renewed too late?); the call's outcome is recorded only if nobody took the item since");
+                    return std::future::pending().await;
+                }
+                Err(e) => warn!(error = %e, "work item: could not renew its lease; trying again"),
             }
-            Err(f) => self.record_failure(p, &item, &f, now).await,
         }
     }
 }

@@ -40,6 +40,7 @@ use crate::canonical::{
     bucket_of, key_string, parse_pointer, version_value, RecordHash, RecordHasher,
 };
 use crate::config::{PaginationStyle, SnapshotConfig};
+use crate::redact::{redact_url, request_error};
 
 /// Page bodies up to this size stay in memory; larger ones go to a temp file.
 const MEMORY_BODY_MAX: usize = 4 << 20;
@@ -333,11 +334,8 @@ impl Plan {
         bucket_bits: u8,
     ) -> Result<Self, PullError> {
         let bad = |m: String| PullError::Config(m);
-        let base = Url::parse(&cfg.url).map_err(|e| {
-            let mut shown_url = cfg.url.clone();
-            shown_url.truncate(shown_url.find('?').unwrap_or(shown_url.len()));
-            bad(format!("invalid url {shown_url:?}: {e}"))
-        })?;
+        let base = Url::parse(&cfg.url)
+            .map_err(|e| bad(format!("invalid url {:?}: {e}", redact_url(&cfg.url))))?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(bad(format!(
                 "url {:?} must be http or https, not {:?}",
@@ -486,17 +484,7 @@ enum Failure {
 impl Failure {
     fn from_reqwest(e: reqwest::Error, url: &Url) -> Self {
         let transient = !(e.is_builder() || e.is_redirect() || e.is_status());
-        let e = e.without_url();
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            let _ = write!(message, ": {s}");
-            source = s.source();
-        }
-        // Belt and braces: no query string (which may carry tokens) in a message.
-        if let Some(q) = url.query().filter(|q| !q.is_empty()) {
-            message = message.replace(q, "…");
-        }
+        let message = request_error(e, url.as_str());
         Failure::Request { message, transient }
     }
 
@@ -1557,12 +1545,7 @@ impl<'a> Scan<'a> {
 
 /// A URL as shown in errors and logs: no query, fragment or credentials.
 fn shown(url: &Url) -> String {
-    let mut u = url.clone();
-    u.set_query(None);
-    u.set_fragment(None);
-    let _ = u.set_username("");
-    let _ = u.set_password(None);
-    u.to_string()
+    redact_url(url.as_str())
 }
 
 /// An opaque value cut to a readable length.

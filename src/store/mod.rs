@@ -96,6 +96,13 @@ pub enum StoreError {
     NotCreated(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("work item {id} not retried: entity {producer}/{key} already has open item {open}; cancel it first or let it finish")]
+    EntityHasOpenWork {
+        id: i64,
+        producer: String,
+        key: String,
+        open: String,
+    },
     #[error("corrupt row in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
 }

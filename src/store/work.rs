@@ -87,9 +87,12 @@ impl Backend {
 
 impl Store {
     /// Writes one item per drifted entity of `producer`: new items in
-    /// multi-row batches, an existing pending item updated in place, a running
-    /// one left alone. Call it page by page; [`Store::close_vanished_work`]
-    /// then closes the items whose drift is gone.
+    /// multi-row batches; an existing pending item gets the newest spec (and
+    /// its idempotency key) but keeps its attempts, last error and `run_at`,
+    /// so backoff still grows and `dead` is still reached; a running item is
+    /// left alone, so what its worker delivers is what it was given. Call it
+    /// page by page; [`Store::close_vanished_work`] then closes the items
+    /// whose drift is gone.
     pub async fn emit_work(
         &self,
         producer: &str,
@@ -129,8 +132,8 @@ impl Store {
                 Some((_, "running")) => out.skipped_running += 1,
                 Some((id, _)) => {
                     sqlx::query(
-                        "UPDATE work SET spec = $2, dedup_key = $3, action = $4, time = $5, run_at = $5,
-                           attempts = 0, max_attempts = $6, last_error = NULL, updated_at = $5
+                        "UPDATE work SET spec = $2, dedup_key = $3, action = $4, max_attempts = $6,
+                           updated_at = $5
                          WHERE id = $1 AND state = 'pending'",
                     )
                     .bind(id)
@@ -263,6 +266,81 @@ impl Store {
         .await
         .map_err(db("finish a work item"))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Extends the lease of a claimed item while its worker still holds that
+    /// claim (`claim.attempts` tells one claim from the next); returns false
+    /// when the claim is gone (reclaimed, cancelled, or claimed again).
+    pub async fn renew_work_lease(
+        &self,
+        claim: &WorkRow,
+        worker: &str,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let renewed = sqlx::query(
+            "UPDATE work SET locked_until = $4, updated_at = $5
+             WHERE id = $1 AND state = 'running' AND locked_by = $2 AND attempts = $3",
+        )
+        .bind(claim.id)
+        .bind(worker)
+        .bind(claim.attempts)
+        .bind(now + lease_ms)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db("renew a work lease"))?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
+    /// Records that `worker` carried out its claim of an item: done while it
+    /// still holds the claim, and also when the lease ran out before the
+    /// outcome arrived but nobody took the item since (it is `pending` or,
+    /// out of attempts, `dead`, with the same attempt count) and its content
+    /// is still the one delivered (same `dedup_key`). An item claimed again
+    /// by another worker, refreshed to newer content, cancelled or retried by
+    /// an operator is left alone. Returns whether the item became done.
+    pub async fn complete_work(&self, claim: &WorkRow, worker: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE work SET state = 'done', last_error = NULL, locked_by = NULL,
+               locked_until = NULL, updated_at = $5
+             WHERE id = $1 AND attempts = $3 AND dedup_key = $4
+               AND ((state = 'running' AND locked_by = $2) OR state IN ('pending', 'dead'))",
+        )
+        .bind(claim.id)
+        .bind(worker)
+        .bind(claim.attempts)
+        .bind(&claim.dedup_key)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db("complete a work item"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Returns a claim `worker` gives up without an outcome (shutdown) to
+    /// `pending`, due at once, so the next worker need not wait for its lease.
+    pub async fn release_work(
+        &self,
+        claim: &WorkRow,
+        worker: &str,
+        note: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let released = sqlx::query(
+            "UPDATE work SET state = 'pending', run_at = $4, last_error = $5, locked_by = NULL,
+               locked_until = NULL, updated_at = $4
+             WHERE id = $1 AND state = 'running' AND locked_by = $2 AND attempts = $3",
+        )
+        .bind(claim.id)
+        .bind(worker)
+        .bind(claim.attempts)
+        .bind(now)
+        .bind(note)
+        .execute(&self.pool)
+        .await
+        .map_err(db("release a work item"))?;
+        Ok(released.rows_affected() == 1)
     }
 
     /// Writes the corrections of running `apply` items held by `worker` and
@@ -410,7 +488,7 @@ impl Store {
             .check(next)
             .map_err(|e| StoreError::Invalid(format!("work item {id}: {e}")))?;
         let now = now_ms();
-        sqlx::query(
+        let changed = sqlx::query(
             "UPDATE work SET state = $2, run_at = $3, attempts = CASE WHEN $2 = 'pending' THEN 0 ELSE attempts END,
                locked_by = NULL, locked_until = NULL, updated_at = $3 WHERE id = $1 AND state = $4",
         )
@@ -419,8 +497,31 @@ impl Store {
         .bind(now)
         .bind(item.state.as_str())
         .execute(&self.pool)
-        .await
-        .map_err(db("change a work item"))?;
+        .await;
+        match changed {
+            Ok(_) => {}
+            // Reopening an item conflicts with the entity's one open item
+            // (the partial unique index): name that item instead.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                let open: Option<i64> = sqlx::query_scalar(
+                    "SELECT id FROM work WHERE producer = $1 AND key = $2
+                       AND state IN ('pending', 'running') AND id <> $3",
+                )
+                .bind(&item.producer)
+                .bind(&item.key)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("find the open work item of an entity"))?;
+                return Err(StoreError::EntityHasOpenWork {
+                    id,
+                    producer: item.producer,
+                    key: item.key,
+                    open: open.map_or_else(|| "?".to_string(), |o| o.to_string()),
+                });
+            }
+            Err(e) => return Err(db("change a work item")(e)),
+        }
         self.work_item(id)
             .await?
             .ok_or_else(|| StoreError::Invalid(format!("work item {id} vanished")))

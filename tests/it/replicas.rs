@@ -181,8 +181,10 @@ async fn a_worker_killed_mid_item_is_finished_by_another_once() {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(50).await;
     let snapshot = crate::producer::snapshot_toml("none", addr);
+    // The lease outlasts a call (as `driftd check` requires) and is renewed
+    // while A's call hangs; A is killed long before its call times out.
     let work = format!(
-        "action = \"http\"\nurl = \"{app_url}\"\ntimeout_secs = 120\nlease_secs = 2\nbackoff_base_ms = 10\nbackoff_max_ms = 100"
+        "action = \"http\"\nurl = \"{app_url}\"\ntimeout_secs = 5\nlease_secs = 6\nbackoff_base_ms = 10\nbackoff_max_ms = 100"
     );
     let p = producer(&snapshot, &format!("[producer.work]\n{work}"));
     seed(&store, &p, &vendor.snapshot()).await;

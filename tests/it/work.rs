@@ -379,7 +379,500 @@ async fn apply_batches_are_all_or_nothing(db: &TestDb) {
     assert_eq!((checked, broken), (30, None), "no change was logged");
 }
 
+/// Marks `keys` of the vendor as changed, so the next keyframe finds them drifted.
+fn change(vendor: &Vendor, keys: &[String], status: &str) {
+    let mut r = vendor.records.lock().unwrap();
+    for k in keys {
+        r.get_mut(k).unwrap()["status"] = Value::String(status.into());
+    }
+}
+
+fn keys(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("ord-{i:05}")).collect()
+}
+
+/// The open item of one entity.
+async fn open_item(store: &driftd::store::Store, key: &str) -> WorkRow {
+    store
+        .list_work(None, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|w| w.key == key && matches!(w.state, WorkState::Pending | WorkState::Running))
+        .unwrap_or_else(|| panic!("no open item for {key}"))
+}
+
+/// A keyframe that finds the drift of a pending item again refreshes its
+/// spec to the newest record, and keeps what its worker wrote: attempts,
+/// last error and schedule.
+async fn keyframes_keep_the_history_of_open_work(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(20).await;
+    let p = producer(
+        &crate::producer::snapshot_toml("none", addr),
+        "[producer.work]\naction = \"none\"",
+    );
+    seed(&store, &p, &vendor.snapshot()).await;
+    change(&vendor, &keys(3..4), "first");
+    keyframer(&store).run(&p, false).await.unwrap();
+    // The application's own worker takes the item and fails it, retrying in an hour.
+    let claimed = store
+        .claim_work("orders", "app-worker", 1, 60_000)
+        .await
+        .unwrap()
+        .remove(0);
+    let later = driftd::store::now_ms() + 3_600_000;
+    assert!(store
+        .finish_work(
+            claimed.id,
+            "app-worker",
+            WorkState::Pending,
+            later,
+            Some("ledger locked")
+        )
+        .await
+        .unwrap());
+    let before = store.work_item(claimed.id).await.unwrap().unwrap();
+
+    change(&vendor, &keys(3..4), "second");
+    let s = keyframer(&store).run(&p, false).await.unwrap();
+    assert_eq!((s.state, s.changed), (RunState::Ok, 1));
+    let after = store.work_item(claimed.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            after.state,
+            after.attempts,
+            after.last_error.as_deref(),
+            after.run_at
+        ),
+        (WorkState::Pending, 1, Some("ledger locked"), later),
+        "{after:?}"
+    );
+    let spec: Value = serde_json::from_str(&after.spec).unwrap();
+    assert_eq!(spec["record"]["status"], "second", "the spec is the newest");
+    assert_eq!(spec["run_id"], s.run_id.unwrap());
+    assert_ne!(after.dedup_key, before.dedup_key, "new content, new key");
+}
+
+/// An application that always fails gets `max_attempts` calls and the item
+/// dies, however many keyframes find the drift meanwhile.
+async fn a_failing_application_reaches_dead_despite_keyframes(db: &TestDb) {
+    let store = db.store().await;
+    let (app, url) = start_app(vec![503; 50]).await;
+    let (vendor, addr) = Vendor::start(20).await;
+    let p = producer(
+        &crate::producer::snapshot_toml("none", addr),
+        &format!("[producer.work]\naction = \"http\"\nurl = \"{url}\"\nbackoff_base_ms = 1\nbackoff_max_ms = 2\nmax_attempts = 3"),
+    );
+    seed(&store, &p, &vendor.snapshot()).await;
+    change(&vendor, &keys(7..8), "cancelled");
+    let w = workers(&store);
+    let mut dead = None;
+    for _ in 0..10 {
+        keyframer(&store).run(&p, false).await.unwrap();
+        let item = open_item(&store, "ord-00007").await;
+        // Due within 2 ms of the last failure; the keyframe took longer.
+        w.tick(&p).await.unwrap();
+        let item = store.work_item(item.id).await.unwrap().unwrap();
+        if item.state == WorkState::Dead {
+            dead = Some(item);
+            break;
+        }
+    }
+    let dead = dead.expect("the item never died: every keyframe reset its attempts");
+    assert_eq!(dead.attempts, 3, "{dead:?}");
+    assert!(dead.last_error.unwrap_or_default().contains("503"));
+    assert_eq!(app.calls.load(AtomicOrdering::SeqCst), 3);
+}
+
+/// An application that answers after a delay, recording when each call ran.
+#[derive(Clone, Default)]
+struct SlowApp {
+    /// (key, started, ended) per call, in the order the calls ended.
+    calls: Arc<Mutex<Vec<(String, Instant, Instant)>>>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+}
+
+async fn start_slow_app(delay: fn(&str) -> Duration) -> (SlowApp, String) {
+    let app = SlowApp::default();
+    let state = app.clone();
+    let router = Router::new().route(
+        "/driftd",
+        post(move |body: axum::body::Bytes| {
+            let s = state.clone();
+            async move {
+                let started = Instant::now();
+                let now = s.in_flight.fetch_add(1, AtomicOrdering::SeqCst) + 1;
+                s.max_in_flight.fetch_max(now, AtomicOrdering::SeqCst);
+                let spec: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let key = spec["key"].as_str().unwrap_or("").to_string();
+                tokio::time::sleep(delay(&key)).await;
+                s.in_flight.fetch_sub(1, AtomicOrdering::SeqCst);
+                s.calls.lock().unwrap().push((key, started, Instant::now()));
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/driftd", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (app, url)
+}
+
+/// Runs a worker loop as `App::run` does, until the returned token is cancelled.
+fn run_workers(
+    store: &driftd::store::Store,
+    p: &driftd::config::ProducerConfig,
+    id: &str,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let w = driftd::work::Workers {
+        id: id.into(),
+        ..workers(store)
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let (p, cancel) = (p.clone(), cancel.clone());
+        async move { w.run_producer(p, cancel).await }
+    });
+    (cancel, task)
+}
+
+async fn stop(cancel: tokio_util::sync::CancellationToken, task: tokio::task::JoinHandle<()>) {
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the worker loop stops promptly")
+        .unwrap();
+}
+
+/// A call that outlasts the lease keeps its item: the lease is renewed while
+/// it runs, so no worker (here a second replica) delivers it again.
+async fn a_call_longer_than_the_lease_is_delivered_once(db: &TestDb) {
+    let store = db.store().await;
+    let (app, url) = start_slow_app(|_| Duration::from_millis(3_500)).await;
+    let (vendor, addr) = Vendor::start(20).await;
+    let mut p = producer(
+        &crate::producer::snapshot_toml("none", addr),
+        &format!(
+            "[producer.work]\naction = \"http\"\nurl = \"{url}\"\nlease_secs = 2\ntimeout_secs = 1"
+        ),
+    );
+    // Longer than the lease, as the lease could be outlasted by a slow
+    // database too; `driftd check` refuses this in a config file.
+    p.work.timeout_secs = 10;
+    seed(&store, &p, &vendor.snapshot()).await;
+    change(&vendor, &keys(5..6), "paid");
+    keyframer(&store).run(&p, false).await.unwrap();
+    let item = open_item(&store, "ord-00005").await;
+    let (c1, t1) = run_workers(&store, &p, "replica-1");
+    let (c2, t2) = run_workers(&store, &p, "replica-2");
+    crate::support::wait_for("the item done", 20, || async {
+        store.work_item(item.id).await.unwrap().unwrap().state == WorkState::Done
+    })
+    .await;
+    stop(c1, t1).await;
+    stop(c2, t2).await;
+    let done = store.work_item(item.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.state, done.attempts),
+        (WorkState::Done, 1),
+        "{done:?}"
+    );
+    assert_eq!(app.calls.lock().unwrap().len(), 1, "delivered exactly once");
+}
+
+/// A call's outcome counts when its lease ran out but nobody took the item
+/// since; not when another worker holds it, or its content changed.
+async fn late_outcomes_count_unless_the_item_moved_on(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(20).await;
+    let p = producer(
+        &crate::producer::snapshot_toml("none", addr),
+        "[producer.work]\naction = \"none\"\nmax_attempts = 2",
+    );
+    seed(&store, &p, &vendor.snapshot()).await;
+    change(&vendor, &keys(1..5), "new");
+    keyframer(&store).run(&p, false).await.unwrap();
+    // Every item claimed with a short lease that runs out before the outcome.
+    let claims = store.claim_work("orders", "w1", 10, 50).await.unwrap();
+    assert_eq!(claims.len(), 4);
+    let expire = |n: u64| {
+        let store = store.clone();
+        async move {
+            let reclaimed = std::sync::atomic::AtomicU64::new(0);
+            crate::support::wait_for("leases to expire", 10, || async {
+                let now = store.reclaim_expired_work().await.unwrap();
+                reclaimed.fetch_add(now, AtomicOrdering::SeqCst) + now >= n
+            })
+            .await;
+        }
+    };
+    expire(4).await;
+    let by_key = |k: &str| claims.iter().find(|c| c.key == k).unwrap().clone();
+    // ord-00001: reclaimed, nobody took it since: the late outcome counts.
+    let c = by_key("ord-00001");
+    assert!(store.complete_work(&c, "w1").await.unwrap());
+    assert_eq!(
+        store.work_item(c.id).await.unwrap().unwrap().state,
+        WorkState::Done
+    );
+    // ord-00002: another worker holds it now: its outcome is that worker's to record.
+    let c = by_key("ord-00002");
+    let taken = store.claim_work("orders", "w2", 1, 60_000).await.unwrap();
+    assert_eq!(taken[0].id, c.id);
+    assert!(!store.complete_work(&c, "w1").await.unwrap());
+    let item = store.work_item(c.id).await.unwrap().unwrap();
+    assert_eq!(
+        (item.state, item.locked_by.as_deref()),
+        (WorkState::Running, Some("w2"))
+    );
+    assert!(store.complete_work(&taken[0], "w2").await.unwrap());
+    // ord-00003: a keyframe refreshed it to newer content: still to deliver.
+    let c = by_key("ord-00003");
+    change(&vendor, &keys(3..4), "newer");
+    keyframer(&store).run(&p, false).await.unwrap();
+    assert!(!store.complete_work(&c, "w1").await.unwrap());
+    let item = store.work_item(c.id).await.unwrap().unwrap();
+    assert_eq!(item.state, WorkState::Pending);
+    assert!(item.spec.contains("newer"));
+    // ord-00004: the reclaim ran it out of attempts, but the call succeeded: done.
+    let c = by_key("ord-00004");
+    let again = store.claim_work("orders", "w1", 10, 50).await.unwrap();
+    let c2 = again.into_iter().find(|w| w.id == c.id).unwrap();
+    assert_eq!(c2.attempts, 2);
+    expire(1).await;
+    assert_eq!(
+        store.work_item(c.id).await.unwrap().unwrap().state,
+        WorkState::Dead
+    );
+    assert!(
+        !store.complete_work(&c, "w1").await.unwrap(),
+        "an older claim of it is not its outcome"
+    );
+    assert!(store.complete_work(&c2, "w1").await.unwrap());
+    assert_eq!(
+        store.work_item(c.id).await.unwrap().unwrap().state,
+        WorkState::Done
+    );
+}
+
+/// `http` workers are a pool: one slow call does not hold back the others,
+/// `concurrency` calls stay in flight, and stopping returns the call still
+/// in flight to the queue at once.
+async fn http_concurrency_is_a_pool(db: &TestDb) {
+    let store = db.store().await;
+    let (app, url) =
+        start_slow_app(|key| Duration::from_millis(if key == "ord-00000" { 4_000 } else { 150 }))
+            .await;
+    let (vendor, addr) = Vendor::start(40).await;
+    let p = producer(
+        &crate::producer::snapshot_toml("none", addr),
+        &format!("[producer.work]\naction = \"http\"\nurl = \"{url}\"\nconcurrency = 4"),
+    );
+    seed(&store, &p, &vendor.snapshot()).await;
+    let drifted = keys(0..13);
+    change(&vendor, &drifted, "paid");
+    keyframer(&store).run(&p, false).await.unwrap();
+    let slow = open_item(&store, "ord-00000").await;
+    let (cancel, task) = run_workers(&store, &p, "pool");
+    crate::support::wait_for("the 12 fast calls", 20, || async {
+        app.calls.lock().unwrap().len() >= 12
+    })
+    .await;
+    let calls = app.calls.lock().unwrap().clone();
+    assert!(
+        calls.iter().all(|(k, _, _)| k != "ord-00000"),
+        "the fast calls waited for the slow one: {:?}",
+        calls.iter().map(|c| &c.0).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        app.max_in_flight.load(AtomicOrdering::SeqCst),
+        4,
+        "concurrency calls in flight, never more"
+    );
+    for k in &drifted[1..] {
+        crate::support::wait_for("fast items recorded done", 10, || async {
+            latest_state(&store, k).await == Some(WorkState::Done)
+        })
+        .await;
+    }
+    // Stopping while the slow call runs puts its item back, due at once.
+    assert_eq!(
+        store.work_item(slow.id).await.unwrap().unwrap().state,
+        WorkState::Running
+    );
+    stop(cancel, task).await;
+    let released = store.work_item(slow.id).await.unwrap().unwrap();
+    assert_eq!(released.state, WorkState::Pending, "{released:?}");
+    assert!(released.run_at <= driftd::store::now_ms());
+}
+
+/// The state of an entity's newest item.
+async fn latest_state(store: &driftd::store::Store, key: &str) -> Option<WorkState> {
+    store
+        .list_work(None, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|w| w.key == key)
+        .map(|w| w.state)
+}
+
+async fn driftd(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(crate::support::driftd_bin())
+        .args(args)
+        .env_remove("DRIFTD_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .expect("run driftd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A config file for the binary: this database, producer `orders` with `snapshot_url`.
+fn config_file(dir: &std::path::Path, db: &TestDb, snapshot_url: &str) -> String {
+    let path = dir.join("driftd.toml");
+    std::fs::write(
+        &path,
+        format!("[database]\nurl = \"{}\"\n[[producer]]\nname = \"orders\"\nschedule = \"0 0 0 1 1 *\"\n[producer.snapshot]\nurl = \"{snapshot_url}\"\nitems = \"/data\"\ntimeout_secs = 5\n[producer.work]\naction = \"none\"\n", db.url),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Retrying a dead item whose entity has a newer open item says which item
+/// is in the way and what to do, once, instead of a constraint error.
+async fn retrying_a_dead_item_names_the_open_one(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(20).await;
+    let p = producer(
+        &crate::producer::snapshot_toml("none", addr),
+        "[producer.work]\naction = \"none\"",
+    );
+    seed(&store, &p, &vendor.snapshot()).await;
+    change(&vendor, &keys(2..3), "paid");
+    keyframer(&store).run(&p, false).await.unwrap();
+    let first = store
+        .claim_work("orders", "app-worker", 1, 60_000)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(store
+        .finish_work(first.id, "app-worker", WorkState::Dead, 0, Some("rejected"))
+        .await
+        .unwrap());
+    keyframer(&store).run(&p, false).await.unwrap();
+    let open = open_item(&store, "ord-00002").await;
+    assert_ne!(open.id, first.id);
+    let expected = format!(
+        "work item {} not retried: entity orders/ord-00002 already has open item {}; cancel it first or let it finish",
+        first.id, open.id
+    );
+    let err = store
+        .set_work_state(first.id, WorkState::Pending)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), expected);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), db, &format!("http://{addr}/none"));
+    let id = first.id.to_string();
+    let (code, stdout, stderr) = driftd(&["work", "retry", "--config", &config, &id]).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(stderr.matches(&expected).count(), 1, "said once: {stderr}");
+    assert!(
+        stderr.ends_with(&format!("error: {expected}\n")),
+        "{stderr}"
+    );
+    assert!(!stderr.to_lowercase().contains("unique"), "{stderr}");
+    let open_id = open.id.to_string();
+    let (code, _, stderr) = driftd(&["work", "cancel", "--config", &config, &open_id]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = driftd(&["work", "retry", "--config", &config, &id]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, format!("work item {id} is pending again\n"));
+}
+
+/// Credentials and query strings in configured URLs appear nowhere: not in
+/// a work item's error (what `work list` shows and the log says), not in a
+/// keyframe's error, not in the probe; and the cause is kept.
+async fn url_credentials_stay_out_of_errors(db: &TestDb) {
+    let store = db.store().await;
+    let closed = crate::support::free_port();
+    let secret_url = |path: &str| format!("http://bob:hunter2@127.0.0.1:{closed}/{path}?token=abc");
+    let shown = |path: &str| format!("http://127.0.0.1:{closed}/{path}");
+    let no_secret = |text: &str| {
+        for secret in ["bob", "hunter2", "token", "abc"] {
+            assert!(!text.contains(secret), "{secret:?} in {text}");
+        }
+    };
+    let (vendor, addr) = Vendor::start(20).await;
+    let p = producer(
+        &crate::producer::snapshot_toml("none", addr),
+        &format!(
+            "[producer.work]\naction = \"http\"\nurl = \"{}\"\nmax_attempts = 1",
+            secret_url("work")
+        ),
+    );
+    seed(&store, &p, &vendor.snapshot()).await;
+    change(&vendor, &keys(4..5), "paid");
+    keyframer(&store).run(&p, false).await.unwrap();
+    let item = open_item(&store, "ord-00004").await;
+    let dead = until_final(&store, &p, item.id).await;
+    assert_eq!(dead.state, WorkState::Dead);
+    let err = dead.last_error.unwrap_or_default();
+    assert!(
+        err.starts_with(&format!("POST {} failed: ", shown("work"))),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+    no_secret(&err);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), db, &secret_url("orders"));
+    let (code, stdout, stderr) = driftd(&["work", "list", "--config", &config]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("last error: POST {} failed", shown("work"))),
+        "{stdout}"
+    );
+    no_secret(&stdout);
+
+    // A keyframe against the same kind of URL.
+    let (code, stdout, stderr) = driftd(&["keyframe", "orders", "--config", &config]).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let out = format!("{stdout}{stderr}");
+    assert!(out.contains(&shown("orders")), "{out}");
+    assert!(out.to_lowercase().contains("connection refused"), "{out}");
+    no_secret(&out);
+    // The probe.
+    let (code, stdout, stderr) = driftd(&["check", "--probe", "--config", &config]).await;
+    assert_eq!(code, 64, "{stdout}{stderr}");
+    let out = format!("{stdout}{stderr}");
+    assert!(
+        out.contains(&format!("GET {} failed", shown("orders"))),
+        "{out}"
+    );
+    assert!(out.to_lowercase().contains("connection refused"), "{out}");
+    no_secret(&out);
+}
+
 crate::on_both_backends!(
+    retrying_a_dead_item_names_the_open_one,
+    url_credentials_stay_out_of_errors,
+    keyframes_keep_the_history_of_open_work,
+    a_failing_application_reaches_dead_despite_keyframes,
+    a_call_longer_than_the_lease_is_delivered_once,
+    late_outcomes_count_unless_the_item_moved_on,
+    http_concurrency_is_a_pool,
     apply_batches_are_all_or_nothing,
     http_action_retries_with_one_idempotency_key,
     http_client_errors_are_dead_at_once,
