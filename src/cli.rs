@@ -146,6 +146,12 @@ pub enum WorkCommand {
         config: ConfigArg,
         id: i64,
     },
+    /// Mark an item done (your application carried it out): the mirror then holds the record it carried.
+    Done {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: i64,
+    },
     /// Cancel a pending or running item.
     Cancel {
         #[command(flatten)]
@@ -539,6 +545,16 @@ fn work_command(command: WorkCommand) -> ExitCode {
             with_store(&config.config, move |_, store| async move {
                 let w = store.set_work_state(id, WorkState::Pending).await?;
                 println!("work item {} is {} again", w.id, w.state);
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        WorkCommand::Done { config, id } => {
+            with_store(&config.config, move |loaded, store| async move {
+                let w = crate::work::finish_by_hand(&store, &loaded.config, id).await?;
+                println!(
+                    "work item {} {}: the mirror holds the record it carried (unless a newer delta landed since)",
+                    w.id, w.state
+                );
                 Ok(ExitCode::SUCCESS)
             })
         }

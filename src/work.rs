@@ -75,6 +75,11 @@ fn action_name(a: Action) -> &'static str {
 
 /// Emits one work item per drift of run `run_id`; returns the items written.
 pub async fn emit_run(store: &Store, p: &ProducerConfig, run_id: i64) -> Result<u64, StoreError> {
+    let pull_began = store
+        .run(run_id)
+        .await?
+        .map(|r| r.started_at)
+        .ok_or_else(|| StoreError::Invalid(format!("keyframe run {run_id} does not exist")))?;
     let mut after = String::new();
     let mut total = Emitted::default();
     loop {
@@ -84,11 +89,12 @@ pub async fn emit_run(store: &Store, p: &ProducerConfig, run_id: i64) -> Result<
         after = last.key.clone();
         let items: Vec<NewWork> = page.into_iter().map(|d| new_work(p, run_id, d)).collect();
         let e = store
-            .emit_work(&p.name, &items, p.work.max_attempts)
+            .emit_work(&p.name, &items, p.work.max_attempts, pull_began)
             .await?;
         total.inserted += e.inserted;
         total.updated += e.updated;
         total.skipped_running += e.skipped_running;
+        total.skipped_delivered += e.skipped_delivered;
     }
     let closed = store
         .close_vanished_work(
@@ -98,7 +104,8 @@ pub async fn emit_run(store: &Store, p: &ProducerConfig, run_id: i64) -> Result<
         )
         .await?;
     debug!(producer = %p.name, run_id, inserted = total.inserted, updated = total.updated,
-        skipped_running = total.skipped_running, closed, "work emitted");
+        skipped_running = total.skipped_running, skipped_delivered = total.skipped_delivered,
+        closed, "work emitted");
     Ok(total.inserted + total.updated)
 }
 
@@ -128,6 +135,78 @@ fn new_work(p: &ProducerConfig, run_id: i64, d: DriftRow) -> NewWork {
         dedup_key: spec.idempotency_key(),
         spec: serde_json::to_string(&spec).expect("a spec always serializes"),
     }
+}
+
+/// Done items the mirror does not carry yet, read per round.
+const MIRROR_BATCH: i64 = 200;
+
+/// Writes into the mirror the record of every done item of `p` that the
+/// mirror does not carry yet, whoever finished it (an `http` 2xx, an
+/// application's worker through SQL, `driftd work done`), as `apply` does:
+/// compare-and-set on the local row the keyframe saw. So every action
+/// closes its drift, and the next keyframe finds none for that entity
+/// unless the producer changed again. Returns the items handled.
+pub async fn mirror_done(store: &Store, p: &ProducerConfig) -> Result<usize, StoreError> {
+    let mut handled = 0;
+    loop {
+        let items = store.done_unmirrored(&p.name, MIRROR_BATCH).await?;
+        if items.is_empty() {
+            return Ok(handled);
+        }
+        let hasher = RecordHasher::new(&p.snapshot.ignore).map_err(|e| {
+            StoreError::Invalid(format!(
+                "producer {:?}: invalid snapshot.ignore pointer: {e}",
+                p.name
+            ))
+        })?;
+        let mut writes = Vec::with_capacity(items.len());
+        let mut nothing = Vec::new();
+        for item in &items {
+            let write = serde_json::from_str::<WorkSpec>(&item.spec)
+                .map_err(|e| Failure::Intransient(format!("invalid work spec: {e}")))
+                .and_then(|spec| correction(&spec));
+            match write {
+                Ok(w) => writes.push((item.id, w)),
+                Err(Failure::Intransient(e) | Failure::Transient(e)) => {
+                    warn!(producer = %p.name, work_id = item.id, error = %e,
+                        "done work item carries no usable record; the mirror keeps its row");
+                    nothing.push(item.id);
+                }
+            }
+        }
+        let outcomes = store
+            .mirror_work(&p.name, p.bucket_bits, &hasher, &writes, &nothing)
+            .await?;
+        debug!(producer = %p.name, items = items.len(),
+            applied = outcomes.iter().filter(|(_, o)| *o == crate::store::WriteOutcome::Applied).count(),
+            "done work written into the mirror");
+        handled += items.len();
+        if (items.len() as i64) < MIRROR_BATCH {
+            return Ok(handled);
+        }
+    }
+}
+
+/// Marks item `id` done by operator or application request (`driftd work
+/// done`, `POST /v1/work/{id}/done`) and writes its record into the mirror.
+pub async fn finish_by_hand(
+    store: &Store,
+    config: &crate::config::Config,
+    id: i64,
+) -> Result<WorkRow, StoreError> {
+    let item = store
+        .work_item(id)
+        .await?
+        .ok_or_else(|| StoreError::Invalid(format!("work item {id} does not exist")))?;
+    let p = config.producer(&item.producer).ok_or_else(|| {
+        StoreError::Invalid(format!(
+            "work item {id} belongs to producer {:?}, which is not configured",
+            item.producer
+        ))
+    })?;
+    let done = store.set_work_state(id, WorkState::Done).await?;
+    mirror_done(store, p).await?;
+    Ok(done)
 }
 
 /// Why an attempt failed, and whether trying again can help.
@@ -358,9 +437,23 @@ impl Workers {
     /// Runs one producer's worker loop until `cancel`.
     pub async fn run_producer(&self, p: ProducerConfig, cancel: CancellationToken) {
         match p.work.action {
-            Action::None => {}
+            Action::None => self.run_none(&p, &cancel).await,
             Action::Apply => self.run_apply(&p, &cancel).await,
             Action::Http => self.run_http(&p, &cancel).await,
+        }
+    }
+
+    /// `none`: the application's own workers carry items out; driftd writes
+    /// the record of every item they finish into the mirror.
+    async fn run_none(&self, p: &ProducerConfig, cancel: &CancellationToken) {
+        while !cancel.is_cancelled() {
+            if let Err(e) = mirror_done(&self.store, p).await {
+                warn!(producer = %p.name, error = %e, "work loop: database error; retrying");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(POLL) => {}
+            }
         }
     }
 
@@ -396,6 +489,9 @@ impl Workers {
             if Instant::now() >= next_reclaim {
                 next_reclaim = Instant::now() + POLL;
                 if let Err(e) = self.reclaim().await {
+                    warn!(producer = %p.name, error = %e, "work loop: database error; retrying");
+                }
+                if let Err(e) = mirror_done(&self.store, p).await {
                     warn!(producer = %p.name, error = %e, "work loop: database error; retrying");
                 }
             }
@@ -449,6 +545,7 @@ impl Workers {
     /// Returns how many items were claimed.
     pub async fn tick(&self, p: &ProducerConfig) -> Result<usize, StoreError> {
         self.reclaim().await?;
+        mirror_done(&self.store, p).await?;
         if p.work.action == Action::Apply {
             let items = self
                 .store
@@ -588,7 +685,8 @@ impl Workers {
                         .work_completed
                         .with_label_values(&[action, "done"])
                         .inc();
-                    Ok(())
+                    // The application holds the record now: so does the mirror.
+                    mirror_done(&self.store, p).await.map(|_| ())
                 }
                 Ok(false) => {
                     warn!("work item delivered, but meanwhile it was claimed again, changed or closed; left as it is");

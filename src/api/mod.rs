@@ -1,10 +1,12 @@
-//! The application's API under `/v1`, behind `[server].read_token`: the change feed and the read API over the mirror. Off (404) without a token.
+//! The application's API under `/v1`, behind `[server].read_token`: the change feed and the read API over the mirror; work completion behind the admin token. Off (404) without its token.
 //!
-//! Everything here only reads, so a request may be dropped at any await
-//! point (a client hanging up) without leaving anything half-done.
+//! The feed and the read API only read, so a request may be dropped at any
+//! await point (a client hanging up) without leaving anything half-done;
+//! work completion writes in a task of its own.
 
 mod changes;
 mod entities;
+mod work;
 
 use std::collections::HashMap;
 
@@ -25,6 +27,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/changes", get(changes::changes))
         .route("/v1/entities/{producer}", get(entities::list))
         .route("/v1/entities/{producer}/{key}", get(entities::one))
+        .route("/v1/work/{id}/done", axum::routing::post(work::done))
 }
 
 /// An API error: a status and a message safe to show the caller.

@@ -1213,7 +1213,7 @@ async fn work_scenarios(backend: BackendArg, k: &WorkKnobs) -> Result<WorkReport
             })
             .collect();
         // One call: `emit_work` closes pending items of keys it is not given.
-        let emitted = store.emit_work(producer, &items, 5).await?;
+        let emitted = store.emit_work(producer, &items, 5, i64::MAX).await?;
         if emitted.inserted != k.work_items {
             bail!("emitted {} of {} work items", emitted.inserted, k.work_items);
         }

@@ -29,6 +29,8 @@ pub struct Emitted {
     pub updated: u64,
     /// Drifts whose entity already has a running item (re-checked next keyframe).
     pub skipped_running: u64,
+    /// Drifts whose content an item already delivered (see [`Store::emit_work`]).
+    pub skipped_delivered: u64,
 }
 
 /// One row of `work`.
@@ -93,11 +95,17 @@ impl Store {
     /// left alone, so what its worker delivers is what it was given. Call it
     /// page by page; [`Store::close_vanished_work`] then closes the items
     /// whose drift is gone.
+    ///
+    /// A drift whose content an item already delivered is not emitted again:
+    /// an item with the same idempotency key that is done but not yet in the
+    /// mirror, or was finished after `done_since` (the pull began; the
+    /// application answered while the keyframe compared).
     pub async fn emit_work(
         &self,
         producer: &str,
         items: &[NewWork],
         max_attempts: u32,
+        done_since: i64,
     ) -> Result<Emitted, StoreError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
@@ -125,9 +133,29 @@ impl Store {
             .iter()
             .map(|(id, k, s)| (k.as_str(), (*id, s.as_str())))
             .collect();
+        let mut delivered: std::collections::BTreeSet<(String, String)> = Default::default();
+        for chunk in items.chunks(500) {
+            let sql = format!(
+                "SELECT key, dedup_key FROM work WHERE producer = $1 AND state = 'done'
+                 AND (mirrored = 0 OR updated_at >= $2) AND key IN ({})",
+                placeholders(chunk.len(), 3, "?")
+            );
+            let mut q = sqlx::query(&sql).bind(producer).bind(done_since);
+            for w in chunk {
+                q = q.bind(&w.key);
+            }
+            for r in q.fetch_all(&mut *tx).await.map_err(db("read done work"))? {
+                let e = db("read done work");
+                delivered.insert((r.try_get(0).map_err(e)?, r.try_get(1).map_err(e)?));
+            }
+        }
         let mut out = Emitted::default();
         let mut fresh = Vec::new();
         for w in items {
+            if delivered.contains(&(w.key.clone(), w.dedup_key.clone())) {
+                out.skipped_delivered += 1;
+                continue;
+            }
             match open.get(w.key.as_str()) {
                 Some((_, "running")) => out.skipped_running += 1,
                 Some((id, _)) => {
@@ -193,7 +221,7 @@ impl Store {
         note: &str,
     ) -> Result<u64, StoreError> {
         let done = sqlx::query(
-            "UPDATE work SET state = 'done', last_error = $3, updated_at = $4
+            "UPDATE work SET state = 'done', last_error = $3, mirrored = 1, updated_at = $4
              WHERE producer = $1 AND state = 'pending'
                AND key NOT IN (SELECT key FROM drifts WHERE run_id = $2)",
         )
@@ -367,7 +395,8 @@ impl Store {
         for chunk in items.chunks(500) {
             let sql = format!(
                 "UPDATE work SET state = 'done', last_error = NULL, locked_by = NULL, locked_until = NULL,
-                   updated_at = $1 WHERE state = 'running' AND locked_by = $2 AND id IN ({})",
+                   mirrored = 1, updated_at = $1
+                 WHERE state = 'running' AND locked_by = $2 AND id IN ({})",
                 placeholders(chunk.len(), 3, "?")
             );
             let mut q = sqlx::query(&sql).bind(now).bind(worker);
@@ -389,6 +418,72 @@ impl Store {
             )));
         }
         tx.commit().await.map_err(db("commit apply items"))?;
+        if outcomes.contains(&crate::store::WriteOutcome::Applied) {
+            self.changes_committed(producer);
+        }
+        Ok(items.iter().map(|(id, _)| *id).zip(outcomes).collect())
+    }
+
+    /// Done items of `producer` whose correction the mirror does not carry
+    /// yet (finished over HTTP, by an application's worker, or by hand), oldest first.
+    pub async fn done_unmirrored(
+        &self,
+        producer: &str,
+        limit: i64,
+    ) -> Result<Vec<WorkRow>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {WORK_COLUMNS} FROM work WHERE producer = $1 AND state = 'done' AND mirrored = 0
+             ORDER BY id LIMIT $2"
+        ))
+        .bind(producer)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read done work to mirror"))?
+        .iter()
+        .map(work_from_row)
+        .collect()
+    }
+
+    /// Writes the corrections of done items into the mirror (each a
+    /// compare-and-set on the row the keyframe saw, so a delta that landed
+    /// since wins and a second run writes nothing) and marks them, and the
+    /// items in `nothing_to_write`, mirrored, in one transaction.
+    pub async fn mirror_work(
+        &self,
+        producer: &str,
+        bucket_bits: u8,
+        hasher: &crate::canonical::RecordHasher,
+        items: &[(i64, crate::store::EntityWrite)],
+        nothing_to_write: &[i64],
+    ) -> Result<Vec<(i64, crate::store::WriteOutcome)>, StoreError> {
+        if items.is_empty() && nothing_to_write.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        let writes: Vec<crate::store::EntityWrite> = items.iter().map(|(_, w)| w.clone()).collect();
+        let outcomes = self
+            .write_entities_in(&mut tx, producer, bucket_bits, hasher, &writes)
+            .await?;
+        let ids: Vec<i64> = items
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(nothing_to_write.iter().copied())
+            .collect();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "UPDATE work SET mirrored = 1 WHERE state = 'done' AND id IN ({})",
+                placeholders(chunk.len(), 1, "?")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.execute(&mut *tx)
+                .await
+                .map_err(db("mark work mirrored"))?;
+        }
+        tx.commit().await.map_err(db("commit mirrored work"))?;
         if outcomes.contains(&crate::store::WriteOutcome::Applied) {
             self.changes_committed(producer);
         }

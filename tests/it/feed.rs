@@ -3,16 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use driftd::app::App;
 use driftd::config::Config;
-use driftd::ingest::signature;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 use crate::producer::Vendor;
-use crate::support::{wait_for, TestDb};
+use crate::support::{wait_for, Daemon, TestDb};
 
 const READ: &str = "r3ad-t0ken";
 const ADMIN: &str = "adm1n-t0ken";
@@ -33,46 +30,6 @@ fn config(db: &TestDb, vendor: std::net::SocketAddr, read_token: bool) -> Config
         crate::producer::snapshot_toml("cursor", vendor),
     );
     Config::parse("t.toml", &text, &|_| None).unwrap().config
-}
-
-/// A running daemon on port 0; stops when dropped.
-struct Daemon {
-    base: String,
-    cancel: CancellationToken,
-    config: Config,
-}
-
-impl Daemon {
-    async fn start(config: Config) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let app = App::build(config.clone(), Some(listener)).await.unwrap();
-        let base = format!("http://{}", app.local_addr().unwrap());
-        let cancel = CancellationToken::new();
-        tokio::spawn(app.run(cancel.clone()));
-        Self {
-            base,
-            cancel,
-            config,
-        }
-    }
-
-    /// Sends `doc` as a signed webhook; panics unless it is acknowledged.
-    async fn webhook(&self, client: &reqwest::Client, doc: &Value) {
-        let w = self.config.producers[0].webhook.as_ref().unwrap();
-        let body = serde_json::to_vec(doc).unwrap();
-        let mut req = client.post(format!("{}/hooks/orders", self.base));
-        for (k, v) in signature::sign(w, &body, chrono::Utc::now().timestamp(), "m") {
-            req = req.header(k, v);
-        }
-        let resp = req.body(body).send().await.unwrap();
-        assert!(resp.status().is_success(), "webhook: {}", resp.status());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
 }
 
 /// `(seq, key, op, hash)` of every row of the producer's `changes` log.

@@ -2,6 +2,7 @@
 
 mod admin;
 mod cli;
+mod converge;
 mod demo;
 mod feed;
 mod ingest;

@@ -1,9 +1,13 @@
-//! Test support: throwaway SQLite files and PostgreSQL databases, the driftd binary.
+//! Test support: throwaway SQLite files and PostgreSQL databases, the driftd binary, an in-process daemon.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use driftd::app::App;
+use driftd::config::Config;
 use driftd::store::Store;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 /// The server that PostgreSQL tests create their databases on.
 pub fn pg_admin_url() -> String {
@@ -150,5 +154,49 @@ where
             "timed out waiting for {what}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A running daemon on port 0; stops when dropped.
+pub struct Daemon {
+    pub base: String,
+    pub cancel: CancellationToken,
+    pub config: Config,
+}
+
+impl Daemon {
+    pub async fn start(config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = App::build(config.clone(), Some(listener)).await.unwrap();
+        let base = format!("http://{}", app.local_addr().unwrap());
+        let cancel = CancellationToken::new();
+        tokio::spawn(app.run(cancel.clone()));
+        Self {
+            base,
+            cancel,
+            config,
+        }
+    }
+
+    /// Sends `doc` as a signed webhook of the first producer; panics unless it is acknowledged.
+    pub async fn webhook(&self, client: &reqwest::Client, doc: &Value) {
+        let w = self.config.producers[0].webhook.as_ref().unwrap();
+        let body = serde_json::to_vec(doc).unwrap();
+        let mut req = client.post(format!(
+            "{}/hooks/{}",
+            self.base, self.config.producers[0].name
+        ));
+        for (k, v) in driftd::ingest::signature::sign(w, &body, chrono::Utc::now().timestamp(), "m")
+        {
+            req = req.header(k, v);
+        }
+        let resp = req.body(body).send().await.unwrap();
+        assert!(resp.status().is_success(), "webhook: {}", resp.status());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
