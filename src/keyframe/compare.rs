@@ -86,6 +86,13 @@ pub fn mismatched_buckets(
     out
 }
 
+/// Buckets compared: every bucket either side holds (the union), so it is
+/// never less than the mismatched buckets.
+pub fn compared_buckets(remote: &BTreeMap<u32, Digest>, local: &BTreeMap<u32, Digest>) -> u64 {
+    let only_local = local.keys().filter(|b| !remote.contains_key(b)).count();
+    (remote.len() + only_local) as u64
+}
+
 /// What classifying found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Classified {
@@ -347,6 +354,11 @@ mod tests {
             },
         );
         assert_eq!(mismatched_buckets(&remote_d, &local_d), vec![first]);
+        assert_eq!(
+            compared_buckets(&remote_d, &local_d),
+            remote_d.len() as u64 + 1,
+            "the union of both sides' buckets"
+        );
         assert_eq!(
             mismatched_buckets(&BTreeMap::new(), &remote_d).len(),
             remote_d.len()

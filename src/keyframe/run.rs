@@ -100,6 +100,7 @@ impl Keyframer {
 
     /// Runs one keyframe of `p` now. `dry_run` pulls and compares but records and emits nothing.
     pub async fn run(&self, p: &ProducerConfig, dry_run: bool) -> Result<Summary, KeyframeError> {
+        let clock = Instant::now();
         let lease = format!("keyframe:{}", p.name);
         if !self
             .store
@@ -111,7 +112,7 @@ impl Keyframer {
         let span =
             tracing::info_span!("keyframe", producer = %p.name, run_id = tracing::field::Empty);
         let result = tokio::select! {
-            r = self.run_leased(p, dry_run).instrument(span) => r,
+            r = self.run_leased(p, dry_run, clock).instrument(span) => r,
             e = self.keep_lease(&lease) => Err(e),
         };
         if let Err(e) = self.store.release_lease(&lease, &self.holder).await {
@@ -139,8 +140,8 @@ impl Keyframer {
         &self,
         p: &ProducerConfig,
         dry_run: bool,
+        clock: Instant,
     ) -> Result<Summary, KeyframeError> {
-        let clock = Instant::now();
         if self
             .store
             .ensure_bucket_bits(&p.name, p.bucket_bits)
@@ -282,7 +283,7 @@ impl Keyframer {
         let count = |kind| drifts.iter().filter(|d: &&Drift| d.kind == kind).count() as u64;
         let counts = RunCounts {
             records: snapshot.records.len() as u64,
-            buckets_compared: remote_digests.len().max(local_digests.len()) as u64,
+            buckets_compared: compare::compared_buckets(&remote_digests, &local_digests),
             buckets_mismatched: mismatched.len() as u64,
             rows_read,
             missing: count(DriftKind::Missing),
@@ -303,8 +304,8 @@ impl Keyframer {
         clock: Instant,
         drifts: Option<(&Snapshot, &[Drift])>,
     ) -> Result<Summary, KeyframeError> {
-        summary.duration_ms = clock.elapsed().as_millis() as u64;
         let Some(run_id) = summary.run_id else {
+            summary.duration_ms = clock.elapsed().as_millis() as u64;
             return Ok(summary);
         };
         let counts = RunCounts {
@@ -340,6 +341,8 @@ impl Keyframer {
         }
 
         let succeeded = summary.state != RunState::Failed;
+        // The whole run: pull, compare, storing the drift list and emitting work.
+        summary.duration_ms = clock.elapsed().as_millis() as u64;
         let health = self
             .store
             .record_keyframe_health(&p.name, succeeded, p.unhealthy_after)
@@ -350,7 +353,7 @@ impl Keyframer {
             .inc();
         m.keyframe_duration
             .with_label_values(&[&p.name])
-            .observe(clock.elapsed().as_secs_f64());
+            .observe(summary.duration_ms as f64 / 1000.0);
         for h in Health::ALL {
             m.producer_state
                 .with_label_values(&[&p.name, h.as_str()])

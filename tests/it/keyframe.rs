@@ -465,7 +465,40 @@ async fn changing_bucket_bits_rebuilds_digests_without_false_drift(db: &TestDb) 
     assert_eq!((s.missing, s.extra, s.changed), (0, 1, 0), "{s:?}");
 }
 
+/// The printed duration is the whole run: pull, compare, storing the drift list and emitting work.
+async fn duration_covers_storing_drift_and_emitting_work(db: &TestDb) {
+    let store = db.store().await;
+    let (_vendor, addr) = Vendor::start(6_000).await;
+    let p = producer(&crate::producer::snapshot_toml("none", addr), "");
+    let started = Instant::now();
+    let s = keyframe(&store, &p).await;
+    let wall = started.elapsed().as_millis() as u64;
+    assert_eq!((s.state, s.work_emitted), (RunState::Ok, 6_000), "{s:?}");
+    assert!(
+        s.duration_ms * 10 >= wall * 9,
+        "duration {} ms of a {wall} ms run",
+        s.duration_ms
+    );
+}
+
+/// Buckets compared are every bucket either side holds, never fewer than the mismatched ones.
+async fn buckets_compared_is_the_union_of_both_sides(db: &TestDb) {
+    let store = db.store().await;
+    let (_vendor, addr) = Vendor::start(3).await;
+    let p = producer(&crate::producer::snapshot_toml("none", addr), "");
+    // Three local rows the vendor does not have, in other buckets than its three.
+    let local: BTreeMap<String, Value> = (10..13).map(|i| record(i, 0)).collect();
+    seed(&store, &p, &local).await;
+    let s = keyframe(&store, &p).await;
+    assert_eq!((s.missing, s.extra), (3, 3), "{s:?}");
+    assert_eq!((s.buckets_compared, s.buckets_mismatched), (6, 6), "{s:?}");
+    let run = store.run(s.run_id.unwrap()).await.unwrap().unwrap();
+    assert_eq!(run.counts.buckets_compared, 6);
+}
+
 crate::on_both_backends!(
+    duration_covers_storing_drift_and_emitting_work,
+    buckets_compared_is_the_union_of_both_sides,
     changing_bucket_bits_rebuilds_digests_without_false_drift,
     drift_style_none,
     drift_style_cursor,
