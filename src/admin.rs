@@ -13,10 +13,11 @@ use crate::keyframe::run::KeyframeError;
 use crate::server::AppState;
 use crate::store::{Store, StoreError};
 
-/// Per producer: health, entities, open drift, the last runs; and the work queue by state.
+/// Per producer: health, the guarded run awaiting approval, entities, open drift, the last runs; and the work queue by state.
 pub async fn status_report(config: &Config, store: &Store) -> Result<Value, StoreError> {
     let health = store.producer_health().await?;
     let open = store.open_work_by_producer().await?;
+    let guarded = store.guarded_runs().await?;
     let mut producers = Vec::new();
     for p in &config.producers {
         let runs = store.runs(&p.name, 5).await?;
@@ -28,6 +29,7 @@ pub async fn status_report(config: &Config, store: &Store) -> Result<Value, Stor
             "producer": p.name,
             "health": h,
             "health_since": since,
+            "guarded_run": guarded.get(&p.name),
             "entities": store.count_entities(&p.name).await?,
             "open_drift": open.get(&p.name).copied().unwrap_or(0),
             "runs": runs,

@@ -238,7 +238,12 @@ async fn refresh_gauges(
 pub async fn refresh_once(store: &Store, metrics: &Metrics, config: &Config) -> anyhow::Result<()> {
     let open = store.open_work_by_producer().await?;
     let health = store.producer_health().await?;
+    let guarded = store.guarded_runs().await?;
     for p in &config.producers {
+        metrics
+            .keyframe_guarded
+            .with_label_values(&[&p.name])
+            .set(i64::from(guarded.contains_key(&p.name)));
         metrics
             .entities
             .with_label_values(&[&p.name])

@@ -363,7 +363,7 @@ fn print_summary(s: &Summary) {
     }
     if s.state == RunState::Guarded {
         println!(
-            "  guarded: more drift than max_drift_ratio/max_drift_rows allow; nothing was emitted. \
+            "  guarded: more deletions/overwrites than max_drift_ratio/max_drift_rows allow; nothing was emitted. \
              Inspect, then `driftd approve {run}` to let it through."
         );
     }
@@ -386,6 +386,12 @@ async fn status(config: &Config, store: &Store, json: bool) -> anyhow::Result<Ex
             p["entities"],
             p["open_drift"]
         );
+        if let Some(run) = p["guarded_run"].as_i64() {
+            println!(
+                "  GUARDED: run {run} found more deletions/overwrites than max_drift_ratio/max_drift_rows allow; \
+                 nothing is corrected until `driftd approve {run}` (or a later keyframe finds less)"
+            );
+        }
         for r in p["runs"].as_array().into_iter().flatten() {
             let age = (now - r["started_at"].as_i64().unwrap_or(now)) / 1000;
             println!(

@@ -200,8 +200,8 @@ impl Keyframer {
         summary.skipped_races = counts.skipped_races;
 
         let guarded = compare::guard_trips(
-            summary.drift(),
-            summary.records,
+            summary.extra,
+            summary.changed,
             local_rows,
             p.max_drift_ratio,
             p.max_drift_rows,
@@ -215,10 +215,10 @@ impl Keyframer {
             warn!(
                 producer = %p.name,
                 run_id = ?run_id,
-                drift = summary.drift(),
-                records = summary.records,
+                extra = summary.extra,
+                changed = summary.changed,
                 local_rows,
-                "keyframe guarded: drift exceeds max_drift_ratio/max_drift_rows; nothing emitted until `driftd approve {}`",
+                "keyframe guarded: deletions and overwrites exceed max_drift_ratio of the local rows or max_drift_rows; nothing emitted until `driftd approve {}`",
                 run_id.unwrap_or_default()
             );
         }
@@ -383,6 +383,11 @@ impl Keyframer {
                 drift as f64 / (drift + delivered) as f64
             };
             m.delta_loss_ratio.with_label_values(&[&p.name]).set(ratio);
+        }
+        if succeeded {
+            m.keyframe_guarded
+                .with_label_values(&[&p.name])
+                .set(i64::from(summary.state == RunState::Guarded));
         }
         if summary.state == RunState::Ok {
             m.keyframe_last_success

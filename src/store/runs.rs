@@ -1,5 +1,7 @@
 //! Keyframe runs, their drift lists, and named leases (one keyframe per producer at a time).
 
+use std::collections::BTreeMap;
+
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -183,6 +185,25 @@ impl Store {
         .fetch_one(&self.pool)
         .await
         .map_err(db("find the previous keyframe run"))
+    }
+
+    /// Per producer, the run awaiting approval: the producer's latest run that
+    /// compared (`ok`, `guarded` or `approved`), when that run is `guarded`.
+    pub async fn guarded_runs(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.producer, r.id FROM keyframe_runs r WHERE r.state = 'guarded'
+             AND r.id = (SELECT MAX(n.id) FROM keyframe_runs n
+                         WHERE n.producer = r.producer AND n.state IN ('ok', 'guarded', 'approved'))",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("find guarded keyframe runs"))?;
+        rows.iter()
+            .map(|r| {
+                let e = db("find guarded keyframe runs");
+                Ok((r.try_get(0).map_err(e)?, r.try_get(1).map_err(e)?))
+            })
+            .collect()
     }
 
     /// Marks a guarded run approved; refuses any other state.

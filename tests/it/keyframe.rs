@@ -496,7 +496,72 @@ async fn buckets_compared_is_the_union_of_both_sides(db: &TestDb) {
     assert_eq!(run.counts.buckets_compared, 6);
 }
 
+/// Ten deltas before the first keyframe of a 300-record producer: the
+/// keyframe adds the other 290 without an approval (additions lose nothing).
+async fn a_few_deltas_before_the_first_keyframe_do_not_guard_seeding(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(300).await;
+    let p = producer(&crate::producer::snapshot_toml("cursor", addr), "");
+    let early: BTreeMap<String, Value> = vendor.snapshot().into_iter().take(10).collect();
+    seed(&store, &p, &early).await;
+    let s = keyframe(&store, &p).await;
+    assert_eq!(
+        (s.state, s.missing, s.extra, s.changed, s.work_emitted),
+        (RunState::Ok, 290, 0, 0, 290),
+        "{s:?}"
+    );
+    drain_work(&store, &p).await;
+    let s = keyframe(&store, &p).await;
+    assert_eq!((s.state, s.drift()), (RunState::Ok, 0), "{s:?}");
+    assert_eq!(store.count_entities("orders").await.unwrap(), 300);
+}
+
+/// A guarded producer shows in the store's guarded runs and the
+/// `driftd_keyframe_guarded` gauge until a later keyframe lets it through.
+async fn a_guarded_producer_is_visible_until_a_run_lets_it_through(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(400).await;
+    let p = producer(&crate::producer::snapshot_toml("none", addr), "");
+    seed(&store, &p, &vendor.snapshot()).await;
+    let metrics = Metrics::new();
+    metrics.init_producer("orders");
+    let k = Keyframer::new(store.clone(), reqwest::Client::new(), metrics.clone());
+    let gauge = || {
+        metrics
+            .keyframe_guarded
+            .with_label_values(&["orders"])
+            .get()
+    };
+    assert_eq!(gauge(), 0);
+    *vendor.fault.lock().unwrap() = Fault::Empty;
+    let s = k.run(&p, false).await.unwrap();
+    assert_eq!((s.state, s.extra), (RunState::Guarded, 400), "{s:?}");
+    assert_eq!(gauge(), 1);
+    assert!(metrics
+        .render()
+        .contains("driftd_keyframe_guarded{producer=\"orders\"} 1"));
+    let guarded = store.guarded_runs().await.unwrap();
+    assert_eq!(guarded.get("orders"), s.run_id.as_ref(), "{guarded:?}");
+    // A failed run changes nothing: the producer is still guarded.
+    *vendor.fault.lock().unwrap() = Fault::ServerError;
+    let f = k.run(&p, false).await.unwrap();
+    assert_eq!(f.state, RunState::Failed);
+    assert_eq!(gauge(), 1);
+    assert_eq!(
+        store.guarded_runs().await.unwrap().get("orders"),
+        s.run_id.as_ref()
+    );
+    // The vendor recovers: the next keyframe is ok and the producer is no longer guarded.
+    *vendor.fault.lock().unwrap() = Fault::None;
+    let ok = k.run(&p, false).await.unwrap();
+    assert_eq!((ok.state, ok.drift()), (RunState::Ok, 0), "{ok:?}");
+    assert_eq!(gauge(), 0);
+    assert!(store.guarded_runs().await.unwrap().is_empty());
+}
+
 crate::on_both_backends!(
+    a_few_deltas_before_the_first_keyframe_do_not_guard_seeding,
+    a_guarded_producer_is_visible_until_a_run_lets_it_through,
     duration_covers_storing_drift_and_emitting_work,
     buckets_compared_is_the_union_of_both_sides,
     changing_bucket_bits_rebuilds_digests_without_false_drift,
