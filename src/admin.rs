@@ -112,18 +112,7 @@ async fn keyframe(
                 serde_json::to_value(summary).expect("a summary serializes"),
             ))
         }
-        Err(KeyframeError::Busy(p)) => Err(AdminError(
-            StatusCode::CONFLICT,
-            format!("a keyframe of producer {p:?} is already running"),
-        )),
-        Err(KeyframeError::Store(e)) => Err(e.into()),
-        Err(e) => {
-            warn!(error = %e, "admin keyframe failed");
-            Err(AdminError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "keyframe could not run; see the daemon's log".into(),
-            ))
-        }
+        Err(e) => Err(keyframe_error(e)),
     }
 }
 
@@ -133,19 +122,41 @@ async fn approve(
     Path(run_id): Path<i64>,
 ) -> Result<Json<Value>, AdminError> {
     authorize(&s, &headers)?;
-    let run = s.store.approve_run(run_id).await?;
-    let Some(p) = s.config.producer(&run.producer) else {
-        return Err(AdminError(
-            StatusCode::CONFLICT,
-            format!(
-                "run {run_id} belongs to producer {:?}, which is not configured",
-                run.producer
-            ),
-        ));
-    };
-    let emitted = crate::work::emit_run(&s.store, p, run_id).await?;
-    s.wake.notify_waiters();
-    Ok(Json(
-        json!({ "run_id": run_id, "producer": run.producer, "work_emitted": emitted }),
-    ))
+    // In a task the request awaits: a client hanging up never cuts an
+    // approval between marking the run and emitting its work.
+    let keyframer = s.keyframer.clone();
+    let config = s.config.clone();
+    let approved = tokio::spawn(async move { keyframer.approve(&config, run_id).await })
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "admin approval task failed");
+            AdminError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "approval could not run; see the daemon's log".into(),
+            )
+        })?;
+    match approved {
+        Ok(a) => Ok(Json(
+            serde_json::to_value(a).expect("an approval serializes"),
+        )),
+        Err(e) => Err(keyframe_error(e)),
+    }
+}
+
+/// The admin answer to a keyframe or approval error.
+fn keyframe_error(e: KeyframeError) -> AdminError {
+    match e {
+        KeyframeError::Store(e) => e.into(),
+        KeyframeError::NoSuchRun(_) => AdminError(StatusCode::NOT_FOUND, e.to_string()),
+        KeyframeError::Busy(_)
+        | KeyframeError::Refused { .. }
+        | KeyframeError::UnknownProducer { .. } => AdminError(StatusCode::CONFLICT, e.to_string()),
+        other => {
+            warn!(error = %other, "admin keyframe failed");
+            AdminError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "keyframe could not run; see the daemon's log".into(),
+            )
+        }
+    }
 }

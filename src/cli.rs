@@ -206,17 +206,11 @@ pub fn main() -> ExitCode {
         }),
         Command::Approve { config, run_id } => {
             with_store(&config.config, move |loaded, store| async move {
-                let run = store.approve_run(run_id).await?;
-                let Some(p) = loaded.config.producer(&run.producer) else {
-                    anyhow::bail!(
-                        "run {run_id} belongs to producer {:?}, which is not in the config",
-                        run.producer
-                    );
-                };
-                let emitted = crate::work::emit_run(&store, p, run_id).await?;
+                let keyframer = Keyframer::new(store, http_client()?, Metrics::new());
+                let a = keyframer.approve(&loaded.config, run_id).await?;
                 println!(
-                    "approved keyframe run {run_id} of {:?}: {emitted} work items emitted",
-                    run.producer
+                    "approved keyframe run {run_id} of {:?}: {} work items emitted",
+                    a.producer, a.work_emitted
                 );
                 Ok(ExitCode::SUCCESS)
             })

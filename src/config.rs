@@ -91,7 +91,8 @@ pub struct DatabaseConfig {
     #[serde(default = "defaults::max_connections")]
     pub max_connections: u32,
     /// Days to keep settled inbox rows, finished work, and keyframe runs with
-    /// their drift lists; 0 keeps everything. The `changes` log is never pruned.
+    /// their drift lists (a guarded run older than this has expired and can no
+    /// longer be approved); 0 keeps everything. The `changes` log is never pruned.
     #[serde(default = "defaults::retention_days")]
     pub retention_days: u32,
 }

@@ -1,5 +1,6 @@
 //! Keyframes: pull a producer's full state, compare bucket digests, classify drift.
 
+pub mod approval;
 pub mod compare;
 pub mod fetch;
 pub mod run;

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::{info, warn, Instrument};
 
+use super::approval::{self, Refusal};
 use super::compare::{self, Drift, DriftKind, Remote};
 use super::fetch::{self, Snapshot};
 use crate::canonical::RecordHasher;
-use crate::config::ProducerConfig;
+use crate::config::{Config, ProducerConfig};
 use crate::metrics::Metrics;
 use crate::state::{Health, RunState};
 use crate::store::{now_ms, DriftRow, RunCounts, Store, StoreError};
@@ -37,6 +38,20 @@ pub enum KeyframeError {
     Store(#[from] StoreError),
     #[error("cannot build the snapshot hasher of producer {producer:?}: {reason}")]
     Config { producer: String, reason: String },
+    #[error("keyframe run {0} does not exist")]
+    NoSuchRun(i64),
+    #[error("keyframe run {run_id} belongs to producer {producer:?}, which is not in the config")]
+    UnknownProducer { run_id: i64, producer: String },
+    #[error("cannot approve keyframe run {run_id}: {refusal}")]
+    Refused { run_id: i64, refusal: Refusal },
+}
+
+/// What approving a guarded run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Approved {
+    pub run_id: i64,
+    pub producer: String,
+    pub work_emitted: u64,
 }
 
 /// What a run did, as printed by `driftd keyframe` (`--json` prints these field names).
@@ -119,6 +134,72 @@ impl Keyframer {
             warn!(producer = %p.name, error = %e, "could not release the keyframe lease; it expires by itself");
         }
         result
+    }
+
+    /// Approves guarded run `run_id` and emits its work. Holds the producer's
+    /// keyframe lease meanwhile, so no keyframe compares between the check
+    /// and the emission; refuses a run whose drift list a later run made
+    /// stale, or that expired (see `approval.rs`).
+    pub async fn approve(&self, config: &Config, run_id: i64) -> Result<Approved, KeyframeError> {
+        let run = self
+            .store
+            .run(run_id)
+            .await?
+            .ok_or(KeyframeError::NoSuchRun(run_id))?;
+        let Some(p) = config.producer(&run.producer) else {
+            return Err(KeyframeError::UnknownProducer {
+                run_id,
+                producer: run.producer,
+            });
+        };
+        let lease = format!("keyframe:{}", p.name);
+        if !self
+            .store
+            .try_lease(&lease, &self.holder, LEASE_TTL.as_millis() as i64)
+            .await?
+        {
+            return Err(KeyframeError::Busy(p.name.clone()));
+        }
+        let result = self
+            .approve_leased(p, run_id, config.database.retention_days)
+            .await;
+        if let Err(e) = self.store.release_lease(&lease, &self.holder).await {
+            warn!(producer = %p.name, error = %e, "could not release the keyframe lease; it expires by itself");
+        }
+        result
+    }
+
+    async fn approve_leased(
+        &self,
+        p: &ProducerConfig,
+        run_id: i64,
+        retention_days: u32,
+    ) -> Result<Approved, KeyframeError> {
+        let run = self
+            .store
+            .run(run_id)
+            .await?
+            .ok_or(KeyframeError::NoSuchRun(run_id))?;
+        let newer = self.store.newer_compared_run(&p.name, run_id).await?;
+        approval::check(&run, newer, now_ms(), retention_days)
+            .map_err(|refusal| KeyframeError::Refused { run_id, refusal })?;
+        self.store.approve_run(run_id).await?;
+        let work_emitted = work::emit_run(&self.store, p, run_id).await?;
+        if work_emitted > 0 {
+            if let Some(w) = &self.wake {
+                w.notify_waiters();
+            }
+        }
+        self.metrics
+            .keyframe_guarded
+            .with_label_values(&[&p.name])
+            .set(0);
+        info!(producer = %p.name, run_id, work_emitted, "guarded keyframe run approved");
+        Ok(Approved {
+            run_id,
+            producer: p.name.clone(),
+            work_emitted,
+        })
     }
 
     async fn keep_lease(&self, lease: &str) -> KeyframeError {

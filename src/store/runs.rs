@@ -206,6 +206,34 @@ impl Store {
             .collect()
     }
 
+    /// The producer's latest run after `id` that compared (`ok`, `guarded` or `approved`), if any.
+    pub async fn newer_compared_run(
+        &self,
+        producer: &str,
+        id: i64,
+    ) -> Result<Option<(i64, RunState)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, state FROM keyframe_runs WHERE producer = $1 AND id > $2
+               AND state IN ('ok', 'guarded', 'approved')
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(producer)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("find a newer keyframe run"))?;
+        row.map(|r| {
+            let e = db("find a newer keyframe run");
+            let state: String = r.try_get(1).map_err(e)?;
+            let state = RunState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                table: "keyframe_runs",
+                reason: format!("unknown state {state:?}"),
+            })?;
+            Ok((r.try_get(0).map_err(e)?, state))
+        })
+        .transpose()
+    }
+
     /// Marks a guarded run approved; refuses any other state.
     pub async fn approve_run(&self, id: i64) -> Result<RunRow, StoreError> {
         let run = self
@@ -308,9 +336,10 @@ impl Store {
     }
 
     /// Deletes history older than `before_ms`: settled inbox rows, done or
-    /// cancelled work, and keyframe runs with their drift lists. Kept whatever
-    /// their age: pending deltas, open and dead work, guarded runs awaiting
-    /// approval, each producer's latest run, and the `changes` log.
+    /// cancelled work, and keyframe runs with their drift lists (guarded runs
+    /// included: by then they have expired and cannot be approved). Kept
+    /// whatever their age: pending deltas, open and dead work, running runs,
+    /// each producer's latest run, and the `changes` log.
     pub async fn prune(&self, before_ms: i64) -> Result<Pruned, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("begin pruning"))?;
         let run = |sql: &'static str| sqlx::query(sql).bind(before_ms);
@@ -325,7 +354,7 @@ impl Store {
             .map_err(db("prune work"))?
             .rows_affected();
         const OLD_RUNS: &str = "SELECT id FROM keyframe_runs WHERE started_at < $1
-             AND state NOT IN ('guarded', 'running')
+             AND state <> 'running'
              AND id NOT IN (SELECT MAX(id) FROM keyframe_runs GROUP BY producer)";
         let drifts = sqlx::query(&format!("DELETE FROM drifts WHERE run_id IN ({OLD_RUNS})"))
             .bind(before_ms)

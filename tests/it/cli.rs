@@ -116,7 +116,7 @@ async fn verify_fails_naming_the_altered_row() {
     );
 }
 
-async fn run_async(args: &[&str]) -> (i32, String, String) {
+pub(crate) async fn run_async(args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(driftd_bin())
         .args(args)
         .env_remove("DRIFTD_CONFIG")

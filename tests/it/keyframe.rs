@@ -559,7 +559,110 @@ async fn a_guarded_producer_is_visible_until_a_run_lets_it_through(db: &TestDb) 
     assert!(store.guarded_runs().await.unwrap().is_empty());
 }
 
+/// Writes a config file for the binary: database `db`, producer `orders` with `snapshot`.
+fn config_file(dir: &std::path::Path, db: &TestDb, snapshot: &str) -> String {
+    let path = dir.join("driftd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[database]\nurl = \"{}\"\n[[producer]]\nname = \"orders\"\nschedule = \"0 0 0 1 1 *\"\n[producer.snapshot]\n{snapshot}\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// A partial snapshot is guarded; the vendor recovers and the next run is ok;
+/// approving the old run then would delete 2,000 live rows, so it is refused.
+async fn approving_a_guarded_run_a_later_run_superseded_is_refused(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(3_000).await;
+    let snapshot = crate::producer::snapshot_toml("cursor", addr);
+    let p = producer(&snapshot, "");
+    seed(&store, &p, &vendor.snapshot()).await;
+    let full = vendor.snapshot();
+    vendor
+        .records
+        .lock()
+        .unwrap()
+        .retain(|k, _| k.as_str() < "ord-01000");
+    let guarded = keyframe(&store, &p).await;
+    assert_eq!(
+        (guarded.state, guarded.extra),
+        (RunState::Guarded, 2_000),
+        "{guarded:?}"
+    );
+    *vendor.records.lock().unwrap() = full;
+    let ok = keyframe(&store, &p).await;
+    assert_eq!((ok.state, ok.drift()), (RunState::Ok, 0), "{ok:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(dir.path(), db, &snapshot);
+    let id = guarded.run_id.unwrap().to_string();
+    let (code, stdout, stderr) = crate::cli::run_async(&["approve", "--config", &cfg, &id]).await;
+    assert_ne!(code, 0, "{stdout}");
+    assert!(
+        stderr.contains(&format!("run {} (ok)", ok.run_id.unwrap())) && stderr.contains("stale"),
+        "the refusal names the newer run: {stderr}"
+    );
+    assert!(
+        store.list_work(None, 10).await.unwrap().is_empty(),
+        "nothing emitted"
+    );
+    let run = store.run(guarded.run_id.unwrap()).await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Guarded);
+    assert_eq!(store.count_entities("orders").await.unwrap(), 3_000);
+}
+
+/// A guarded run older than `retention_days` cannot be approved, and is pruned
+/// with the other runs; a failed run since does not make it stale.
+async fn guarded_runs_expire_and_are_pruned(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(200).await;
+    let snapshot = crate::producer::snapshot_toml("none", addr);
+    let p = producer(&snapshot, "");
+    seed(&store, &p, &vendor.snapshot()).await;
+    *vendor.fault.lock().unwrap() = Fault::Empty;
+    let guarded = keyframe(&store, &p).await;
+    assert_eq!(guarded.state, RunState::Guarded, "{guarded:?}");
+    let id = guarded.run_id.unwrap();
+    *vendor.fault.lock().unwrap() = Fault::ServerError;
+    let failed = keyframe(&store, &p).await;
+    assert_eq!(failed.state, RunState::Failed);
+
+    let text = format!(
+        "[database]\nurl = \"{}\"\nretention_days = 30\n[[producer]]\nname = \"orders\"\nschedule = \"0 0 0 1 1 *\"\n[producer.snapshot]\n{snapshot}\n",
+        db.url
+    );
+    let config = Config::parse("test.toml", &text, &|_| None).unwrap().config;
+    let day = 86_400_000i64;
+    sqlx::query("UPDATE keyframe_runs SET started_at = started_at - $1 WHERE id = $2")
+        .bind(31 * day)
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let err = keyframer(&store).approve(&config, id).await.unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+    assert!(store.list_work(None, 10).await.unwrap().is_empty());
+
+    let pruned = store
+        .prune(driftd::store::now_ms() - 30 * day)
+        .await
+        .unwrap();
+    assert_eq!((pruned.runs, pruned.drifts), (1, 200), "{pruned:?}");
+    assert!(store.run(id).await.unwrap().is_none());
+    assert!(store.drifts_of_run(id).await.unwrap().is_empty());
+    assert!(
+        store.run(failed.run_id.unwrap()).await.unwrap().is_some(),
+        "the latest run is kept"
+    );
+}
+
 crate::on_both_backends!(
+    approving_a_guarded_run_a_later_run_superseded_is_refused,
+    guarded_runs_expire_and_are_pruned,
     a_few_deltas_before_the_first_keyframe_do_not_guard_seeding,
     a_guarded_producer_is_visible_until_a_run_lets_it_through,
     duration_covers_storing_drift_and_emitting_work,
