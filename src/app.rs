@@ -45,9 +45,11 @@ impl App {
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?,
         };
         for p in &config.producers {
-            if store.ensure_bucket_bits(&p.name, p.bucket_bits).await? {
-                info!(producer = %p.name, bucket_bits = p.bucket_bits, "bucket layout changed: bucket digests rebuilt from the rows");
-            }
+            let hasher = crate::canonical::RecordHasher::new(&p.snapshot.ignore)?;
+            crate::keyframe::run::log_relayout(
+                &p.name,
+                store.ensure_layout(&p.name, p.bucket_bits, &hasher).await?,
+            );
         }
         let metrics = Metrics::new();
         for p in &config.producers {

@@ -223,17 +223,16 @@ impl Keyframer {
         dry_run: bool,
         clock: Instant,
     ) -> Result<Summary, KeyframeError> {
-        if self
-            .store
-            .ensure_bucket_bits(&p.name, p.bucket_bits)
-            .await?
-        {
-            info!(producer = %p.name, bucket_bits = p.bucket_bits, "bucket layout changed: bucket digests rebuilt from the rows");
-        }
         let hasher = RecordHasher::new(&p.snapshot.ignore).map_err(|e| KeyframeError::Config {
             producer: p.name.clone(),
             reason: e.to_string(),
         })?;
+        log_relayout(
+            &p.name,
+            self.store
+                .ensure_layout(&p.name, p.bucket_bits, &hasher)
+                .await?,
+        );
         let started_at = now_ms();
         let run_id = if dry_run {
             None
@@ -490,6 +489,19 @@ impl Keyframer {
             "keyframe finished"
         );
         Ok(summary)
+    }
+}
+
+/// Says what [`Store::ensure_layout`] rebuilt, if anything.
+pub fn log_relayout(producer: &str, r: crate::store::Relayout) {
+    if r.rebuilt() {
+        info!(
+            producer,
+            rows = r.rows,
+            buckets_renumbered = r.buckets,
+            hashes_recomputed = r.hashes,
+            "layout changed (bucket_bits or ignore): rows re-laid out and bucket digests rebuilt before comparing"
+        );
     }
 }
 

@@ -20,7 +20,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 
 pub use entities::{
-    ChainBreak, Change, Entity, EntityWrite, LocalRow, Ordering, Source, WriteOutcome,
+    ChainBreak, Change, Entity, EntityWrite, LocalRow, Ordering, Relayout, Source, WriteOutcome,
 };
 pub use inbox::{
     Channel, InboxEffect, InboxEntry, InboxFilter, InboxOutcome, InboxRow, SettleMode, Settled,

@@ -456,7 +456,11 @@ async fn changing_bucket_bits_rebuilds_digests_without_false_drift(db: &TestDb) 
     assert_eq!(store.bucket_digests("orders").await.unwrap().len(), 64);
     assert!(store.list_work(None, 10).await.unwrap().is_empty());
     assert!(
-        !store.ensure_bucket_bits("orders", 6).await.unwrap(),
+        !store
+            .ensure_layout("orders", 6, &RecordHasher::default())
+            .await
+            .unwrap()
+            .rebuilt(),
         "no second rebuild"
     );
     // And drift is still found exactly under the new layout.
@@ -660,7 +664,60 @@ async fn guarded_runs_expire_and_are_pruned(db: &TestDb) {
     );
 }
 
+/// Adding `/fetched_at` to `ignore` recomputes the stored hashes before
+/// anything compares: no false drift, and drift is still found exactly after.
+async fn changing_ignore_rehashes_stored_rows_without_false_drift(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(3_000).await;
+    let snapshot = crate::producer::snapshot_toml("cursor", addr);
+    let before = producer(&snapshot, "");
+    // The rows as deltas delivered them, each with the volatile field.
+    let local: BTreeMap<String, Value> = vendor
+        .snapshot()
+        .into_iter()
+        .map(|(k, mut d)| {
+            d["fetched_at"] = Value::String("2026-01-01T00:00:00Z".into());
+            (k, d)
+        })
+        .collect();
+    seed(&store, &before, &local).await;
+    // The vendor serves a different fetched_at on every pull; the operator ignores it.
+    vendor.scramble.store(true, AtomicOrdering::Relaxed);
+    let after = producer(&format!("{snapshot}\nignore = [\"/fetched_at\"]"), "");
+    let s = keyframe(&store, &after).await;
+    assert_eq!(
+        (s.state, s.drift(), s.rows_read),
+        (RunState::Ok, 0, 0),
+        "{s:?}"
+    );
+    let hasher = RecordHasher::new(&after.snapshot.ignore).unwrap();
+    let entities = store.entities("orders").await.unwrap();
+    assert_eq!(entities.len(), 3_000);
+    for e in &entities {
+        assert_eq!(
+            e.hash,
+            Some(hasher.hash(e.doc.as_ref().unwrap())),
+            "{}",
+            e.key
+        );
+    }
+    assert!(
+        !store
+            .ensure_layout("orders", after.bucket_bits, &hasher)
+            .await
+            .unwrap()
+            .rebuilt(),
+        "no second rehash"
+    );
+    assert!(store.list_work(None, 10).await.unwrap().is_empty());
+    vendor.records.lock().unwrap().get_mut("ord-00007").unwrap()["status"] =
+        Value::String("edited".into());
+    let s = keyframe(&store, &after).await;
+    assert_eq!((s.missing, s.extra, s.changed), (0, 0, 1), "{s:?}");
+}
+
 crate::on_both_backends!(
+    changing_ignore_rehashes_stored_rows_without_false_drift,
     approving_a_guarded_run_a_later_run_superseded_is_refused,
     guarded_runs_expire_and_are_pruned,
     a_few_deltas_before_the_first_keyframe_do_not_guard_seeding,
