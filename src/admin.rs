@@ -103,7 +103,20 @@ async fn keyframe(
             format!("unknown producer {producer:?}"),
         ));
     };
-    match s.keyframer.run(p, false).await {
+    // In a task the request awaits: a client hanging up never drops a run
+    // half-way (it would stay `running` and hold its lease).
+    let keyframer = s.keyframer.clone();
+    let producer = p.clone();
+    let ran = tokio::spawn(async move { keyframer.run(&producer, false).await })
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "admin keyframe task failed");
+            AdminError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "keyframe could not run; see the daemon's log".into(),
+            )
+        })?;
+    match ran {
         Ok(summary) => {
             if summary.work_emitted > 0 {
                 s.wake.notify_waiters();

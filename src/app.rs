@@ -91,7 +91,8 @@ impl App {
             self.client.clone(),
             self.metrics.clone(),
         )
-        .with_wake(wake.clone());
+        .with_wake(wake.clone())
+        .with_shutdown(shutdown.clone());
         let workers = Workers {
             store: self.store.clone(),
             client: self.client.clone(),

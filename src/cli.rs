@@ -191,8 +191,20 @@ pub fn main() -> ExitCode {
                 );
                 return Ok(ExitCode::from(EXIT_USAGE));
             };
-            let keyframer = Keyframer::new(store, http_client()?, Metrics::new());
-            let summary = keyframer.run(p, dry_run).await?;
+            // SIGINT/SIGTERM interrupt the run: it is recorded `failed` and
+            // its lease released before the process exits.
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let keyframer = Keyframer::new(store, http_client()?, Metrics::new())
+                .with_shutdown(shutdown.clone());
+            let run = keyframer.run(p, dry_run);
+            tokio::pin!(run);
+            let summary = tokio::select! {
+                s = &mut run => s?,
+                _ = wait_for_signal() => {
+                    shutdown.cancel();
+                    run.await?
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {

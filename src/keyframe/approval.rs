@@ -76,6 +76,7 @@ mod tests {
             counts: RunCounts::default(),
             error: None,
             approved_at: None,
+            scheduled_for: None,
         }
     }
 

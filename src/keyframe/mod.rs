@@ -3,4 +3,5 @@
 pub mod approval;
 pub mod compare;
 pub mod fetch;
+mod holder;
 pub mod run;

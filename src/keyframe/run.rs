@@ -6,14 +6,17 @@
 //! `compare.rs`.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use super::approval::{self, Refusal};
 use super::compare::{self, Drift, DriftKind, Remote};
 use super::fetch::{self, Snapshot};
+use super::holder::Holder;
 use crate::canonical::RecordHasher;
 use crate::config::{Config, ProducerConfig};
 use crate::metrics::Metrics;
@@ -25,15 +28,24 @@ use crate::work;
 const CLASSIFY_BUCKETS: usize = 1_024;
 
 /// How long a keyframe lease lives without renewal, and how often it is renewed.
-const LEASE_TTL: Duration = Duration::from_secs(60);
-const LEASE_RENEW: Duration = Duration::from_secs(20);
+/// A holder on this machine that stopped without releasing is seen at once
+/// (see `holder.rs`); one elsewhere blocks the next keyframe for at most the TTL.
+const LEASE_TTL: Duration = Duration::from_secs(30);
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+
+/// The error of a run cut short by a shutdown (SIGINT/SIGTERM).
+const INTERRUPTED_SHUTDOWN: &str = "interrupted: the process is shutting down";
+/// The error of a run whose lease another process took over.
+const INTERRUPTED_LEASE_LOST: &str = "interrupted: lost the keyframe lease to another process";
+/// The error of a run left `running` by a process that stopped (SIGKILL, a crash).
+const INTERRUPTED_ORPHAN: &str = "interrupted: the process holding it stopped";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyframeError {
     #[error("a keyframe of producer {0:?} is already running")]
     Busy(String),
-    #[error("lost the keyframe lease of producer {0:?}")]
-    LeaseLost(String),
+    #[error("schedule tick {tick} of producer {producer:?} was already served by another replica")]
+    TickServed { producer: String, tick: i64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot build the snapshot hasher of producer {producer:?}: {reason}")]
@@ -85,25 +97,30 @@ pub struct Keyframer {
     store: Store,
     client: reqwest::Client,
     metrics: Metrics,
-    holder: String,
+    /// This process, as written into the leases it holds.
+    holder: Holder,
     /// Wakes in-process workers when a run emits work.
     wake: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Cancelled on shutdown: a run under way records itself `failed` and
+    /// releases its lease instead of being dropped.
+    shutdown: CancellationToken,
+}
+
+/// A keyframe lease this process holds, under one token.
+struct Lease {
+    name: String,
+    holder: String,
 }
 
 impl Keyframer {
     pub fn new(store: Store, client: reqwest::Client, metrics: Metrics) -> Self {
-        let holder = format!(
-            "{}-{}-{:08x}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "driftd".into()),
-            std::process::id(),
-            rand::random::<u32>()
-        );
         Self {
             store,
             client,
             metrics,
-            holder,
+            holder: Holder::current(),
             wake: None,
+            shutdown: CancellationToken::new(),
         }
     }
 
@@ -113,27 +130,118 @@ impl Keyframer {
         self
     }
 
+    /// Interrupts runs when `shutdown` is cancelled: the run under way stops
+    /// at its next step, is recorded `failed` and releases its lease.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
     /// Runs one keyframe of `p` now. `dry_run` pulls and compares but records and emits nothing.
     pub async fn run(&self, p: &ProducerConfig, dry_run: bool) -> Result<Summary, KeyframeError> {
+        self.run_for(p, dry_run, None).await
+    }
+
+    /// Runs the keyframe of schedule tick `tick` (ms), unless another replica
+    /// already served it ([`KeyframeError::TickServed`]) or is running one
+    /// ([`KeyframeError::Busy`]).
+    pub async fn run_scheduled(
+        &self,
+        p: &ProducerConfig,
+        tick: i64,
+    ) -> Result<Summary, KeyframeError> {
+        self.run_for(p, false, Some(tick)).await
+    }
+
+    async fn run_for(
+        &self,
+        p: &ProducerConfig,
+        dry_run: bool,
+        tick: Option<i64>,
+    ) -> Result<Summary, KeyframeError> {
         let clock = Instant::now();
-        let lease = format!("keyframe:{}", p.name);
-        if !self
-            .store
-            .try_lease(&lease, &self.holder, LEASE_TTL.as_millis() as i64)
-            .await?
-        {
-            return Err(KeyframeError::Busy(p.name.clone()));
+        let lease = self.take_lease(p).await?;
+        if let Some(tick) = tick {
+            // Claimed under the lease: a replica that fires late for a tick
+            // another one served (and finished) skips it.
+            match self.store.claim_tick(&p.name, tick).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.release(&lease, &p.name).await;
+                    return Err(KeyframeError::TickServed {
+                        producer: p.name.clone(),
+                        tick,
+                    });
+                }
+                Err(e) => {
+                    self.release(&lease, &p.name).await;
+                    return Err(e.into());
+                }
+            }
         }
         let span =
             tracing::info_span!("keyframe", producer = %p.name, run_id = tracing::field::Empty);
+        // Stopped on shutdown, or when the lease is lost; the run notices at its
+        // next step and records itself failed, so it is never dropped half-way.
+        let stop = self.shutdown.child_token();
         let result = tokio::select! {
-            r = self.run_leased(p, dry_run, clock).instrument(span) => r,
-            e = self.keep_lease(&lease) => Err(e),
+            r = self.run_leased(p, dry_run, tick, clock, &stop).instrument(span) => r,
+            never = self.keep_lease(&lease, &stop) => match never {},
         };
-        if let Err(e) = self.store.release_lease(&lease, &self.holder).await {
-            warn!(producer = %p.name, error = %e, "could not release the keyframe lease; it expires by itself");
-        }
+        self.release(&lease, &p.name).await;
         result
+    }
+
+    /// Takes the keyframe lease of `p`: free or expired, or held by a process
+    /// on this machine that stopped without releasing it. Then closes the runs
+    /// such a process left `running`.
+    async fn take_lease(&self, p: &ProducerConfig) -> Result<Lease, KeyframeError> {
+        let lease = Lease {
+            name: format!("keyframe:{}", p.name),
+            holder: self.holder.renewed().to_string(),
+        };
+        let ttl = LEASE_TTL.as_millis() as i64;
+        let mut taken = self
+            .store
+            .try_lease(&lease.name, &lease.holder, ttl)
+            .await?;
+        if !taken {
+            if let Some(current) = self.store.lease_holder(&lease.name).await? {
+                if Holder::parse(&current).is_some_and(|h| self.holder.sees_stopped(&h)) {
+                    taken = self
+                        .store
+                        .take_over_lease(&lease.name, &current, &lease.holder, ttl)
+                        .await?;
+                    if taken {
+                        info!(producer = %p.name, previous = %current, "took over the keyframe lease of a process that stopped");
+                    }
+                }
+            }
+        }
+        if !taken {
+            return Err(KeyframeError::Busy(p.name.clone()));
+        }
+        match self
+            .store
+            .fail_running_runs(&p.name, INTERRUPTED_ORPHAN)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                warn!(producer = %p.name, runs = n, "closed keyframe runs left running by a process that stopped")
+            }
+            Err(e) => {
+                self.release(&lease, &p.name).await;
+                return Err(e.into());
+            }
+        }
+        Ok(lease)
+    }
+
+    async fn release(&self, lease: &Lease, producer: &str) {
+        if let Err(e) = self.store.release_lease(&lease.name, &lease.holder).await {
+            warn!(producer, error = %e, "could not release the keyframe lease; it expires by itself");
+        }
     }
 
     /// Approves guarded run `run_id` and emits its work. Holds the producer's
@@ -152,20 +260,11 @@ impl Keyframer {
                 producer: run.producer,
             });
         };
-        let lease = format!("keyframe:{}", p.name);
-        if !self
-            .store
-            .try_lease(&lease, &self.holder, LEASE_TTL.as_millis() as i64)
-            .await?
-        {
-            return Err(KeyframeError::Busy(p.name.clone()));
-        }
+        let lease = self.take_lease(p).await?;
         let result = self
             .approve_leased(p, run_id, config.database.retention_days)
             .await;
-        if let Err(e) = self.store.release_lease(&lease, &self.holder).await {
-            warn!(producer = %p.name, error = %e, "could not release the keyframe lease; it expires by itself");
-        }
+        self.release(&lease, &p.name).await;
         result
     }
 
@@ -202,18 +301,33 @@ impl Keyframer {
         })
     }
 
-    async fn keep_lease(&self, lease: &str) -> KeyframeError {
+    /// Renews the lease until the run ends; if another process took it,
+    /// stops the run (which then records itself failed). Never returns.
+    async fn keep_lease(&self, lease: &Lease, stop: &CancellationToken) -> Infallible {
         loop {
             tokio::time::sleep(LEASE_RENEW).await;
             match self
                 .store
-                .try_lease(lease, &self.holder, LEASE_TTL.as_millis() as i64)
+                .try_lease(&lease.name, &lease.holder, LEASE_TTL.as_millis() as i64)
                 .await
             {
                 Ok(true) => {}
-                Ok(false) => return KeyframeError::LeaseLost(lease.to_string()),
+                Ok(false) => {
+                    warn!(lease = %lease.name, "lost the keyframe lease to another process; stopping the run");
+                    stop.cancel();
+                    return std::future::pending().await;
+                }
                 Err(e) => warn!(error = %e, "could not renew the keyframe lease; retrying"),
             }
+        }
+    }
+
+    /// The error of a run `stop` cut short.
+    fn interruption(&self) -> &'static str {
+        if self.shutdown.is_cancelled() {
+            INTERRUPTED_SHUTDOWN
+        } else {
+            INTERRUPTED_LEASE_LOST
         }
     }
 
@@ -221,7 +335,9 @@ impl Keyframer {
         &self,
         p: &ProducerConfig,
         dry_run: bool,
+        tick: Option<i64>,
         clock: Instant,
+        stop: &CancellationToken,
     ) -> Result<Summary, KeyframeError> {
         let hasher = RecordHasher::new(&p.snapshot.ignore).map_err(|e| KeyframeError::Config {
             producer: p.name.clone(),
@@ -237,7 +353,7 @@ impl Keyframer {
         let run_id = if dry_run {
             None
         } else {
-            Some(self.store.start_run(&p.name, started_at).await?)
+            Some(self.store.start_run(&p.name, started_at, tick).await?)
         };
         if let Some(id) = run_id {
             tracing::Span::current().record("run_id", id);
@@ -259,9 +375,16 @@ impl Keyframer {
             error: None,
         };
 
-        let snapshot = match fetch::pull(&self.client, &p.snapshot, &hasher, p.bucket_bits).await {
-            Ok(s) => s,
-            Err(e) => {
+        // The pull and the compare only read: they stop at once when asked.
+        // Storing the drift list and emitting work run to their end.
+        let pulled = tokio::select! {
+            r = fetch::pull(&self.client, &p.snapshot, &hasher, p.bucket_bits) => Some(r),
+            _ = stop.cancelled() => None,
+        };
+        let snapshot = match pulled {
+            None => return self.interrupted(p, summary, clock).await,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
                 let message = e.to_string();
                 warn!(producer = %p.name, error = %message, "keyframe failed: no drift emitted");
                 summary.state = RunState::Failed;
@@ -269,7 +392,13 @@ impl Keyframer {
                 return self.finish(p, summary, clock, None).await;
             }
         };
-        let (counts, drifts, local_rows) = self.compare(p, &snapshot).await?;
+        let compared = tokio::select! {
+            r = self.compare(p, &snapshot) => Some(r?),
+            _ = stop.cancelled() => None,
+        };
+        let Some((counts, drifts, local_rows)) = compared else {
+            return self.interrupted(p, summary, clock).await;
+        };
         summary.records = counts.records;
         summary.buckets_compared = counts.buckets_compared;
         summary.buckets_mismatched = counts.buckets_mismatched;
@@ -304,6 +433,32 @@ impl Keyframer {
         }
         self.finish(p, summary, clock, Some((&snapshot, &drifts)))
             .await
+    }
+
+    /// Records a run cut short as `failed`, with no drift. The producer's
+    /// health is left alone: the producer did nothing wrong.
+    async fn interrupted(
+        &self,
+        p: &ProducerConfig,
+        mut summary: Summary,
+        clock: Instant,
+    ) -> Result<Summary, KeyframeError> {
+        let reason = self.interruption();
+        warn!(producer = %p.name, run_id = ?summary.run_id, "keyframe {reason}: recorded as failed, nothing emitted");
+        summary.state = RunState::Failed;
+        summary.error = Some(reason.to_string());
+        summary.duration_ms = clock.elapsed().as_millis() as u64;
+        if let Some(run_id) = summary.run_id {
+            let counts = RunCounts::default();
+            self.store
+                .finish_run(run_id, RunState::Failed, &counts, Some(reason))
+                .await?;
+            self.metrics
+                .keyframe_runs
+                .with_label_values(&[&p.name, RunState::Failed.as_str()])
+                .inc();
+        }
+        Ok(summary)
     }
 
     /// Compares the snapshot with the store; returns the counts, the drift list and the live local rows.

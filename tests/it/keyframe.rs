@@ -716,7 +716,194 @@ async fn changing_ignore_rehashes_stored_rows_without_false_drift(db: &TestDb) {
     assert_eq!((s.missing, s.extra, s.changed), (0, 0, 1), "{s:?}");
 }
 
+/// Sends `signal` (`INT`, `TERM`, `KILL`) to process `pid`.
+fn send_signal(signal: &str, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Waits until the newest run of `orders` is `running` and the vendor served a page; returns its id.
+async fn wait_for_running_run(store: &Store, vendor: &Vendor) -> i64 {
+    let served = vendor.pages_served.load(AtomicOrdering::Relaxed);
+    crate::support::wait_for("a keyframe run under way", 30, || {
+        let store = store.clone();
+        let vendor = vendor.clone();
+        async move {
+            let runs = store.runs("orders", 1).await.unwrap();
+            runs.first().is_some_and(|r| r.state == RunState::Running)
+                && vendor.pages_served.load(AtomicOrdering::Relaxed) > served
+        }
+    })
+    .await;
+    store.runs("orders", 1).await.unwrap()[0].id
+}
+
+async fn lease_count(store: &Store) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM leases")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+/// A vendor of 2,000 records serving each of its 8 pages in 0.5 s, seeded locally.
+async fn slow_vendor(store: &Store) -> (Vendor, String, ProducerConfig) {
+    let (vendor, addr) = Vendor::start(2_000).await;
+    let snapshot = crate::producer::snapshot_toml("cursor", addr);
+    let p = producer(&snapshot, "");
+    seed(store, &p, &vendor.snapshot()).await;
+    vendor.delay_ms.store(500, AtomicOrdering::Relaxed);
+    (vendor, snapshot, p)
+}
+
+/// SIGINT or SIGTERM to `driftd keyframe` mid-pull: the run is recorded
+/// `failed` (interrupted), the lease released, and the next keyframe runs at once.
+async fn an_interrupted_keyframe_command_is_recorded_failed_and_frees_its_lease(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, snapshot, p) = slow_vendor(&store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(dir.path(), db, &snapshot);
+    for signal in ["INT", "TERM"] {
+        let child = tokio::process::Command::new(crate::support::driftd_bin())
+            .args(["keyframe", "--config", &cfg, "orders"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start driftd keyframe");
+        let id = wait_for_running_run(&store, &vendor).await;
+        send_signal(signal, child.id().unwrap());
+        let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+            .await
+            .expect("driftd keyframe exits after the signal")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "SIG{signal}: {stdout}");
+        assert!(
+            stdout.contains("failed") && stdout.contains("interrupted"),
+            "{stdout}"
+        );
+        let run = store.run(id).await.unwrap().unwrap();
+        assert_eq!(run.state, RunState::Failed, "SIG{signal}: {run:?}");
+        assert!(
+            run.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("interrupted"),
+            "{run:?}"
+        );
+        assert!(run.finished_at.is_some());
+        assert_eq!(
+            lease_count(&store).await,
+            0,
+            "SIG{signal}: the lease is released"
+        );
+        assert!(store.drifts_of_run(id).await.unwrap().is_empty());
+    }
+    vendor.delay_ms.store(0, AtomicOrdering::Relaxed);
+    let s = keyframe(&store, &p).await;
+    assert_eq!((s.state, s.drift()), (RunState::Ok, 0), "{s:?}");
+}
+
+/// SIGTERM to `driftd run` mid-pull: the scheduled run is recorded `failed`
+/// (interrupted) and its lease released before the daemon exits.
+async fn sigterm_to_the_daemon_mid_pull_records_the_run_failed(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, snapshot, p) = slow_vendor(&store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("daemon.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n[database]\nurl = \"{}\"\n[[producer]]\nname = \"orders\"\nschedule = \"* * * * * *\"\n[producer.snapshot]\n{snapshot}\n",
+            crate::support::free_port(),
+            db.url
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(crate::support::driftd_bin())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start driftd run");
+    let id = wait_for_running_run(&store, &vendor).await;
+    send_signal("TERM", child.id().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the daemon exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let run = store.run(id).await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Failed, "{run:?}");
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("interrupted"),
+        "{run:?}"
+    );
+    let runs = store.runs("orders", 100).await.unwrap();
+    assert!(
+        runs.iter().all(|r| r.state != RunState::Running),
+        "{runs:?}"
+    );
+    assert_eq!(lease_count(&store).await, 0, "the lease is released");
+    vendor.delay_ms.store(0, AtomicOrdering::Relaxed);
+    let s = keyframe(&store, &p).await;
+    assert_eq!((s.state, s.drift()), (RunState::Ok, 0), "{s:?}");
+}
+
+/// SIGKILL to `driftd keyframe` mid-pull leaves a `running` run and a held
+/// lease; the next keyframe takes the lease over at once (its holder's
+/// process is gone) and closes the orphaned run.
+async fn a_killed_keyframe_is_closed_by_the_next_lease_holder(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, snapshot, p) = slow_vendor(&store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(dir.path(), db, &snapshot);
+    let mut child = tokio::process::Command::new(crate::support::driftd_bin())
+        .args(["keyframe", "--config", &cfg, "orders"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start driftd keyframe");
+    let orphan = wait_for_running_run(&store, &vendor).await;
+    send_signal("KILL", child.id().unwrap());
+    child.wait().await.unwrap();
+    assert_eq!(
+        store.run(orphan).await.unwrap().unwrap().state,
+        RunState::Running
+    );
+    assert_eq!(
+        lease_count(&store).await,
+        1,
+        "the killed process still holds the lease"
+    );
+
+    vendor.delay_ms.store(0, AtomicOrdering::Relaxed);
+    let s = keyframer(&store)
+        .run(&p, false)
+        .await
+        .expect("the next keyframe takes the lease over without waiting for it to expire");
+    assert_eq!((s.state, s.drift()), (RunState::Ok, 0), "{s:?}");
+    let run = store.run(orphan).await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Failed, "{run:?}");
+    assert_eq!(
+        run.error.as_deref(),
+        Some("interrupted: the process holding it stopped")
+    );
+    assert_eq!(lease_count(&store).await, 0);
+}
+
 crate::on_both_backends!(
+    an_interrupted_keyframe_command_is_recorded_failed_and_frees_its_lease,
+    sigterm_to_the_daemon_mid_pull_records_the_run_failed,
+    a_killed_keyframe_is_closed_by_the_next_lease_holder,
     changing_ignore_rehashes_stored_rows_without_false_drift,
     approving_a_guarded_run_a_later_run_superseded_is_refused,
     guarded_runs_expire_and_are_pruned,

@@ -341,7 +341,7 @@ async fn prune_deletes_old_history_and_keeps_what_matters(db: &TestDb) {
     // Runs: old ok, old guarded (expired), the latest (old too), each with a drift row.
     let mut ids = Vec::new();
     for state in ["ok", "guarded", "ok"] {
-        let id = store.start_run("p", 1_000).await.unwrap();
+        let id = store.start_run("p", 1_000, None).await.unwrap();
         exec(format!(
             "UPDATE keyframe_runs SET state = '{state}' WHERE id = {id}"
         ))
