@@ -66,6 +66,15 @@ mod tests {
 
     const DAY: i64 = 86_400_000;
 
+    /// `(name, run, newer compared run, retention_days, expected: Ok or a part of the refusal)`.
+    type Case = (
+        &'static str,
+        RunRow,
+        Option<(i64, RunState)>,
+        u32,
+        Result<(), &'static str>,
+    );
+
     fn run(state: RunState, started_at: i64) -> RunRow {
         RunRow {
             id: 7,
@@ -84,7 +93,7 @@ mod tests {
     fn approval_table() {
         let now = 100 * DAY;
         let recent = now - DAY;
-        let cases: Vec<(&str, RunRow, Option<(i64, RunState)>, u32, Result<(), &str>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "latest guarded run",
                 run(RunState::Guarded, recent),
