@@ -13,10 +13,11 @@ use crate::keyframe::run::KeyframeError;
 use crate::server::AppState;
 use crate::store::{Store, StoreError};
 
-/// Per producer: health, entities, open drift, the last runs; and the work queue by state.
+/// Per producer: health, the guarded run awaiting approval, entities, open drift, the last runs; and the work queue by state.
 pub async fn status_report(config: &Config, store: &Store) -> Result<Value, StoreError> {
     let health = store.producer_health().await?;
     let open = store.open_work_by_producer().await?;
+    let guarded = store.guarded_runs().await?;
     let mut producers = Vec::new();
     for p in &config.producers {
         let runs = store.runs(&p.name, 5).await?;
@@ -28,6 +29,7 @@ pub async fn status_report(config: &Config, store: &Store) -> Result<Value, Stor
             "producer": p.name,
             "health": h,
             "health_since": since,
+            "guarded_run": guarded.get(&p.name),
             "entities": store.count_entities(&p.name).await?,
             "open_drift": open.get(&p.name).copied().unwrap_or(0),
             "runs": runs,
@@ -101,7 +103,20 @@ async fn keyframe(
             format!("unknown producer {producer:?}"),
         ));
     };
-    match s.keyframer.run(p, false).await {
+    // In a task the request awaits: a client hanging up never drops a run
+    // half-way (it would stay `running` and hold its lease).
+    let keyframer = s.keyframer.clone();
+    let producer = p.clone();
+    let ran = tokio::spawn(async move { keyframer.run(&producer, false).await })
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "admin keyframe task failed");
+            AdminError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "keyframe could not run; see the daemon's log".into(),
+            )
+        })?;
+    match ran {
         Ok(summary) => {
             if summary.work_emitted > 0 {
                 s.wake.notify_waiters();
@@ -110,18 +125,7 @@ async fn keyframe(
                 serde_json::to_value(summary).expect("a summary serializes"),
             ))
         }
-        Err(KeyframeError::Busy(p)) => Err(AdminError(
-            StatusCode::CONFLICT,
-            format!("a keyframe of producer {p:?} is already running"),
-        )),
-        Err(KeyframeError::Store(e)) => Err(e.into()),
-        Err(e) => {
-            warn!(error = %e, "admin keyframe failed");
-            Err(AdminError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "keyframe could not run; see the daemon's log".into(),
-            ))
-        }
+        Err(e) => Err(keyframe_error(e)),
     }
 }
 
@@ -131,19 +135,41 @@ async fn approve(
     Path(run_id): Path<i64>,
 ) -> Result<Json<Value>, AdminError> {
     authorize(&s, &headers)?;
-    let run = s.store.approve_run(run_id).await?;
-    let Some(p) = s.config.producer(&run.producer) else {
-        return Err(AdminError(
-            StatusCode::CONFLICT,
-            format!(
-                "run {run_id} belongs to producer {:?}, which is not configured",
-                run.producer
-            ),
-        ));
-    };
-    let emitted = crate::work::emit_run(&s.store, p, run_id).await?;
-    s.wake.notify_waiters();
-    Ok(Json(
-        json!({ "run_id": run_id, "producer": run.producer, "work_emitted": emitted }),
-    ))
+    // In a task the request awaits: a client hanging up never cuts an
+    // approval between marking the run and emitting its work.
+    let keyframer = s.keyframer.clone();
+    let config = s.config.clone();
+    let approved = tokio::spawn(async move { keyframer.approve(&config, run_id).await })
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "admin approval task failed");
+            AdminError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "approval could not run; see the daemon's log".into(),
+            )
+        })?;
+    match approved {
+        Ok(a) => Ok(Json(
+            serde_json::to_value(a).expect("an approval serializes"),
+        )),
+        Err(e) => Err(keyframe_error(e)),
+    }
+}
+
+/// The admin answer to a keyframe or approval error.
+fn keyframe_error(e: KeyframeError) -> AdminError {
+    match e {
+        KeyframeError::Store(e) => e.into(),
+        KeyframeError::NoSuchRun(_) => AdminError(StatusCode::NOT_FOUND, e.to_string()),
+        KeyframeError::Busy(_)
+        | KeyframeError::Refused { .. }
+        | KeyframeError::UnknownProducer { .. } => AdminError(StatusCode::CONFLICT, e.to_string()),
+        other => {
+            warn!(error = %other, "admin keyframe failed");
+            AdminError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "keyframe could not run; see the daemon's log".into(),
+            )
+        }
+    }
 }

@@ -45,9 +45,11 @@ impl App {
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?,
         };
         for p in &config.producers {
-            if store.ensure_bucket_bits(&p.name, p.bucket_bits).await? {
-                info!(producer = %p.name, bucket_bits = p.bucket_bits, "bucket layout changed: bucket digests rebuilt from the rows");
-            }
+            let hasher = crate::canonical::RecordHasher::new(&p.snapshot.ignore)?;
+            crate::keyframe::run::log_relayout(
+                &p.name,
+                store.ensure_layout(&p.name, p.bucket_bits, &hasher).await?,
+            );
         }
         let metrics = Metrics::new();
         for p in &config.producers {
@@ -89,7 +91,8 @@ impl App {
             self.client.clone(),
             self.metrics.clone(),
         )
-        .with_wake(wake.clone());
+        .with_wake(wake.clone())
+        .with_shutdown(shutdown.clone());
         let workers = Workers {
             store: self.store.clone(),
             client: self.client.clone(),
@@ -244,7 +247,12 @@ async fn refresh_gauges(
 pub async fn refresh_once(store: &Store, metrics: &Metrics, config: &Config) -> anyhow::Result<()> {
     let open = store.open_work_by_producer().await?;
     let health = store.producer_health().await?;
+    let guarded = store.guarded_runs().await?;
     for p in &config.producers {
+        metrics
+            .keyframe_guarded
+            .with_label_values(&[&p.name])
+            .set(i64::from(guarded.contains_key(&p.name)));
         metrics
             .entities
             .with_label_values(&[&p.name])

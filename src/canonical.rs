@@ -42,6 +42,10 @@ impl fmt::Display for RecordHash {
     }
 }
 
+/// Names the canonical form; change it whenever `write_canonical` changes, so
+/// stored hashes are recomputed (see [`RecordHasher::fingerprint`]).
+const CANONICAL_VERSION: &str = "driftd-canonical-1";
+
 /// Hashes records of one producer, leaving out its `ignore` pointers.
 #[derive(Debug, Clone, Default)]
 pub struct RecordHasher {
@@ -64,6 +68,25 @@ impl RecordHasher {
         let ignore: Vec<&[String]> = self.ignore.iter().map(Vec::as_slice).collect();
         write_canonical(doc, &ignore, &mut hasher).expect("hashing never fails to write");
         RecordHash(*hasher.finalize().as_bytes())
+    }
+
+    /// A fingerprint of the hashing rules: the canonical form's version and
+    /// the ignored pointers (in any order). Stored hashes computed under another
+    /// fingerprint must be recomputed before they are compared.
+    pub fn fingerprint(&self) -> String {
+        let mut pointers: Vec<&Vec<String>> = self.ignore.iter().collect();
+        pointers.sort();
+        pointers.dedup();
+        let mut h = blake3::Hasher::new();
+        h.update(CANONICAL_VERSION.as_bytes());
+        for tokens in pointers {
+            h.update(&[0xff]);
+            for t in tokens {
+                h.update(&(t.len() as u64).to_le_bytes());
+                h.update(t.as_bytes());
+            }
+        }
+        h.finalize().to_hex()[..32].to_string()
     }
 
     /// The canonical JSON text of `doc` (with ignored fields removed).
@@ -307,6 +330,21 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(canon(input.clone()), expected, "input {input}");
         }
+    }
+
+    #[test]
+    fn fingerprint_follows_the_ignore_set() {
+        let f = |ptrs: &[&str]| RecordHasher::new(ptrs).unwrap().fingerprint();
+        assert_eq!(f(&[]), RecordHasher::default().fingerprint());
+        assert_eq!(
+            f(&["/a", "/b/c"]),
+            f(&["/b/c", "/a", "/a"]),
+            "order and repeats"
+        );
+        assert_eq!(f(&["/a~1b"]), f(&["/a~1b"]));
+        assert_ne!(f(&[]), f(&["/fetched_at"]));
+        assert_ne!(f(&["/a/b"]), f(&["/ab"]));
+        assert_ne!(f(&["/a~1b"]), f(&["/a/b"]), "an escaped slash is one token");
     }
 
     #[test]

@@ -214,8 +214,20 @@ pub fn main() -> ExitCode {
                 );
                 return Ok(ExitCode::from(EXIT_USAGE));
             };
-            let keyframer = Keyframer::new(store, http_client()?, Metrics::new());
-            let summary = keyframer.run(p, dry_run).await?;
+            // SIGINT/SIGTERM interrupt the run: it is recorded `failed` and
+            // its lease released before the process exits.
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let keyframer = Keyframer::new(store, http_client()?, Metrics::new())
+                .with_shutdown(shutdown.clone());
+            let run = keyframer.run(p, dry_run);
+            tokio::pin!(run);
+            let summary = tokio::select! {
+                s = &mut run => s?,
+                _ = wait_for_signal() => {
+                    shutdown.cancel();
+                    run.await?
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
@@ -229,17 +241,11 @@ pub fn main() -> ExitCode {
         }),
         Command::Approve { config, run_id } => {
             with_store(&config.config, move |loaded, store| async move {
-                let run = store.approve_run(run_id).await?;
-                let Some(p) = loaded.config.producer(&run.producer) else {
-                    anyhow::bail!(
-                        "run {run_id} belongs to producer {:?}, which is not in the config",
-                        run.producer
-                    );
-                };
-                let emitted = crate::work::emit_run(&store, p, run_id).await?;
+                let keyframer = Keyframer::new(store, http_client()?, Metrics::new());
+                let a = keyframer.approve(&loaded.config, run_id).await?;
                 println!(
-                    "approved keyframe run {run_id} of {:?}: {emitted} work items emitted",
-                    run.producer
+                    "approved keyframe run {run_id} of {:?}: {} work items emitted",
+                    a.producer, a.work_emitted
                 );
                 Ok(ExitCode::SUCCESS)
             })
@@ -455,7 +461,7 @@ fn print_summary(s: &Summary) {
     }
     if s.state == RunState::Guarded {
         println!(
-            "  guarded: more drift than max_drift_ratio/max_drift_rows allow; nothing was emitted. \
+            "  guarded: more deletions/overwrites than max_drift_ratio/max_drift_rows allow; nothing was emitted. \
              Inspect, then `driftd approve {run}` to let it through."
         );
     }
@@ -478,6 +484,12 @@ async fn status(config: &Config, store: &Store, json: bool) -> anyhow::Result<Ex
             p["entities"],
             p["open_drift"]
         );
+        if let Some(run) = p["guarded_run"].as_i64() {
+            println!(
+                "  GUARDED: run {run} found more deletions/overwrites than max_drift_ratio/max_drift_rows allow; \
+                 nothing is corrected until `driftd approve {run}` (or a later keyframe finds less)"
+            );
+        }
         for r in p["runs"].as_array().into_iter().flatten() {
             let age = (now - r["started_at"].as_i64().unwrap_or(now)) / 1000;
             println!(

@@ -95,7 +95,8 @@ pub struct DatabaseConfig {
     #[serde(default = "defaults::max_connections")]
     pub max_connections: u32,
     /// Days to keep settled inbox rows, finished work, and keyframe runs with
-    /// their drift lists; 0 keeps everything. The `changes` log is never pruned.
+    /// their drift lists (a guarded run older than this has expired and can no
+    /// longer be approved); 0 keeps everything. The `changes` log is never pruned.
     #[serde(default = "defaults::retention_days")]
     pub retention_days: u32,
 }
@@ -120,10 +121,11 @@ pub struct ProducerConfig {
     pub timezone: Option<String>,
     #[serde(default = "defaults::bucket_bits")]
     pub bucket_bits: u8,
-    /// Drift above this share of the snapshot's records trips the guard.
+    /// Deletions and overwrites (`extra` + `changed`) above this share of the
+    /// local rows trip the guard; additions (`missing`) never do.
     #[serde(default = "defaults::max_drift_ratio")]
     pub max_drift_ratio: f64,
-    /// Drift above this many rows trips the guard; no row limit when absent.
+    /// Deletions and overwrites above this many rows trip the guard; no row limit when absent.
     pub max_drift_rows: Option<u64>,
     /// Failed keyframes in a row before the producer is `unavailable`.
     #[serde(default = "defaults::unhealthy_after")]
@@ -136,15 +138,6 @@ pub struct ProducerConfig {
 }
 
 impl ProducerConfig {
-    /// The drift threshold above which a keyframe is guarded.
-    pub fn guard_limit(&self, records: u64) -> u64 {
-        let by_ratio = (self.max_drift_ratio * records as f64).floor() as u64;
-        match self.max_drift_rows {
-            Some(rows) => by_ratio.min(rows),
-            None => by_ratio,
-        }
-    }
-
     pub fn timezone(&self) -> chrono_tz::Tz {
         self.timezone
             .as_deref()

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub keyframe_duration: HistogramVec,
     pub keyframe_records: IntGaugeVec,
     pub keyframe_last_success: GaugeVec,
+    pub keyframe_guarded: IntGaugeVec,
     pub drift_detected: IntCounterVec,
     pub drift_open: IntGaugeVec,
     pub deltas: IntCounterVec,
@@ -105,6 +106,11 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            keyframe_guarded: igauge(
+                "driftd_keyframe_guarded",
+                "1 while the producer's latest keyframe is guarded, awaiting `driftd approve`.",
+                &["producer"],
+            ),
             drift_detected: counter(
                 "driftd_drift_detected_total",
                 "Drifted entities found by keyframes, by kind.",
@@ -189,6 +195,7 @@ impl Metrics {
         self.drift_open.with_label_values(&[producer]);
         self.entities.with_label_values(&[producer]);
         self.keyframe_records.with_label_values(&[producer]);
+        self.keyframe_guarded.with_label_values(&[producer]);
         self.delta_loss_ratio.with_label_values(&[producer]);
         for state in ["pending", "running", "dead"] {
             self.work_items.with_label_values(&[state]);

@@ -2,10 +2,13 @@
 //!
 //! Next times are computed with `croner` in the producer's IANA zone on every
 //! iteration, so daylight-saving changes move the wall-clock schedule
-//! correctly. After a run the next time is computed from the current time: a
-//! run missed while the daemon was busy or down is skipped, never run twice.
+//! correctly. Fire times are whole seconds, so every replica aims at the same
+//! instant, and each run claims the tick it serves (`Keyframer::run_scheduled`):
+//! one tick is one run across replicas. After a run the next time is computed
+//! from the current time: a tick missed while the daemon was busy or down is
+//! skipped, never run twice.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -13,15 +16,22 @@ use tracing::{debug, info, warn};
 use crate::config::{parse_cron, ProducerConfig};
 use crate::keyframe::run::{KeyframeError, Keyframer};
 
-/// The first fire time of `cron` strictly after `after`, read in `tz`.
+/// The first fire time of `cron` strictly after `after`, read in `tz`, on a whole second.
 pub fn next_fire(cron: &croner::Cron, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let second = TimeDelta::seconds(1);
+    // From the whole second: croner keeps the sub-second part of its start,
+    // which would give each replica its own phase.
+    let after = after.duration_trunc(second).ok()?;
     let local = tz.from_utc_datetime(&after.naive_utc());
     cron.find_next_occurrence(&local, false)
         .ok()
-        .map(|t| t.with_timezone(&Utc))
+        .and_then(|t| t.with_timezone(&Utc).duration_trunc(second).ok())
+        .filter(|t| *t > after)
 }
 
-/// Runs `p`'s keyframes on its schedule until `cancel`.
+/// Runs `p`'s keyframes on its schedule until `cancel`. A run under way when
+/// `cancel` fires is interrupted by the keyframer (recorded `failed`, its
+/// lease released), not dropped.
 pub async fn run_schedule(keyframer: Keyframer, p: ProducerConfig, cancel: CancellationToken) {
     let cron = match parse_cron(&p.schedule) {
         Ok(c) => c,
@@ -32,9 +42,12 @@ pub async fn run_schedule(keyframer: Keyframer, p: ProducerConfig, cancel: Cance
         }
     };
     let tz = p.timezone();
+    let mut served: Option<DateTime<Utc>> = None;
     loop {
         let now = Utc::now();
-        let Some(next) = next_fire(&cron, tz, now) else {
+        // Never a tick at or before the last one, even if the clock stepped back.
+        let after = served.map_or(now, |t| t.max(now));
+        let Some(next) = next_fire(&cron, tz, after) else {
             warn!(producer = %p.name, schedule = %p.schedule, "schedule has no future fire time");
             return;
         };
@@ -44,16 +57,19 @@ pub async fn run_schedule(keyframer: Keyframer, p: ProducerConfig, cancel: Cance
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        // A shutdown during a run waits for the run's current step, not its end.
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = keyframer.run(&p, false) => match r {
-                Ok(_) => {}
-                Err(KeyframeError::Busy(_)) => {
-                    info!(producer = %p.name, "keyframe skipped: another replica or process is running one");
-                }
-                Err(e) => warn!(producer = %p.name, error = %e, "keyframe could not run"),
-            },
+        match keyframer.run_scheduled(&p, next.timestamp_millis()).await {
+            Ok(_) => {}
+            Err(KeyframeError::Busy(_)) => {
+                info!(producer = %p.name, "keyframe skipped: another replica or process is running one");
+            }
+            Err(KeyframeError::TickServed { .. }) => {
+                debug!(producer = %p.name, tick = %next, "keyframe skipped: another replica served this tick");
+            }
+            Err(e) => warn!(producer = %p.name, error = %e, "keyframe could not run"),
+        }
+        served = Some(next);
+        if cancel.is_cancelled() {
+            return;
         }
     }
 }
@@ -78,6 +94,27 @@ mod tests {
             next_fire(&cron, chrono_tz::UTC, at("2026-03-01T10:05:00Z")),
             Some(at("2026-03-01T10:10:00Z"))
         );
+    }
+
+    #[test]
+    fn fire_times_are_whole_seconds_whatever_the_phase_of_now() {
+        let every = parse_cron("* * * * * *").unwrap();
+        let every2 = parse_cron("*/2 * * * * *").unwrap();
+        let cases = [
+            (&every, "2026-03-01T10:00:00.000Z", "2026-03-01T10:00:01Z"),
+            (&every, "2026-03-01T10:00:00.001Z", "2026-03-01T10:00:01Z"),
+            (&every, "2026-03-01T10:00:00.999Z", "2026-03-01T10:00:01Z"),
+            (&every2, "2026-03-01T10:00:00.250Z", "2026-03-01T10:00:02Z"),
+            (&every2, "2026-03-01T10:00:01.750Z", "2026-03-01T10:00:02Z"),
+            (&every2, "2026-03-01T10:00:02.000Z", "2026-03-01T10:00:04Z"),
+        ];
+        for (cron, now, expected) in cases {
+            assert_eq!(
+                next_fire(cron, chrono_tz::UTC, at(now)),
+                Some(at(expected)),
+                "after {now}"
+            );
+        }
     }
 
     #[test]

@@ -86,6 +86,13 @@ pub fn mismatched_buckets(
     out
 }
 
+/// Buckets compared: every bucket either side holds (the union), so it is
+/// never less than the mismatched buckets.
+pub fn compared_buckets(remote: &BTreeMap<u32, Digest>, local: &BTreeMap<u32, Digest>) -> u64 {
+    let only_local = local.keys().filter(|b| !remote.contains_key(b)).count();
+    (remote.len() + only_local) as u64
+}
+
 /// What classifying found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Classified {
@@ -169,23 +176,24 @@ pub fn classify(
     out
 }
 
-/// The blast-radius guard: whether this much drift must wait for an operator.
+/// The blast-radius guard: whether this drift must wait for an operator.
 ///
-/// The share is taken of the larger of the snapshot and the local table, so
-/// an empty snapshot against a full table is 100% drift. A first keyframe
-/// into an empty table (nothing to lose) is never guarded.
+/// Only drift that endangers existing rows counts: `extra` (a deletion) and
+/// `changed` (an overwrite), as a share of the live local rows. `missing`
+/// rows are additions that lose nothing, so a table seeded by a few deltas
+/// before its first keyframe still fills without an approval, while a partial
+/// or empty snapshot against a full table (many `extra`) is held.
 pub fn guard_trips(
-    drift: u64,
-    records: u64,
+    extra: u64,
+    changed: u64,
     local_rows: u64,
     max_ratio: f64,
     max_rows: Option<u64>,
 ) -> bool {
-    if local_rows == 0 {
-        return false;
-    }
-    let base = records.max(local_rows) as f64;
-    drift as f64 > max_ratio * base || max_rows.is_some_and(|max| drift > max)
+    let endangered = extra + changed;
+    endangered > 0
+        && (endangered as f64 > max_ratio * local_rows as f64
+            || max_rows.is_some_and(|max| endangered > max))
 }
 
 #[cfg(test)]
@@ -348,6 +356,11 @@ mod tests {
         );
         assert_eq!(mismatched_buckets(&remote_d, &local_d), vec![first]);
         assert_eq!(
+            compared_buckets(&remote_d, &local_d),
+            remote_d.len() as u64 + 1,
+            "the union of both sides' buckets"
+        );
+        assert_eq!(
             mismatched_buckets(&BTreeMap::new(), &remote_d).len(),
             remote_d.len()
         );
@@ -356,21 +369,30 @@ mod tests {
     #[test]
     fn guard_table() {
         let cases = [
-            // (drift, records, local, ratio, max_rows, trips)
-            (0, 100, 100, 0.5, None, false),
-            (50, 100, 100, 0.5, None, false),
-            (51, 100, 100, 0.5, None, true),
+            // (extra, changed, local rows, ratio, max_rows, trips)
+            (0, 0, 100, 0.5, None, false),
+            (50, 0, 100, 0.5, None, false),
+            (30, 21, 100, 0.5, None, true),
+            // an empty snapshot against a full table
             (100, 0, 100, 0.5, None, true),
-            (1000, 1000, 0, 0.5, None, false),
-            (11, 1000, 1000, 0.5, Some(10), true),
-            (10, 1000, 1000, 0.5, Some(10), false),
-            (2, 10, 1000, 0.001, None, true),
+            // a partial snapshot: 1,000 of 3,000 records
+            (2_000, 0, 3_000, 0.5, None, true),
+            // the first keyframe into an empty table (any number missing)
+            (0, 0, 0, 0.5, None, false),
+            // seeding after a few deltas: 290 missing, nothing endangered
+            (0, 0, 10, 0.5, None, false),
+            (0, 0, 10, 0.5, Some(5), false),
+            // ...but overwriting most of those few rows is held
+            (0, 6, 10, 0.5, None, true),
+            (11, 0, 1_000, 0.5, Some(10), true),
+            (5, 5, 1_000, 0.5, Some(10), false),
+            (2, 0, 1_000, 0.001, None, true),
         ];
-        for (drift, records, local, ratio, rows, trips) in cases {
+        for (extra, changed, local, ratio, rows, trips) in cases {
             assert_eq!(
-                guard_trips(drift, records, local, ratio, rows),
+                guard_trips(extra, changed, local, ratio, rows),
                 trips,
-                "drift {drift} of {records} remote / {local} local, ratio {ratio}, rows {rows:?}"
+                "extra {extra}, changed {changed} of {local} local rows, ratio {ratio}, rows {rows:?}"
             );
         }
     }

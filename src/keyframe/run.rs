@@ -6,15 +6,19 @@
 //! `compare.rs`.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+use super::approval::{self, Refusal};
 use super::compare::{self, Drift, DriftKind, Remote};
 use super::fetch::{self, Snapshot};
+use super::holder::Holder;
 use crate::canonical::RecordHasher;
-use crate::config::ProducerConfig;
+use crate::config::{Config, ProducerConfig};
 use crate::metrics::Metrics;
 use crate::state::{Health, RunState};
 use crate::store::{now_ms, DriftRow, RunCounts, Store, StoreError};
@@ -24,19 +28,42 @@ use crate::work;
 const CLASSIFY_BUCKETS: usize = 1_024;
 
 /// How long a keyframe lease lives without renewal, and how often it is renewed.
-const LEASE_TTL: Duration = Duration::from_secs(60);
-const LEASE_RENEW: Duration = Duration::from_secs(20);
+/// A holder on this machine that stopped without releasing is seen at once
+/// (see `holder.rs`); one elsewhere blocks the next keyframe for at most the TTL.
+const LEASE_TTL: Duration = Duration::from_secs(30);
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+
+/// The error of a run cut short by a shutdown (SIGINT/SIGTERM).
+const INTERRUPTED_SHUTDOWN: &str = "interrupted: the process is shutting down";
+/// The error of a run whose lease another process took over.
+const INTERRUPTED_LEASE_LOST: &str = "interrupted: lost the keyframe lease to another process";
+/// The error of a run left `running` by a process that stopped (SIGKILL, a crash).
+const INTERRUPTED_ORPHAN: &str = "interrupted: the process holding it stopped";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyframeError {
     #[error("a keyframe of producer {0:?} is already running")]
     Busy(String),
-    #[error("lost the keyframe lease of producer {0:?}")]
-    LeaseLost(String),
+    #[error("schedule tick {tick} of producer {producer:?} was already served by another replica")]
+    TickServed { producer: String, tick: i64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot build the snapshot hasher of producer {producer:?}: {reason}")]
     Config { producer: String, reason: String },
+    #[error("keyframe run {0} does not exist")]
+    NoSuchRun(i64),
+    #[error("keyframe run {run_id} belongs to producer {producer:?}, which is not in the config")]
+    UnknownProducer { run_id: i64, producer: String },
+    #[error("cannot approve keyframe run {run_id}: {refusal}")]
+    Refused { run_id: i64, refusal: Refusal },
+}
+
+/// What approving a guarded run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Approved {
+    pub run_id: i64,
+    pub producer: String,
+    pub work_emitted: u64,
 }
 
 /// What a run did, as printed by `driftd keyframe` (`--json` prints these field names).
@@ -70,25 +97,30 @@ pub struct Keyframer {
     store: Store,
     client: reqwest::Client,
     metrics: Metrics,
-    holder: String,
+    /// This process, as written into the leases it holds.
+    holder: Holder,
     /// Wakes in-process workers when a run emits work.
     wake: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Cancelled on shutdown: a run under way records itself `failed` and
+    /// releases its lease instead of being dropped.
+    shutdown: CancellationToken,
+}
+
+/// A keyframe lease this process holds, under one token.
+struct Lease {
+    name: String,
+    holder: String,
 }
 
 impl Keyframer {
     pub fn new(store: Store, client: reqwest::Client, metrics: Metrics) -> Self {
-        let holder = format!(
-            "{}-{}-{:08x}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "driftd".into()),
-            std::process::id(),
-            rand::random::<u32>()
-        );
         Self {
             store,
             client,
             metrics,
-            holder,
+            holder: Holder::current(),
             wake: None,
+            shutdown: CancellationToken::new(),
         }
     }
 
@@ -98,40 +130,204 @@ impl Keyframer {
         self
     }
 
+    /// Interrupts runs when `shutdown` is cancelled: the run under way stops
+    /// at its next step, is recorded `failed` and releases its lease.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
     /// Runs one keyframe of `p` now. `dry_run` pulls and compares but records and emits nothing.
     pub async fn run(&self, p: &ProducerConfig, dry_run: bool) -> Result<Summary, KeyframeError> {
-        let lease = format!("keyframe:{}", p.name);
-        if !self
-            .store
-            .try_lease(&lease, &self.holder, LEASE_TTL.as_millis() as i64)
-            .await?
-        {
-            return Err(KeyframeError::Busy(p.name.clone()));
+        self.run_for(p, dry_run, None).await
+    }
+
+    /// Runs the keyframe of schedule tick `tick` (ms), unless another replica
+    /// already served it ([`KeyframeError::TickServed`]) or is running one
+    /// ([`KeyframeError::Busy`]).
+    pub async fn run_scheduled(
+        &self,
+        p: &ProducerConfig,
+        tick: i64,
+    ) -> Result<Summary, KeyframeError> {
+        self.run_for(p, false, Some(tick)).await
+    }
+
+    async fn run_for(
+        &self,
+        p: &ProducerConfig,
+        dry_run: bool,
+        tick: Option<i64>,
+    ) -> Result<Summary, KeyframeError> {
+        let clock = Instant::now();
+        let lease = self.take_lease(p).await?;
+        if let Some(tick) = tick {
+            // Claimed under the lease: a replica that fires late for a tick
+            // another one served (and finished) skips it.
+            match self.store.claim_tick(&p.name, tick).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.release(&lease, &p.name).await;
+                    return Err(KeyframeError::TickServed {
+                        producer: p.name.clone(),
+                        tick,
+                    });
+                }
+                Err(e) => {
+                    self.release(&lease, &p.name).await;
+                    return Err(e.into());
+                }
+            }
         }
         let span =
             tracing::info_span!("keyframe", producer = %p.name, run_id = tracing::field::Empty);
+        // Stopped on shutdown, or when the lease is lost; the run notices at its
+        // next step and records itself failed, so it is never dropped half-way.
+        let stop = self.shutdown.child_token();
         let result = tokio::select! {
-            r = self.run_leased(p, dry_run).instrument(span) => r,
-            e = self.keep_lease(&lease) => Err(e),
+            r = self.run_leased(p, dry_run, tick, clock, &stop).instrument(span) => r,
+            never = self.keep_lease(&lease, &stop) => match never {},
         };
-        if let Err(e) = self.store.release_lease(&lease, &self.holder).await {
-            warn!(producer = %p.name, error = %e, "could not release the keyframe lease; it expires by itself");
-        }
+        self.release(&lease, &p.name).await;
         result
     }
 
-    async fn keep_lease(&self, lease: &str) -> KeyframeError {
+    /// Takes the keyframe lease of `p`: free or expired, or held by a process
+    /// on this machine that stopped without releasing it. Then closes the runs
+    /// such a process left `running`.
+    async fn take_lease(&self, p: &ProducerConfig) -> Result<Lease, KeyframeError> {
+        let lease = Lease {
+            name: format!("keyframe:{}", p.name),
+            holder: self.holder.renewed().to_string(),
+        };
+        let ttl = LEASE_TTL.as_millis() as i64;
+        let mut taken = self
+            .store
+            .try_lease(&lease.name, &lease.holder, ttl)
+            .await?;
+        if !taken {
+            if let Some(current) = self.store.lease_holder(&lease.name).await? {
+                if Holder::parse(&current).is_some_and(|h| self.holder.sees_stopped(&h)) {
+                    taken = self
+                        .store
+                        .take_over_lease(&lease.name, &current, &lease.holder, ttl)
+                        .await?;
+                    if taken {
+                        info!(producer = %p.name, previous = %current, "took over the keyframe lease of a process that stopped");
+                    }
+                }
+            }
+        }
+        if !taken {
+            return Err(KeyframeError::Busy(p.name.clone()));
+        }
+        match self
+            .store
+            .fail_running_runs(&p.name, INTERRUPTED_ORPHAN)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                warn!(producer = %p.name, runs = n, "closed keyframe runs left running by a process that stopped")
+            }
+            Err(e) => {
+                self.release(&lease, &p.name).await;
+                return Err(e.into());
+            }
+        }
+        Ok(lease)
+    }
+
+    async fn release(&self, lease: &Lease, producer: &str) {
+        if let Err(e) = self.store.release_lease(&lease.name, &lease.holder).await {
+            warn!(producer, error = %e, "could not release the keyframe lease; it expires by itself");
+        }
+    }
+
+    /// Approves guarded run `run_id` and emits its work. Holds the producer's
+    /// keyframe lease meanwhile, so no keyframe compares between the check
+    /// and the emission; refuses a run whose drift list a later run made
+    /// stale, or that expired (see `approval.rs`).
+    pub async fn approve(&self, config: &Config, run_id: i64) -> Result<Approved, KeyframeError> {
+        let run = self
+            .store
+            .run(run_id)
+            .await?
+            .ok_or(KeyframeError::NoSuchRun(run_id))?;
+        let Some(p) = config.producer(&run.producer) else {
+            return Err(KeyframeError::UnknownProducer {
+                run_id,
+                producer: run.producer,
+            });
+        };
+        let lease = self.take_lease(p).await?;
+        let result = self
+            .approve_leased(p, run_id, config.database.retention_days)
+            .await;
+        self.release(&lease, &p.name).await;
+        result
+    }
+
+    async fn approve_leased(
+        &self,
+        p: &ProducerConfig,
+        run_id: i64,
+        retention_days: u32,
+    ) -> Result<Approved, KeyframeError> {
+        let run = self
+            .store
+            .run(run_id)
+            .await?
+            .ok_or(KeyframeError::NoSuchRun(run_id))?;
+        let newer = self.store.newer_compared_run(&p.name, run_id).await?;
+        approval::check(&run, newer, now_ms(), retention_days)
+            .map_err(|refusal| KeyframeError::Refused { run_id, refusal })?;
+        self.store.approve_run(run_id).await?;
+        let work_emitted = work::emit_run(&self.store, p, run_id).await?;
+        if work_emitted > 0 {
+            if let Some(w) = &self.wake {
+                w.notify_waiters();
+            }
+        }
+        self.metrics
+            .keyframe_guarded
+            .with_label_values(&[&p.name])
+            .set(0);
+        info!(producer = %p.name, run_id, work_emitted, "guarded keyframe run approved");
+        Ok(Approved {
+            run_id,
+            producer: p.name.clone(),
+            work_emitted,
+        })
+    }
+
+    /// Renews the lease until the run ends; if another process took it,
+    /// stops the run (which then records itself failed). Never returns.
+    async fn keep_lease(&self, lease: &Lease, stop: &CancellationToken) -> Infallible {
         loop {
             tokio::time::sleep(LEASE_RENEW).await;
             match self
                 .store
-                .try_lease(lease, &self.holder, LEASE_TTL.as_millis() as i64)
+                .try_lease(&lease.name, &lease.holder, LEASE_TTL.as_millis() as i64)
                 .await
             {
                 Ok(true) => {}
-                Ok(false) => return KeyframeError::LeaseLost(lease.to_string()),
+                Ok(false) => {
+                    warn!(lease = %lease.name, "lost the keyframe lease to another process; stopping the run");
+                    stop.cancel();
+                    return std::future::pending().await;
+                }
                 Err(e) => warn!(error = %e, "could not renew the keyframe lease; retrying"),
             }
+        }
+    }
+
+    /// The error of a run `stop` cut short.
+    fn interruption(&self) -> &'static str {
+        if self.shutdown.is_cancelled() {
+            INTERRUPTED_SHUTDOWN
+        } else {
+            INTERRUPTED_LEASE_LOST
         }
     }
 
@@ -139,24 +335,30 @@ impl Keyframer {
         &self,
         p: &ProducerConfig,
         dry_run: bool,
+        tick: Option<i64>,
+        clock: Instant,
+        stop: &CancellationToken,
     ) -> Result<Summary, KeyframeError> {
-        let clock = Instant::now();
-        if self
-            .store
-            .ensure_bucket_bits(&p.name, p.bucket_bits)
-            .await?
-        {
-            info!(producer = %p.name, bucket_bits = p.bucket_bits, "bucket layout changed: bucket digests rebuilt from the rows");
-        }
         let hasher = RecordHasher::new(&p.snapshot.ignore).map_err(|e| KeyframeError::Config {
             producer: p.name.clone(),
             reason: e.to_string(),
         })?;
+        log_relayout(
+            &p.name,
+            self.store
+                .ensure_layout(&p.name, p.bucket_bits, &hasher)
+                .await?,
+        );
+        if !dry_run {
+            // Items finished since the last round (an application's own
+            // worker, a late 2xx) are in the mirror before it is compared.
+            work::mirror_done(&self.store, p).await?;
+        }
         let started_at = now_ms();
         let run_id = if dry_run {
             None
         } else {
-            Some(self.store.start_run(&p.name, started_at).await?)
+            Some(self.store.start_run(&p.name, started_at, tick).await?)
         };
         if let Some(id) = run_id {
             tracing::Span::current().record("run_id", id);
@@ -178,9 +380,16 @@ impl Keyframer {
             error: None,
         };
 
-        let snapshot = match fetch::pull(&self.client, &p.snapshot, &hasher, p.bucket_bits).await {
-            Ok(s) => s,
-            Err(e) => {
+        // The pull and the compare only read: they stop at once when asked.
+        // Storing the drift list and emitting work run to their end.
+        let pulled = tokio::select! {
+            r = fetch::pull(&self.client, &p.snapshot, &hasher, p.bucket_bits) => Some(r),
+            _ = stop.cancelled() => None,
+        };
+        let snapshot = match pulled {
+            None => return self.interrupted(p, summary, clock).await,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
                 let message = e.to_string();
                 warn!(producer = %p.name, error = %message, "keyframe failed: no drift emitted");
                 summary.state = RunState::Failed;
@@ -188,7 +397,13 @@ impl Keyframer {
                 return self.finish(p, summary, clock, None).await;
             }
         };
-        let (counts, drifts, local_rows) = self.compare(p, &snapshot).await?;
+        let compared = tokio::select! {
+            r = self.compare(p, &snapshot) => Some(r?),
+            _ = stop.cancelled() => None,
+        };
+        let Some((counts, drifts, local_rows)) = compared else {
+            return self.interrupted(p, summary, clock).await;
+        };
         summary.records = counts.records;
         summary.buckets_compared = counts.buckets_compared;
         summary.buckets_mismatched = counts.buckets_mismatched;
@@ -199,8 +414,8 @@ impl Keyframer {
         summary.skipped_races = counts.skipped_races;
 
         let guarded = compare::guard_trips(
-            summary.drift(),
-            summary.records,
+            summary.extra,
+            summary.changed,
             local_rows,
             p.max_drift_ratio,
             p.max_drift_rows,
@@ -214,15 +429,41 @@ impl Keyframer {
             warn!(
                 producer = %p.name,
                 run_id = ?run_id,
-                drift = summary.drift(),
-                records = summary.records,
+                extra = summary.extra,
+                changed = summary.changed,
                 local_rows,
-                "keyframe guarded: drift exceeds max_drift_ratio/max_drift_rows; nothing emitted until `driftd approve {}`",
+                "keyframe guarded: deletions and overwrites exceed max_drift_ratio of the local rows or max_drift_rows; nothing emitted until `driftd approve {}`",
                 run_id.unwrap_or_default()
             );
         }
         self.finish(p, summary, clock, Some((&snapshot, &drifts)))
             .await
+    }
+
+    /// Records a run cut short as `failed`, with no drift. The producer's
+    /// health is left alone: the producer did nothing wrong.
+    async fn interrupted(
+        &self,
+        p: &ProducerConfig,
+        mut summary: Summary,
+        clock: Instant,
+    ) -> Result<Summary, KeyframeError> {
+        let reason = self.interruption();
+        warn!(producer = %p.name, run_id = ?summary.run_id, "keyframe {reason}: recorded as failed, nothing emitted");
+        summary.state = RunState::Failed;
+        summary.error = Some(reason.to_string());
+        summary.duration_ms = clock.elapsed().as_millis() as u64;
+        if let Some(run_id) = summary.run_id {
+            let counts = RunCounts::default();
+            self.store
+                .finish_run(run_id, RunState::Failed, &counts, Some(reason))
+                .await?;
+            self.metrics
+                .keyframe_runs
+                .with_label_values(&[&p.name, RunState::Failed.as_str()])
+                .inc();
+        }
+        Ok(summary)
     }
 
     /// Compares the snapshot with the store; returns the counts, the drift list and the live local rows.
@@ -282,7 +523,7 @@ impl Keyframer {
         let count = |kind| drifts.iter().filter(|d: &&Drift| d.kind == kind).count() as u64;
         let counts = RunCounts {
             records: snapshot.records.len() as u64,
-            buckets_compared: remote_digests.len().max(local_digests.len()) as u64,
+            buckets_compared: compare::compared_buckets(&remote_digests, &local_digests),
             buckets_mismatched: mismatched.len() as u64,
             rows_read,
             missing: count(DriftKind::Missing),
@@ -303,8 +544,8 @@ impl Keyframer {
         clock: Instant,
         drifts: Option<(&Snapshot, &[Drift])>,
     ) -> Result<Summary, KeyframeError> {
-        summary.duration_ms = clock.elapsed().as_millis() as u64;
         let Some(run_id) = summary.run_id else {
+            summary.duration_ms = clock.elapsed().as_millis() as u64;
             return Ok(summary);
         };
         let counts = RunCounts {
@@ -340,6 +581,8 @@ impl Keyframer {
         }
 
         let succeeded = summary.state != RunState::Failed;
+        // The whole run: pull, compare, storing the drift list and emitting work.
+        summary.duration_ms = clock.elapsed().as_millis() as u64;
         let health = self
             .store
             .record_keyframe_health(&p.name, succeeded, p.unhealthy_after)
@@ -350,7 +593,7 @@ impl Keyframer {
             .inc();
         m.keyframe_duration
             .with_label_values(&[&p.name])
-            .observe(clock.elapsed().as_secs_f64());
+            .observe(summary.duration_ms as f64 / 1000.0);
         for h in Health::ALL {
             m.producer_state
                 .with_label_values(&[&p.name, h.as_str()])
@@ -381,6 +624,11 @@ impl Keyframer {
             };
             m.delta_loss_ratio.with_label_values(&[&p.name]).set(ratio);
         }
+        if succeeded {
+            m.keyframe_guarded
+                .with_label_values(&[&p.name])
+                .set(i64::from(summary.state == RunState::Guarded));
+        }
         if summary.state == RunState::Ok {
             m.keyframe_last_success
                 .with_label_values(&[&p.name])
@@ -401,6 +649,19 @@ impl Keyframer {
             "keyframe finished"
         );
         Ok(summary)
+    }
+}
+
+/// Says what [`Store::ensure_layout`] rebuilt, if anything.
+pub fn log_relayout(producer: &str, r: crate::store::Relayout) {
+    if r.rebuilt() {
+        info!(
+            producer,
+            rows = r.rows,
+            buckets_renumbered = r.buckets,
+            hashes_recomputed = r.hashes,
+            "layout changed (bucket_bits or ignore): rows re-laid out and bucket digests rebuilt before comparing"
+        );
     }
 }
 

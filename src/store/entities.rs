@@ -104,6 +104,24 @@ pub struct LocalRow {
     pub updated_at: i64,
 }
 
+/// What [`Store::ensure_layout`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Relayout {
+    /// `bucket_bits` differed from the recorded layout: rows renumbered.
+    pub buckets: bool,
+    /// The hashing rules differed: every stored hash recomputed from its document.
+    pub hashes: bool,
+    /// Rows of the producer seen (tombstones included).
+    pub rows: u64,
+}
+
+impl Relayout {
+    /// Whether stored rows changed layout (a first record of an empty producer does not count).
+    pub fn rebuilt(&self) -> bool {
+        (self.buckets || self.hashes) && self.rows > 0
+    }
+}
+
 /// The first broken link `verify_chain` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainBreak {
@@ -196,64 +214,147 @@ impl Store {
         Ok((seq, chain))
     }
 
-    /// Makes the stored bucket numbers and digests of `producer` use
-    /// `bucket_bits`, recomputing them from the rows when the configured value
-    /// changed. Returns whether a rebuild happened. Holds the producer's write
-    /// lock, so no entity write interleaves.
-    pub async fn ensure_bucket_bits(
+    /// Makes the stored rows of `producer` follow its layout: bucket numbers
+    /// of `bucket_bits`, and hashes under `hasher`'s rules (its ignored
+    /// pointers). When either differs from what is recorded in `layouts`,
+    /// every row is renumbered and rehashed from its stored document and the
+    /// bucket digests are rebuilt, under the producer's write lock, so no
+    /// entity write interleaves and a changed layout is never mistaken for
+    /// drift. A rehash appends nothing to `changes`: no document changed.
+    pub async fn ensure_layout(
         &self,
         producer: &str,
         bucket_bits: u8,
-    ) -> Result<bool, StoreError> {
+        hasher: &RecordHasher,
+    ) -> Result<Relayout, StoreError> {
+        let rules = hasher.fingerprint();
         let mut tx = self.begin_write().await?;
         self.lock_producer(&mut tx, producer).await?;
-        let stored: Option<i64> =
-            sqlx::query_scalar("SELECT bucket_bits FROM layouts WHERE producer = $1")
-                .bind(producer)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db("read the bucket layout"))?;
-        if stored == Some(i64::from(bucket_bits)) {
-            tx.commit().await.map_err(db("commit the bucket layout"))?;
-            return Ok(false);
-        }
-        let rows = sqlx::query("SELECT key, hash FROM entities WHERE producer = $1")
+        let stored = sqlx::query("SELECT bucket_bits, hash_rules FROM layouts WHERE producer = $1")
             .bind(producer)
-            .fetch_all(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(db("read rows to rebuild buckets"))?;
+            .map_err(db("read the layout"))?;
+        let (bits, stored_rules): (Option<i64>, Option<String>) = match &stored {
+            Some(r) => (
+                r.try_get(0).map_err(db("read the layout"))?,
+                r.try_get(1).map_err(db("read the layout"))?,
+            ),
+            None => (None, None),
+        };
+        let mut relayout = Relayout {
+            buckets: bits != Some(i64::from(bucket_bits)),
+            hashes: stored_rules.as_deref() != Some(rules.as_str()),
+            rows: 0,
+        };
+        if relayout.buckets || relayout.hashes {
+            relayout.rows = self
+                .relayout_rows(
+                    &mut tx,
+                    producer,
+                    bucket_bits,
+                    relayout.hashes.then_some(hasher),
+                )
+                .await?;
+            sqlx::query(
+                "INSERT INTO layouts (producer, bucket_bits, hash_rules) VALUES ($1, $2, $3)
+                 ON CONFLICT (producer) DO UPDATE SET bucket_bits = excluded.bucket_bits,
+                   hash_rules = excluded.hash_rules",
+            )
+            .bind(producer)
+            .bind(i64::from(bucket_bits))
+            .bind(&rules)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("record the layout"))?;
+        }
+        tx.commit().await.map_err(db("commit the layout"))?;
+        Ok(relayout)
+    }
+
+    /// Renumbers (and, given a hasher, rehashes) every row of `producer` a
+    /// page at a time, then rebuilds its bucket digests. Returns the rows seen.
+    async fn relayout_rows(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        producer: &str,
+        bucket_bits: u8,
+        rehash: Option<&RecordHasher>,
+    ) -> Result<u64, StoreError> {
+        const PAGE: i64 = 1_000;
         let mut digests: BTreeMap<u32, Digest> = BTreeMap::new();
-        for r in &rows {
-            let key: String = r.try_get(0).map_err(db("read rows to rebuild buckets"))?;
-            let bucket = bucket_of(&key, bucket_bits);
-            if let Some(h) = hash_col(r, 1)? {
-                digests.entry(bucket).or_default().add(&key, &h);
+        let mut after = String::new();
+        let mut seen = 0u64;
+        loop {
+            let page = sqlx::query(
+                "SELECT key, doc, hash, bucket FROM entities WHERE producer = $1 AND key > $2
+                 ORDER BY key LIMIT $3",
+            )
+            .bind(producer)
+            .bind(&after)
+            .bind(PAGE)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db("read rows to re-lay out"))?;
+            let Some(last) = page.last() else { break };
+            after = last.try_get(0).map_err(db("read rows to re-lay out"))?;
+            seen += page.len() as u64;
+            let mut updates: Vec<(String, Option<RecordHash>, u32)> = Vec::new();
+            for r in &page {
+                let e = db("read rows to re-lay out");
+                let key: String = r.try_get(0).map_err(e)?;
+                let old_hash = hash_col(r, 2)?;
+                let old_bucket = r.try_get::<i64, _>(3).map_err(e)? as u32;
+                let hash = match rehash {
+                    None => old_hash,
+                    Some(hasher) => {
+                        let doc: Option<String> = r.try_get(1).map_err(e)?;
+                        doc.map(|d| {
+                            serde_json::from_str::<Value>(&d)
+                                .map(|v| hasher.hash(&v))
+                                .map_err(|err| StoreError::Corrupt {
+                                    table: "entities",
+                                    reason: format!("doc of key {key:?} is not JSON: {err}"),
+                                })
+                        })
+                        .transpose()?
+                    }
+                };
+                let bucket = bucket_of(&key, bucket_bits);
+                if let Some(h) = &hash {
+                    digests.entry(bucket).or_default().add(&key, h);
+                }
+                if hash != old_hash || bucket != old_bucket {
+                    updates.push((key, hash, bucket));
+                }
             }
-            sqlx::query("UPDATE entities SET bucket = $3 WHERE producer = $1 AND key = $2")
-                .bind(producer)
-                .bind(&key)
-                .bind(i64::from(bucket))
-                .execute(&mut *tx)
-                .await
-                .map_err(db("renumber an entity's bucket"))?;
+            for chunk in updates.chunks(500) {
+                // Every row exists (the producer's lock is held): the insert
+                // part never applies, only the update of hash and bucket.
+                let sql = format!(
+                    "INSERT INTO entities (producer, key, hash, bucket, source, updated_at) VALUES {}
+                     ON CONFLICT (producer, key) DO UPDATE SET hash = excluded.hash, bucket = excluded.bucket",
+                    placeholders(chunk.len(), 2, "($1, ?, ?, ?, '', 0)")
+                );
+                let mut q = sqlx::query(&sql).bind(producer);
+                for (key, hash, bucket) in chunk {
+                    q = q
+                        .bind(key.as_str())
+                        .bind(hash.map(|h| h.0.to_vec()))
+                        .bind(i64::from(*bucket));
+                }
+                q.execute(&mut **tx)
+                    .await
+                    .map_err(db("re-lay out entities"))?;
+            }
         }
         sqlx::query("DELETE FROM buckets WHERE producer = $1")
             .bind(producer)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(db("clear bucket digests"))?;
-        self.add_to_buckets(&mut tx, producer, &digests).await?;
-        sqlx::query(
-            "INSERT INTO layouts (producer, bucket_bits) VALUES ($1, $2)
-             ON CONFLICT (producer) DO UPDATE SET bucket_bits = excluded.bucket_bits",
-        )
-        .bind(producer)
-        .bind(i64::from(bucket_bits))
-        .execute(&mut *tx)
-        .await
-        .map_err(db("record the bucket layout"))?;
-        tx.commit().await.map_err(db("commit the bucket layout"))?;
-        Ok(!rows.is_empty())
+        self.add_to_buckets(tx, producer, &digests).await?;
+        Ok(seen)
     }
 
     /// The body of [`Store::write_entities`], inside a caller's transaction.
@@ -267,13 +368,18 @@ impl Store {
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         let now = now_ms();
         let (mut seq, mut chain) = self.lock_producer(tx, producer).await?;
-        // The first write of a producer records the layout its bucket numbers use.
-        sqlx::query("INSERT INTO layouts (producer, bucket_bits) VALUES ($1, $2) ON CONFLICT (producer) DO NOTHING")
-            .bind(producer)
-            .bind(i64::from(bucket_bits))
-            .execute(&mut **tx)
-            .await
-            .map_err(db("record the bucket layout"))?;
+        // The first write of a producer records the layout its bucket numbers
+        // and hashes use.
+        sqlx::query(
+            "INSERT INTO layouts (producer, bucket_bits, hash_rules) VALUES ($1, $2, $3)
+             ON CONFLICT (producer) DO NOTHING",
+        )
+        .bind(producer)
+        .bind(i64::from(bucket_bits))
+        .bind(hasher.fingerprint())
+        .execute(&mut **tx)
+        .await
+        .map_err(db("record the bucket layout"))?;
 
         // Read every touched row once, decide each write in order against the
         // state earlier writes of the batch left, then flush with multi-row

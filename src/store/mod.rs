@@ -21,7 +21,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 
 pub use entities::{
-    ChainBreak, Change, Entity, EntityWrite, LocalRow, Ordering, Source, WriteOutcome,
+    ChainBreak, Change, Entity, EntityWrite, LocalRow, Ordering, Relayout, Source, WriteOutcome,
 };
 pub use feed::FeedChange;
 pub use inbox::{

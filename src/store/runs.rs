@@ -1,5 +1,7 @@
 //! Keyframe runs, their drift lists, and named leases (one keyframe per producer at a time).
 
+use std::collections::BTreeMap;
+
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -32,6 +34,8 @@ pub struct RunRow {
     pub counts: RunCounts,
     pub error: Option<String>,
     pub approved_at: Option<i64>,
+    /// The schedule tick the run served; `None` for a keyframe started by hand.
+    pub scheduled_for: Option<i64>,
 }
 
 /// What [`Store::prune`] deleted.
@@ -55,7 +59,8 @@ pub struct DriftRow {
 
 const RUN_COLUMNS: &str =
     "id, producer, state, started_at, finished_at, records, buckets_compared, \
-     buckets_mismatched, rows_read, missing, extra, changed, skipped_races, error, approved_at";
+     buckets_mismatched, rows_read, missing, extra, changed, skipped_races, error, approved_at, \
+     scheduled_for";
 
 fn run_from_row(r: &AnyRow) -> Result<RunRow, StoreError> {
     let e = db("read a keyframe run");
@@ -82,21 +87,69 @@ fn run_from_row(r: &AnyRow) -> Result<RunRow, StoreError> {
         },
         error: r.try_get(13).map_err(e)?,
         approved_at: r.try_get(14).map_err(e)?,
+        scheduled_for: r.try_get(15).map_err(e)?,
     })
 }
 
 impl Store {
-    /// Records a new run in state `running` and returns its id.
-    pub async fn start_run(&self, producer: &str, started_at: i64) -> Result<i64, StoreError> {
+    /// Records a new run in state `running` (serving schedule tick
+    /// `scheduled_for`, if any) and returns its id.
+    pub async fn start_run(
+        &self,
+        producer: &str,
+        started_at: i64,
+        scheduled_for: Option<i64>,
+    ) -> Result<i64, StoreError> {
         sqlx::query_scalar(
-            "INSERT INTO keyframe_runs (producer, started_at, state) VALUES ($1, $2, $3) RETURNING id",
+            "INSERT INTO keyframe_runs (producer, started_at, state, scheduled_for)
+             VALUES ($1, $2, $3, $4) RETURNING id",
         )
         .bind(producer)
         .bind(started_at)
         .bind(RunState::Running.as_str())
+        .bind(scheduled_for)
         .fetch_one(&self.pool)
         .await
         .map_err(db("record a keyframe run"))
+    }
+
+    /// Fails every `running` run of `producer` with `error`. Called by the
+    /// holder of the producer's keyframe lease: no other run can be under way,
+    /// so these were left by a process that stopped. Returns the runs closed.
+    pub async fn fail_running_runs(&self, producer: &str, error: &str) -> Result<u64, StoreError> {
+        RunState::Running
+            .check(RunState::Failed)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let done = sqlx::query(
+            "UPDATE keyframe_runs SET state = $2, finished_at = $3, error = $4
+             WHERE producer = $1 AND state = $5",
+        )
+        .bind(producer)
+        .bind(RunState::Failed.as_str())
+        .bind(now_ms())
+        .bind(error)
+        .bind(RunState::Running.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db("close orphaned keyframe runs"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Claims schedule tick `tick` (ms) of `producer`: true if no run served
+    /// it or a later tick yet. One conditional statement, so exactly one
+    /// replica claims each tick.
+    pub async fn claim_tick(&self, producer: &str, tick: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO schedule_ticks (producer, tick) VALUES ($1, $2)
+             ON CONFLICT (producer) DO UPDATE SET tick = excluded.tick
+             WHERE schedule_ticks.tick < excluded.tick",
+        )
+        .bind(producer)
+        .bind(tick)
+        .execute(&self.pool)
+        .await
+        .map_err(db("claim a schedule tick"))?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Moves a run to its final state with its counts; refuses an invalid transition.
@@ -183,6 +236,53 @@ impl Store {
         .fetch_one(&self.pool)
         .await
         .map_err(db("find the previous keyframe run"))
+    }
+
+    /// Per producer, the run awaiting approval: the producer's latest run that
+    /// compared (`ok`, `guarded` or `approved`), when that run is `guarded`.
+    pub async fn guarded_runs(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.producer, r.id FROM keyframe_runs r WHERE r.state = 'guarded'
+             AND r.id = (SELECT MAX(n.id) FROM keyframe_runs n
+                         WHERE n.producer = r.producer AND n.state IN ('ok', 'guarded', 'approved'))",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("find guarded keyframe runs"))?;
+        rows.iter()
+            .map(|r| {
+                let e = db("find guarded keyframe runs");
+                Ok((r.try_get(0).map_err(e)?, r.try_get(1).map_err(e)?))
+            })
+            .collect()
+    }
+
+    /// The producer's latest run after `id` that compared (`ok`, `guarded` or `approved`), if any.
+    pub async fn newer_compared_run(
+        &self,
+        producer: &str,
+        id: i64,
+    ) -> Result<Option<(i64, RunState)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, state FROM keyframe_runs WHERE producer = $1 AND id > $2
+               AND state IN ('ok', 'guarded', 'approved')
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(producer)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("find a newer keyframe run"))?;
+        row.map(|r| {
+            let e = db("find a newer keyframe run");
+            let state: String = r.try_get(1).map_err(e)?;
+            let state = RunState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                table: "keyframe_runs",
+                reason: format!("unknown state {state:?}"),
+            })?;
+            Ok((r.try_get(0).map_err(e)?, state))
+        })
+        .transpose()
     }
 
     /// Marks a guarded run approved; refuses any other state.
@@ -287,9 +387,10 @@ impl Store {
     }
 
     /// Deletes history older than `before_ms`: settled inbox rows, done or
-    /// cancelled work, and keyframe runs with their drift lists. Kept whatever
-    /// their age: pending deltas, open and dead work, guarded runs awaiting
-    /// approval, each producer's latest run, and the `changes` log.
+    /// cancelled work, and keyframe runs with their drift lists (guarded runs
+    /// included: by then they have expired and cannot be approved). Kept
+    /// whatever their age: pending deltas, open and dead work, running runs,
+    /// each producer's latest run, and the `changes` log.
     pub async fn prune(&self, before_ms: i64) -> Result<Pruned, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("begin pruning"))?;
         let run = |sql: &'static str| sqlx::query(sql).bind(before_ms);
@@ -304,7 +405,7 @@ impl Store {
             .map_err(db("prune work"))?
             .rows_affected();
         const OLD_RUNS: &str = "SELECT id FROM keyframe_runs WHERE started_at < $1
-             AND state NOT IN ('guarded', 'running')
+             AND state <> 'running'
              AND id NOT IN (SELECT MAX(id) FROM keyframe_runs GROUP BY producer)";
         let drifts = sqlx::query(&format!("DELETE FROM drifts WHERE run_id IN ({OLD_RUNS})"))
             .bind(before_ms)
@@ -350,6 +451,37 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(db("take a lease"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The holder of lease `name`, expired or not.
+    pub async fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT holder FROM leases WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read a lease"))
+    }
+
+    /// Gives lease `name` to `holder` if `from` still holds it, expired or not
+    /// (the caller established that `from` stopped). Returns whether it did.
+    pub async fn take_over_lease(
+        &self,
+        name: &str,
+        from: &str,
+        holder: &str,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE leases SET holder = $3, until = $4 WHERE name = $1 AND holder = $2",
+        )
+        .bind(name)
+        .bind(from)
+        .bind(holder)
+        .bind(now_ms() + ttl_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db("take over a lease"))?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -116,7 +116,7 @@ async fn verify_fails_naming_the_altered_row() {
     );
 }
 
-async fn run_async(args: &[&str]) -> (i32, String, String) {
+pub(crate) async fn run_async(args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(driftd_bin())
         .args(args)
         .env_remove("DRIFTD_CONFIG")
@@ -222,11 +222,25 @@ async fn keyframe_guard_approve_and_status_through_the_binary() {
     assert_eq!(orders["entities"], 120);
     assert_eq!(orders["runs"][0]["state"], "guarded");
     assert_eq!(orders["runs"][0]["extra"], 120);
+    assert_eq!(orders["guarded_run"], run_id, "{orders}");
+    let (code, stdout, _) = run_async(&["status", "--config", cfg]).await;
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains(&format!("GUARDED: run {run_id} "))
+            && stdout.contains(&format!("driftd approve {run_id}")),
+        "{stdout}"
+    );
 
     let (code, stdout, stderr) =
         run_async(&["approve", "--config", cfg, &run_id.to_string()]).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("120 work items emitted"), "{stdout}");
+    let (_, stdout, _) = run_async(&["status", "--config", cfg, "--json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        status["producers"][0]["guarded_run"],
+        serde_json::Value::Null
+    );
     let (code, _, stderr) = run_async(&["approve", "--config", cfg, &run_id.to_string()]).await;
     assert_ne!(code, 0);
     assert!(

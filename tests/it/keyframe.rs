@@ -456,7 +456,11 @@ async fn changing_bucket_bits_rebuilds_digests_without_false_drift(db: &TestDb) 
     assert_eq!(store.bucket_digests("orders").await.unwrap().len(), 64);
     assert!(store.list_work(None, 10).await.unwrap().is_empty());
     assert!(
-        !store.ensure_bucket_bits("orders", 6).await.unwrap(),
+        !store
+            .ensure_layout("orders", 6, &RecordHasher::default())
+            .await
+            .unwrap()
+            .rebuilt(),
         "no second rebuild"
     );
     // And drift is still found exactly under the new layout.
@@ -465,7 +469,448 @@ async fn changing_bucket_bits_rebuilds_digests_without_false_drift(db: &TestDb) 
     assert_eq!((s.missing, s.extra, s.changed), (0, 1, 0), "{s:?}");
 }
 
+/// The printed duration is the whole run: pull, compare, storing the drift list and emitting work.
+async fn duration_covers_storing_drift_and_emitting_work(db: &TestDb) {
+    let store = db.store().await;
+    let (_vendor, addr) = Vendor::start(6_000).await;
+    let p = producer(&crate::producer::snapshot_toml("none", addr), "");
+    let started = Instant::now();
+    let s = keyframe(&store, &p).await;
+    let wall = started.elapsed().as_millis() as u64;
+    assert_eq!((s.state, s.work_emitted), (RunState::Ok, 6_000), "{s:?}");
+    assert!(
+        s.duration_ms * 10 >= wall * 9,
+        "duration {} ms of a {wall} ms run",
+        s.duration_ms
+    );
+}
+
+/// Buckets compared are every bucket either side holds, never fewer than the mismatched ones.
+async fn buckets_compared_is_the_union_of_both_sides(db: &TestDb) {
+    let store = db.store().await;
+    let (_vendor, addr) = Vendor::start(3).await;
+    let p = producer(&crate::producer::snapshot_toml("none", addr), "");
+    // Three local rows the vendor does not have, in other buckets than its three.
+    let local: BTreeMap<String, Value> = (10..13).map(|i| record(i, 0)).collect();
+    seed(&store, &p, &local).await;
+    let s = keyframe(&store, &p).await;
+    assert_eq!((s.missing, s.extra), (3, 3), "{s:?}");
+    assert_eq!((s.buckets_compared, s.buckets_mismatched), (6, 6), "{s:?}");
+    let run = store.run(s.run_id.unwrap()).await.unwrap().unwrap();
+    assert_eq!(run.counts.buckets_compared, 6);
+}
+
+/// Ten deltas before the first keyframe of a 300-record producer: the
+/// keyframe adds the other 290 without an approval (additions lose nothing).
+async fn a_few_deltas_before_the_first_keyframe_do_not_guard_seeding(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(300).await;
+    let p = producer(&crate::producer::snapshot_toml("cursor", addr), "");
+    let early: BTreeMap<String, Value> = vendor.snapshot().into_iter().take(10).collect();
+    seed(&store, &p, &early).await;
+    let s = keyframe(&store, &p).await;
+    assert_eq!(
+        (s.state, s.missing, s.extra, s.changed, s.work_emitted),
+        (RunState::Ok, 290, 0, 0, 290),
+        "{s:?}"
+    );
+    drain_work(&store, &p).await;
+    let s = keyframe(&store, &p).await;
+    assert_eq!((s.state, s.drift()), (RunState::Ok, 0), "{s:?}");
+    assert_eq!(store.count_entities("orders").await.unwrap(), 300);
+}
+
+/// A guarded producer shows in the store's guarded runs and the
+/// `driftd_keyframe_guarded` gauge until a later keyframe lets it through.
+async fn a_guarded_producer_is_visible_until_a_run_lets_it_through(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(400).await;
+    let p = producer(&crate::producer::snapshot_toml("none", addr), "");
+    seed(&store, &p, &vendor.snapshot()).await;
+    let metrics = Metrics::new();
+    metrics.init_producer("orders");
+    let k = Keyframer::new(store.clone(), reqwest::Client::new(), metrics.clone());
+    let gauge = || {
+        metrics
+            .keyframe_guarded
+            .with_label_values(&["orders"])
+            .get()
+    };
+    assert_eq!(gauge(), 0);
+    *vendor.fault.lock().unwrap() = Fault::Empty;
+    let s = k.run(&p, false).await.unwrap();
+    assert_eq!((s.state, s.extra), (RunState::Guarded, 400), "{s:?}");
+    assert_eq!(gauge(), 1);
+    assert!(metrics
+        .render()
+        .contains("driftd_keyframe_guarded{producer=\"orders\"} 1"));
+    let guarded = store.guarded_runs().await.unwrap();
+    assert_eq!(guarded.get("orders"), s.run_id.as_ref(), "{guarded:?}");
+    // A failed run changes nothing: the producer is still guarded.
+    *vendor.fault.lock().unwrap() = Fault::ServerError;
+    let f = k.run(&p, false).await.unwrap();
+    assert_eq!(f.state, RunState::Failed);
+    assert_eq!(gauge(), 1);
+    assert_eq!(
+        store.guarded_runs().await.unwrap().get("orders"),
+        s.run_id.as_ref()
+    );
+    // The vendor recovers: the next keyframe is ok and the producer is no longer guarded.
+    *vendor.fault.lock().unwrap() = Fault::None;
+    let ok = k.run(&p, false).await.unwrap();
+    assert_eq!((ok.state, ok.drift()), (RunState::Ok, 0), "{ok:?}");
+    assert_eq!(gauge(), 0);
+    assert!(store.guarded_runs().await.unwrap().is_empty());
+}
+
+/// Writes a config file for the binary: database `db`, producer `orders` with `snapshot`.
+fn config_file(dir: &std::path::Path, db: &TestDb, snapshot: &str) -> String {
+    let path = dir.join("driftd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[database]\nurl = \"{}\"\n[[producer]]\nname = \"orders\"\nschedule = \"0 0 0 1 1 *\"\n[producer.snapshot]\n{snapshot}\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// A partial snapshot is guarded; the vendor recovers and the next run is ok;
+/// approving the old run then would delete 2,000 live rows, so it is refused.
+async fn approving_a_guarded_run_a_later_run_superseded_is_refused(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(3_000).await;
+    let snapshot = crate::producer::snapshot_toml("cursor", addr);
+    let p = producer(&snapshot, "");
+    seed(&store, &p, &vendor.snapshot()).await;
+    let full = vendor.snapshot();
+    vendor
+        .records
+        .lock()
+        .unwrap()
+        .retain(|k, _| k.as_str() < "ord-01000");
+    let guarded = keyframe(&store, &p).await;
+    assert_eq!(
+        (guarded.state, guarded.extra),
+        (RunState::Guarded, 2_000),
+        "{guarded:?}"
+    );
+    *vendor.records.lock().unwrap() = full;
+    let ok = keyframe(&store, &p).await;
+    assert_eq!((ok.state, ok.drift()), (RunState::Ok, 0), "{ok:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(dir.path(), db, &snapshot);
+    let id = guarded.run_id.unwrap().to_string();
+    let (code, stdout, stderr) = crate::cli::run_async(&["approve", "--config", &cfg, &id]).await;
+    assert_ne!(code, 0, "{stdout}");
+    assert!(
+        stderr.contains(&format!("run {} (ok)", ok.run_id.unwrap())) && stderr.contains("stale"),
+        "the refusal names the newer run: {stderr}"
+    );
+    assert!(
+        store.list_work(None, 10).await.unwrap().is_empty(),
+        "nothing emitted"
+    );
+    let run = store.run(guarded.run_id.unwrap()).await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Guarded);
+    assert_eq!(store.count_entities("orders").await.unwrap(), 3_000);
+}
+
+/// A guarded run older than `retention_days` cannot be approved, and is pruned
+/// with the other runs; a failed run since does not make it stale.
+async fn guarded_runs_expire_and_are_pruned(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(200).await;
+    let snapshot = crate::producer::snapshot_toml("none", addr);
+    let p = producer(&snapshot, "");
+    seed(&store, &p, &vendor.snapshot()).await;
+    *vendor.fault.lock().unwrap() = Fault::Empty;
+    let guarded = keyframe(&store, &p).await;
+    assert_eq!(guarded.state, RunState::Guarded, "{guarded:?}");
+    let id = guarded.run_id.unwrap();
+    *vendor.fault.lock().unwrap() = Fault::ServerError;
+    let failed = keyframe(&store, &p).await;
+    assert_eq!(failed.state, RunState::Failed);
+
+    let text = format!(
+        "[database]\nurl = \"{}\"\nretention_days = 30\n[[producer]]\nname = \"orders\"\nschedule = \"0 0 0 1 1 *\"\n[producer.snapshot]\n{snapshot}\n",
+        db.url
+    );
+    let config = Config::parse("test.toml", &text, &|_| None).unwrap().config;
+    let day = 86_400_000i64;
+    sqlx::query("UPDATE keyframe_runs SET started_at = started_at - $1 WHERE id = $2")
+        .bind(31 * day)
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let err = keyframer(&store).approve(&config, id).await.unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+    assert!(store.list_work(None, 10).await.unwrap().is_empty());
+
+    let pruned = store
+        .prune(driftd::store::now_ms() - 30 * day)
+        .await
+        .unwrap();
+    assert_eq!((pruned.runs, pruned.drifts), (1, 200), "{pruned:?}");
+    assert!(store.run(id).await.unwrap().is_none());
+    assert!(store.drifts_of_run(id).await.unwrap().is_empty());
+    assert!(
+        store.run(failed.run_id.unwrap()).await.unwrap().is_some(),
+        "the latest run is kept"
+    );
+}
+
+/// Adding `/fetched_at` to `ignore` recomputes the stored hashes before
+/// anything compares: no false drift, and drift is still found exactly after.
+async fn changing_ignore_rehashes_stored_rows_without_false_drift(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(3_000).await;
+    let snapshot = crate::producer::snapshot_toml("cursor", addr);
+    let before = producer(&snapshot, "");
+    // The rows as deltas delivered them, each with the volatile field.
+    let local: BTreeMap<String, Value> = vendor
+        .snapshot()
+        .into_iter()
+        .map(|(k, mut d)| {
+            d["fetched_at"] = Value::String("2026-01-01T00:00:00Z".into());
+            (k, d)
+        })
+        .collect();
+    seed(&store, &before, &local).await;
+    // The vendor serves a different fetched_at on every pull; the operator ignores it.
+    vendor.scramble.store(true, AtomicOrdering::Relaxed);
+    let after = producer(&format!("{snapshot}\nignore = [\"/fetched_at\"]"), "");
+    let s = keyframe(&store, &after).await;
+    assert_eq!(
+        (s.state, s.drift(), s.rows_read),
+        (RunState::Ok, 0, 0),
+        "{s:?}"
+    );
+    let hasher = RecordHasher::new(&after.snapshot.ignore).unwrap();
+    let entities = store.entities("orders").await.unwrap();
+    assert_eq!(entities.len(), 3_000);
+    for e in &entities {
+        assert_eq!(
+            e.hash,
+            Some(hasher.hash(e.doc.as_ref().unwrap())),
+            "{}",
+            e.key
+        );
+    }
+    assert!(
+        !store
+            .ensure_layout("orders", after.bucket_bits, &hasher)
+            .await
+            .unwrap()
+            .rebuilt(),
+        "no second rehash"
+    );
+    assert!(store.list_work(None, 10).await.unwrap().is_empty());
+    vendor.records.lock().unwrap().get_mut("ord-00007").unwrap()["status"] =
+        Value::String("edited".into());
+    let s = keyframe(&store, &after).await;
+    assert_eq!((s.missing, s.extra, s.changed), (0, 0, 1), "{s:?}");
+}
+
+/// Sends `signal` (`INT`, `TERM`, `KILL`) to process `pid`.
+fn send_signal(signal: &str, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Waits until the newest run of `orders` is `running` and the vendor served a page; returns its id.
+async fn wait_for_running_run(store: &Store, vendor: &Vendor) -> i64 {
+    let served = vendor.pages_served.load(AtomicOrdering::Relaxed);
+    crate::support::wait_for("a keyframe run under way", 30, || {
+        let store = store.clone();
+        let vendor = vendor.clone();
+        async move {
+            let runs = store.runs("orders", 1).await.unwrap();
+            runs.first().is_some_and(|r| r.state == RunState::Running)
+                && vendor.pages_served.load(AtomicOrdering::Relaxed) > served
+        }
+    })
+    .await;
+    store.runs("orders", 1).await.unwrap()[0].id
+}
+
+async fn lease_count(store: &Store) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM leases")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+/// A vendor of 2,000 records serving each of its 8 pages in 0.5 s, seeded locally.
+async fn slow_vendor(store: &Store) -> (Vendor, String, ProducerConfig) {
+    let (vendor, addr) = Vendor::start(2_000).await;
+    let snapshot = crate::producer::snapshot_toml("cursor", addr);
+    let p = producer(&snapshot, "");
+    seed(store, &p, &vendor.snapshot()).await;
+    vendor.delay_ms.store(500, AtomicOrdering::Relaxed);
+    (vendor, snapshot, p)
+}
+
+/// SIGINT or SIGTERM to `driftd keyframe` mid-pull: the run is recorded
+/// `failed` (interrupted), the lease released, and the next keyframe runs at once.
+async fn an_interrupted_keyframe_command_is_recorded_failed_and_frees_its_lease(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, snapshot, p) = slow_vendor(&store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(dir.path(), db, &snapshot);
+    for signal in ["INT", "TERM"] {
+        let child = tokio::process::Command::new(crate::support::driftd_bin())
+            .args(["keyframe", "--config", &cfg, "orders"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start driftd keyframe");
+        let id = wait_for_running_run(&store, &vendor).await;
+        send_signal(signal, child.id().unwrap());
+        let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+            .await
+            .expect("driftd keyframe exits after the signal")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "SIG{signal}: {stdout}");
+        assert!(
+            stdout.contains("failed") && stdout.contains("interrupted"),
+            "{stdout}"
+        );
+        let run = store.run(id).await.unwrap().unwrap();
+        assert_eq!(run.state, RunState::Failed, "SIG{signal}: {run:?}");
+        assert!(
+            run.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("interrupted"),
+            "{run:?}"
+        );
+        assert!(run.finished_at.is_some());
+        assert_eq!(
+            lease_count(&store).await,
+            0,
+            "SIG{signal}: the lease is released"
+        );
+        assert!(store.drifts_of_run(id).await.unwrap().is_empty());
+    }
+    vendor.delay_ms.store(0, AtomicOrdering::Relaxed);
+    let s = keyframe(&store, &p).await;
+    assert_eq!((s.state, s.drift()), (RunState::Ok, 0), "{s:?}");
+}
+
+/// SIGTERM to `driftd run` mid-pull: the scheduled run is recorded `failed`
+/// (interrupted) and its lease released before the daemon exits.
+async fn sigterm_to_the_daemon_mid_pull_records_the_run_failed(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, snapshot, p) = slow_vendor(&store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("daemon.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n[database]\nurl = \"{}\"\n[[producer]]\nname = \"orders\"\nschedule = \"* * * * * *\"\n[producer.snapshot]\n{snapshot}\n",
+            crate::support::free_port(),
+            db.url
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(crate::support::driftd_bin())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start driftd run");
+    let id = wait_for_running_run(&store, &vendor).await;
+    send_signal("TERM", child.id().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the daemon exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let run = store.run(id).await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Failed, "{run:?}");
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("interrupted"),
+        "{run:?}"
+    );
+    let runs = store.runs("orders", 100).await.unwrap();
+    assert!(
+        runs.iter().all(|r| r.state != RunState::Running),
+        "{runs:?}"
+    );
+    assert_eq!(lease_count(&store).await, 0, "the lease is released");
+    vendor.delay_ms.store(0, AtomicOrdering::Relaxed);
+    let s = keyframe(&store, &p).await;
+    assert_eq!((s.state, s.drift()), (RunState::Ok, 0), "{s:?}");
+}
+
+/// SIGKILL to `driftd keyframe` mid-pull leaves a `running` run and a held
+/// lease; the next keyframe takes the lease over at once (its holder's
+/// process is gone) and closes the orphaned run.
+async fn a_killed_keyframe_is_closed_by_the_next_lease_holder(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, snapshot, p) = slow_vendor(&store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(dir.path(), db, &snapshot);
+    let mut child = tokio::process::Command::new(crate::support::driftd_bin())
+        .args(["keyframe", "--config", &cfg, "orders"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start driftd keyframe");
+    let orphan = wait_for_running_run(&store, &vendor).await;
+    send_signal("KILL", child.id().unwrap());
+    child.wait().await.unwrap();
+    assert_eq!(
+        store.run(orphan).await.unwrap().unwrap().state,
+        RunState::Running
+    );
+    assert_eq!(
+        lease_count(&store).await,
+        1,
+        "the killed process still holds the lease"
+    );
+
+    vendor.delay_ms.store(0, AtomicOrdering::Relaxed);
+    let s = keyframer(&store)
+        .run(&p, false)
+        .await
+        .expect("the next keyframe takes the lease over without waiting for it to expire");
+    assert_eq!((s.state, s.drift()), (RunState::Ok, 0), "{s:?}");
+    let run = store.run(orphan).await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Failed, "{run:?}");
+    assert_eq!(
+        run.error.as_deref(),
+        Some("interrupted: the process holding it stopped")
+    );
+    assert_eq!(lease_count(&store).await, 0);
+}
+
 crate::on_both_backends!(
+    an_interrupted_keyframe_command_is_recorded_failed_and_frees_its_lease,
+    sigterm_to_the_daemon_mid_pull_records_the_run_failed,
+    a_killed_keyframe_is_closed_by_the_next_lease_holder,
+    changing_ignore_rehashes_stored_rows_without_false_drift,
+    approving_a_guarded_run_a_later_run_superseded_is_refused,
+    guarded_runs_expire_and_are_pruned,
+    a_few_deltas_before_the_first_keyframe_do_not_guard_seeding,
+    a_guarded_producer_is_visible_until_a_run_lets_it_through,
+    duration_covers_storing_drift_and_emitting_work,
+    buckets_compared_is_the_union_of_both_sides,
     changing_bucket_bits_rebuilds_digests_without_false_drift,
     drift_style_none,
     drift_style_cursor,

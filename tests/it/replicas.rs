@@ -1,4 +1,4 @@
-//! Several `driftd run` processes on one PostgreSQL database: each work item is carried out once, one keyframe per producer at a time, and a killed worker's item is finished by the other.
+//! Several `driftd run` processes on one PostgreSQL database: each work item is carried out once, one keyframe per producer at a time, one run per schedule tick, and a killed worker's item is finished by the other.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -133,6 +133,69 @@ async fn two_daemons_share_the_queue_and_the_keyframe_lease() {
             b.id
         );
     }
+}
+
+/// Two replicas on a `* * * * * *` schedule, started at different phases of
+/// the second: every tick is served by one run, fired on the whole second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_scheduled_tick_is_one_run_across_replicas() {
+    use driftd::app::App;
+    use driftd::config::Config;
+    use std::collections::BTreeSet;
+    use tokio_util::sync::CancellationToken;
+
+    let db = TestDb::postgres().await;
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(50).await;
+    let snapshot = crate::producer::snapshot_toml("none", addr);
+    seed(&store, &producer(&snapshot, ""), &vendor.snapshot()).await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{}\"\nmax_connections = 4\n\
+         [[producer]]\nname = \"orders\"\nschedule = \"* * * * * *\"\n[producer.snapshot]\n{snapshot}\n",
+        db.url
+    );
+    let window = std::time::Instant::now();
+    let mut replicas = Vec::new();
+    for i in 0..2 {
+        if i > 0 {
+            // Not waiting for anything: the second replica starts 0.4 s into a second.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let config = Config::parse("replica.toml", &text, &|_| None)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .config;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = App::build(config, Some(listener)).await.unwrap();
+        let shutdown = CancellationToken::new();
+        replicas.push((shutdown.clone(), tokio::spawn(app.run(shutdown))));
+    }
+    crate::support::wait_for("six scheduled keyframes", 30, || {
+        let store = store.clone();
+        async move { store.runs("orders", 100).await.unwrap().len() >= 6 }
+    })
+    .await;
+    for (shutdown, task) in replicas {
+        shutdown.cancel();
+        task.await.unwrap().expect("replica stops cleanly");
+    }
+    let seconds = window.elapsed().as_secs() as usize;
+
+    let runs = store.runs("orders", 1_000).await.unwrap();
+    let ticks: BTreeSet<i64> = runs
+        .iter()
+        .map(|r| r.scheduled_for.expect("a scheduled run records its tick"))
+        .collect();
+    assert_eq!(ticks.len(), runs.len(), "no tick served twice: {runs:?}");
+    for r in &runs {
+        let tick = r.scheduled_for.unwrap();
+        assert_eq!(tick % 1_000, 0, "ticks are whole seconds: {r:?}");
+        assert!(r.started_at >= tick, "{r:?}");
+    }
+    assert!(
+        runs.len() <= seconds + 1,
+        "{} runs in {seconds} s of a once-a-second schedule",
+        runs.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -387,10 +387,10 @@ async fn prune_deletes_old_history_and_keeps_what_matters(db: &TestDb) {
              VALUES ({at}, '{{}}', 'p', 'k{i}', 'apply', '{state}', {at}, 5, 'd{i}', {at})"
         )).await;
     }
-    // Runs: old ok, old guarded, the latest (old too), each with a drift row.
+    // Runs: old ok, old guarded (expired), the latest (old too), each with a drift row.
     let mut ids = Vec::new();
     for state in ["ok", "guarded", "ok"] {
-        let id = store.start_run("p", 1_000).await.unwrap();
+        let id = store.start_run("p", 1_000, None).await.unwrap();
         exec(format!(
             "UPDATE keyframe_runs SET state = '{state}' WHERE id = {id}"
         ))
@@ -407,8 +407,8 @@ async fn prune_deletes_old_history_and_keeps_what_matters(db: &TestDb) {
         driftd::store::Pruned {
             inbox: 1,
             work: 1,
-            drifts: 1,
-            runs: 1
+            drifts: 2,
+            runs: 2
         }
     );
     assert!(
@@ -416,14 +416,15 @@ async fn prune_deletes_old_history_and_keeps_what_matters(db: &TestDb) {
         "old ok run pruned"
     );
     assert!(
-        store.run(ids[1]).await.unwrap().is_some(),
-        "guarded run kept for approval"
+        store.run(ids[1]).await.unwrap().is_none(),
+        "an old guarded run has expired and is pruned"
     );
     assert!(
         store.run(ids[2]).await.unwrap().is_some(),
         "the producer's latest run kept"
     );
-    assert_eq!(store.drifts_of_run(ids[1]).await.unwrap().len(), 1);
+    assert!(store.drifts_of_run(ids[1]).await.unwrap().is_empty());
+    assert_eq!(store.drifts_of_run(ids[2]).await.unwrap().len(), 1);
     let states: Vec<String> = store
         .list_work(None, 10)
         .await
