@@ -44,6 +44,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// An admin error: a status and a message safe to show the caller.
+#[derive(Debug)]
 struct AdminError(StatusCode, String);
 
 impl IntoResponse for AdminError {
@@ -101,7 +102,9 @@ async fn keyframe(
             format!("unknown producer {producer:?}"),
         ));
     };
-    match s.keyframer.run(p, false).await {
+    let (keyframer, p) = (s.keyframer.clone(), p.clone());
+    let ran = crate::server::uncancelled(&s.tasks, async move { keyframer.run(&p, false).await });
+    match ran.await {
         Ok(summary) => {
             if summary.work_emitted > 0 {
                 s.wake.notify_waiters();
@@ -131,17 +134,22 @@ async fn approve(
     Path(run_id): Path<i64>,
 ) -> Result<Json<Value>, AdminError> {
     authorize(&s, &headers)?;
-    let run = s.store.approve_run(run_id).await?;
-    let Some(p) = s.config.producer(&run.producer) else {
-        return Err(AdminError(
-            StatusCode::CONFLICT,
-            format!(
-                "run {run_id} belongs to producer {:?}, which is not configured",
-                run.producer
-            ),
-        ));
-    };
-    let emitted = crate::work::emit_run(&s.store, p, run_id).await?;
+    let (store, config) = (s.store.clone(), s.config.clone());
+    let (run, emitted) = crate::server::uncancelled(&s.tasks, async move {
+        let run = store.approve_run(run_id).await?;
+        let Some(p) = config.producer(&run.producer) else {
+            return Err(AdminError(
+                StatusCode::CONFLICT,
+                format!(
+                    "run {run_id} belongs to producer {:?}, which is not configured",
+                    run.producer
+                ),
+            ));
+        };
+        let emitted = crate::work::emit_run(&store, p, run_id).await?;
+        Ok((run, emitted))
+    })
+    .await?;
     s.wake.notify_waiters();
     Ok(Json(
         json!({ "run_id": run_id, "producer": run.producer, "work_emitted": emitted }),

@@ -5,6 +5,7 @@ mod cli;
 mod demo;
 mod ingest;
 mod keyframe;
+mod lifecycle;
 mod logs;
 mod observe;
 mod producer;

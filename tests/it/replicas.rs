@@ -60,7 +60,7 @@ fn spawn_daemon_with(
     Daemon(child)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::limited_test! {
 async fn two_daemons_share_the_queue_and_the_keyframe_lease() {
     let db = TestDb::postgres().await;
     let store = db.store().await;
@@ -134,8 +134,9 @@ async fn two_daemons_share_the_queue_and_the_keyframe_lease() {
         );
     }
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::limited_test! {
 async fn a_worker_killed_mid_item_is_finished_by_another_once() {
     use axum::http::HeaderMap;
     use std::collections::BTreeSet;
@@ -232,4 +233,5 @@ async fn a_worker_killed_mid_item_is_finished_by_another_once() {
         1,
         "the effect happened once"
     );
+}
 }
