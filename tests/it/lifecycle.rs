@@ -333,7 +333,51 @@ async fn readyz_fails_while_the_write_path_cannot_commit(db: &TestDb) {
     daemon.stop().await;
 }
 
+/// An open store runs no task of its own between queries: nothing (such as
+/// a pool maintenance task) is left to spin while a runtime shuts down.
+async fn an_idle_store_runs_no_task(db: &TestDb) {
+    let store = db.store().await;
+    store.count_entities("orders").await.unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    wait_for("every task of the store to finish", 10, || async {
+        metrics.num_alive_tasks() == 0
+    })
+    .await;
+    store.close().await;
+}
+
+/// The per-test limit: a hung test fails fast, naming itself; a failing one
+/// fails with its own message; a passing one passes.
+#[test]
+fn a_hung_test_fails_fast_naming_itself() {
+    use crate::support::run_limited_for;
+    let started = Instant::now();
+    let hung = std::panic::catch_unwind(|| {
+        run_limited_for("hangs", Duration::from_secs(1), std::future::pending())
+    })
+    .expect_err("a hung test fails");
+    assert_eq!(
+        hung.downcast_ref::<String>().map(String::as_str),
+        Some("test hangs exceeded 1 s")
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let failing = std::panic::catch_unwind(|| {
+        run_limited_for("fails", Duration::from_secs(30), async {
+            panic!("the test's own failure")
+        })
+    })
+    .expect_err("a failing test fails");
+    assert_eq!(
+        failing.downcast_ref::<&str>().copied(),
+        Some("the test's own failure")
+    );
+    run_limited_for("passes", Duration::from_secs(30), async {
+        tokio::task::yield_now().await
+    });
+}
+
 crate::on_both_backends!(
+    an_idle_store_runs_no_task,
     hung_up_clients_cancel_no_commit,
     a_connection_left_in_a_transaction_is_not_reused,
     readyz_fails_while_the_write_path_cannot_commit,

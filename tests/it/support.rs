@@ -131,7 +131,14 @@ pub fn run_limited<F>(name: &str, body: F)
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    let limit = test_limit();
+    run_limited_for(name, test_limit(), body)
+}
+
+/// [`run_limited`] with an explicit limit.
+pub fn run_limited_for<F>(name: &str, limit: std::time::Duration, body: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let (done, finished) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::Builder::new()
         .name(name.to_string())
