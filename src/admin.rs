@@ -46,6 +46,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// An admin error: a status and a message safe to show the caller.
+#[derive(Debug)]
 struct AdminError(StatusCode, String);
 
 impl IntoResponse for AdminError {
@@ -105,17 +106,12 @@ async fn keyframe(
     };
     // In a task the request awaits: a client hanging up never drops a run
     // half-way (it would stay `running` and hold its lease).
-    let keyframer = s.keyframer.clone();
-    let producer = p.clone();
-    let ran = tokio::spawn(async move { keyframer.run(&producer, false).await })
-        .await
-        .map_err(|e| {
-            warn!(error = %e, "admin keyframe task failed");
-            AdminError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "keyframe could not run; see the daemon's log".into(),
-            )
-        })?;
+    let (keyframer, producer) = (s.keyframer.clone(), p.clone());
+    let ran = crate::server::uncancelled(
+        &s.tasks,
+        async move { keyframer.run(&producer, false).await },
+    )
+    .await;
     match ran {
         Ok(summary) => {
             if summary.work_emitted > 0 {
@@ -137,17 +133,13 @@ async fn approve(
     authorize(&s, &headers)?;
     // In a task the request awaits: a client hanging up never cuts an
     // approval between marking the run and emitting its work.
-    let keyframer = s.keyframer.clone();
-    let config = s.config.clone();
-    let approved = tokio::spawn(async move { keyframer.approve(&config, run_id).await })
-        .await
-        .map_err(|e| {
-            warn!(error = %e, "admin approval task failed");
-            AdminError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "approval could not run; see the daemon's log".into(),
-            )
-        })?;
+    let (keyframer, config) = (s.keyframer.clone(), s.config.clone());
+    let approved =
+        crate::server::uncancelled(
+            &s.tasks,
+            async move { keyframer.approve(&config, run_id).await },
+        )
+        .await;
     match approved {
         Ok(a) => Ok(Json(
             serde_json::to_value(a).expect("an approval serializes"),

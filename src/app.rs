@@ -38,6 +38,23 @@ impl App {
             config.database.max_connections,
         )
         .await?;
+        match Self::prepare(&config, &store, listener).await {
+            Ok((listener, client)) => Ok(Self::assemble(config, store, listener, client)),
+            Err(e) => {
+                store.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Binds the listener (unless given), builds the HTTP client, and brings
+    /// every producer's bucket layout up to date.
+    async fn prepare(
+        config: &Config,
+        store: &Store,
+        listener: Option<TcpListener>,
+    ) -> anyhow::Result<(TcpListener, reqwest::Client)> {
+        let client = crate::cli::http_client()?;
         let listener = match listener {
             Some(l) => l,
             None => TcpListener::bind(&config.server.listen)
@@ -51,6 +68,15 @@ impl App {
                 store.ensure_layout(&p.name, p.bucket_bits, &hasher).await?,
             );
         }
+        Ok((listener, client))
+    }
+
+    fn assemble(
+        config: Config,
+        store: Store,
+        listener: TcpListener,
+        client: reqwest::Client,
+    ) -> Self {
         let metrics = Metrics::new();
         for p in &config.producers {
             metrics.init_producer(&p.name);
@@ -60,13 +86,13 @@ impl App {
                 crate::config::Action::None => {}
             }
         }
-        Ok(Self {
+        Self {
             config: Arc::new(config),
             store,
             metrics,
             listener,
-            client: crate::cli::http_client()?,
-        })
+            client,
+        }
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
@@ -138,6 +164,13 @@ impl App {
             ));
         }
         let state = AppState {
+            tasks: tasks.clone(),
+            pipeline: crate::ingest::pipeline::Pipeline::new(
+                self.store.clone(),
+                self.metrics.clone(),
+                &self.config,
+                tasks.clone(),
+            ),
             config: self.config.clone(),
             store: self.store.clone(),
             metrics: self.metrics.clone(),
@@ -153,7 +186,11 @@ impl App {
         for task in crate::ingest::background(&state, &shutdown) {
             tasks.spawn(task);
         }
-        info!(listen = %self.listener.local_addr()?, backend = self.store.backend().name(), producers = self.config.producers.len(), "driftd running");
+        let listen = self
+            .listener
+            .local_addr()
+            .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+        info!(listen = %listen, backend = self.store.backend().name(), producers = self.config.producers.len(), "driftd running");
         let server = axum::serve(self.listener, router(state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let served = server.await;
@@ -162,7 +199,12 @@ impl App {
         if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
             warn!("shutdown: some tasks did not finish within {DRAIN:?}");
         }
-        self.store.close().await;
+        if tokio::time::timeout(DRAIN, self.store.close())
+            .await
+            .is_err()
+        {
+            warn!("shutdown: database connections still in use after {DRAIN:?}; exiting anyway");
+        }
         served.map_err(|e| anyhow::anyhow!("HTTP server failed: {e}"))
     }
 }

@@ -1050,6 +1050,13 @@ async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     {
         eprintln!("warning: some demo tasks did not stop within {SHUTDOWN_TIMEOUT:?}");
     }
+    // The daemon closes it when it ran; not when the story ended before.
+    if tokio::time::timeout(SHUTDOWN_TIMEOUT, store.close())
+        .await
+        .is_err()
+    {
+        eprintln!("warning: database connections still in use after {SHUTDOWN_TIMEOUT:?}");
+    }
     println!(
         "files kept in {}; try `driftd status --config {}`",
         dir.display(),

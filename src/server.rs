@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -16,6 +17,10 @@ use crate::store::Store;
 /// What every handler can reach.
 #[derive(Clone, Debug)]
 pub struct AppState {
+    /// `App::run`'s tracker: work a request starts runs on it (see [`uncancelled`]).
+    pub tasks: TaskTracker,
+    /// Commits deltas (group commit), shared by the endpoints and the maildir watchers.
+    pub pipeline: crate::ingest::pipeline::Pipeline,
     pub config: Arc<Config>,
     pub store: Store,
     pub metrics: Metrics,
@@ -46,6 +51,23 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Runs `work` as a task of `tasks` and awaits it. A request whose client
+/// hangs up, or that times out, is dropped; the work is not, so no commit,
+/// lease or write is cut off halfway, and shutdown waits for it.
+pub(crate) async fn uncancelled<F>(tasks: &TaskTracker, work: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match tasks.spawn(work).await {
+        Ok(out) => out,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("a request's task was cancelled by the runtime shutting down: {e}"),
+        },
+    }
 }
 
 async fn healthz() -> &'static str {

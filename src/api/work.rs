@@ -8,7 +8,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::{json, Value};
-use tracing::warn;
 
 use super::ApiError;
 use crate::server::AppState;
@@ -31,16 +30,10 @@ pub(super) async fn done(
         ));
     }
     let (store, config) = (s.store.clone(), s.config.clone());
-    let finished =
-        tokio::spawn(async move { crate::work::finish_by_hand(&store, &config, id).await })
-            .await
-            .map_err(|e| {
-                warn!(error = %e, work_id = id, "finishing a work item failed");
-                ApiError(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "could not finish the item; see the daemon's log".into(),
-                )
-            })?;
+    let finished = crate::server::uncancelled(&s.tasks, async move {
+        crate::work::finish_by_hand(&store, &config, id).await
+    })
+    .await;
     match finished {
         Ok(w) => Ok(Json(json!({
             "id": w.id,

@@ -4,22 +4,20 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::Extension;
 use tracing::warn;
 
 use super::apply::{dedup_key, kept_headers};
-use super::{pipeline, receipt, IngestError, LazyPipeline};
+use super::{receipt, IngestError};
 use crate::server::AppState;
 use crate::store::{now_ms, Channel, InboxEntry, Source};
 
 pub(super) async fn receive(
     State(state): State<AppState>,
-    Extension(lazy): Extension<LazyPipeline>,
     Path(producer): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, IngestError> {
-    let pipeline = pipeline(&state, &lazy);
+    let pipeline = &state.pipeline;
     let p = pipeline
         .producers
         .get(&producer)

@@ -23,32 +23,21 @@ mod webhook;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
 use crate::server::AppState;
 use crate::store::{InboxOutcome, Settled};
-use pipeline::Pipeline;
-
-/// The request path's pipeline, built from the state on first use (the
-/// router has no state before `with_state`).
-type LazyPipeline = Arc<OnceLock<Pipeline>>;
-
-fn pipeline<'a>(state: &AppState, lazy: &'a LazyPipeline) -> &'a Pipeline {
-    lazy.get_or_init(|| Pipeline::new(state.store.clone(), state.metrics.clone(), &state.config))
-}
 
 /// The delta endpoints (`/hooks/{producer}`, `/inbound-email/{producer}`).
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/hooks/{producer}", post(webhook::receive))
         .route("/inbound-email/{producer}", post(inbound::receive))
-        .layer(Extension(LazyPipeline::default()))
 }
 
 /// Long-running ingest tasks, owned by `App::run`: the pending-inbox sweeper
@@ -57,7 +46,7 @@ pub fn background(
     state: &AppState,
     shutdown: &CancellationToken,
 ) -> Vec<Pin<Box<dyn Future<Output = ()> + Send + 'static>>> {
-    let pipeline = Pipeline::new(state.store.clone(), state.metrics.clone(), &state.config);
+    let pipeline = state.pipeline.clone();
     let mut tasks: Vec<Pin<Box<dyn Future<Output = ()> + Send + 'static>>> =
         vec![Box::pin(pipeline.clone().sweep(shutdown.clone()))];
     for p in &state.config.producers {

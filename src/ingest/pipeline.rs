@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::apply::{email_plan, webhook_plan, Plan};
@@ -145,8 +146,8 @@ type Reply = oneshot::Sender<Result<Settled, Unavailable>>;
 #[derive(Default)]
 struct GroupCommit {
     queue: Mutex<VecDeque<((InboxEntry, InboxEffect), Reply)>>,
-    /// Held by the request committing a batch; tokio's mutex is fair (FIFO).
-    turn: tokio::sync::Mutex<()>,
+    /// Held by the task committing a batch; tokio's mutex is fair (FIFO).
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Commits deltas and counts their outcomes; cheap to clone.
@@ -156,24 +157,35 @@ pub struct Pipeline {
     pub metrics: Metrics,
     pub producers: Arc<Producers>,
     group: Arc<GroupCommit>,
+    /// Where batches are committed: `App::run`'s tracker, so shutdown waits for them.
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").finish_non_exhaustive()
+    }
 }
 
 impl Pipeline {
-    pub fn new(store: Store, metrics: Metrics, config: &Config) -> Self {
+    pub fn new(store: Store, metrics: Metrics, config: &Config, tasks: TaskTracker) -> Self {
         Self {
             store,
             metrics,
             producers: Arc::new(Producers::new(config)),
             group: Arc::default(),
+            tasks,
         }
     }
 
     /// Commits one delta together with the other requests waiting at the same
     /// time. Returns only after the delta is committed (or failed).
     ///
-    /// If the request committing a batch is dropped midway, the requests of
-    /// that batch get `Unavailable`: their vendors retry, and a retried
-    /// delivery with a dedup key is then recorded as a duplicate.
+    /// The batch is committed and answered by a task of its own, which the
+    /// request holding the turn only awaits: a client that hangs up (its
+    /// request future dropped) cancels no commit, and the batch's other
+    /// requests still get their answers. Its own delta is committed too,
+    /// since its body was received in full.
     pub async fn submit(
         &self,
         entry: InboxEntry,
@@ -190,7 +202,7 @@ impl Pipeline {
             if let Some(result) = answered(&mut answer) {
                 return result;
             }
-            let turn = self.group.turn.lock().await;
+            let turn = self.group.turn.clone().lock_owned().await;
             // The previous turn may have committed this delta.
             if let Some(result) = answered(&mut answer) {
                 return result;
@@ -205,20 +217,31 @@ impl Pipeline {
                 drop(turn);
                 return answer.await.unwrap_or(Err(Unavailable));
             }
-            let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            match self.commit(items).await {
-                Ok(settled) => {
-                    for (reply, s) in replies.into_iter().zip(settled) {
-                        let _ = reply.send(Ok(s));
-                    }
-                }
-                Err(_) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(Unavailable));
-                    }
+            let this = self.clone();
+            let committed = self.tasks.spawn(async move {
+                // The turn passes on only when the batch is answered.
+                let _turn = turn;
+                this.commit_and_answer(batch).await;
+            });
+            // A panic drops the replies: their requests get `Unavailable`.
+            let _ = committed.await;
+        }
+    }
+
+    /// Commits a batch taken from the queue and answers each of its requests.
+    async fn commit_and_answer(&self, batch: Vec<((InboxEntry, InboxEffect), Reply)>) {
+        let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        match self.commit(items).await {
+            Ok(settled) => {
+                for (reply, s) in replies.into_iter().zip(settled) {
+                    let _ = reply.send(Ok(s));
                 }
             }
-            drop(turn);
+            Err(_) => {
+                for reply in replies {
+                    let _ = reply.send(Err(Unavailable));
+                }
+            }
         }
     }
 

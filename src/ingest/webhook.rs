@@ -4,24 +4,22 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::Extension;
 use tracing::warn;
 
 use super::apply::{kept_headers, webhook_dedup_key, webhook_plan};
 use super::signature;
-use super::{pipeline, receipt, IngestError, LazyPipeline};
+use super::{receipt, IngestError};
 use crate::server::AppState;
 use crate::store::{now_ms, Channel, InboxEntry, Source};
 
 /// `Bytes` honours the router's `DefaultBodyLimit`: a larger body is a 413.
 pub(super) async fn receive(
     State(state): State<AppState>,
-    Extension(lazy): Extension<LazyPipeline>,
     Path(producer): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, IngestError> {
-    let pipeline = pipeline(&state, &lazy);
+    let pipeline = &state.pipeline;
     let p = pipeline
         .producers
         .get(&producer)

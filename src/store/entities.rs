@@ -175,13 +175,6 @@ impl Store {
         Ok(outcomes)
     }
 
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        self.pool
-            .begin_with(self.backend.begin_write())
-            .await
-            .map_err(db("begin a write transaction"))
-    }
-
     /// Takes the producer's write lock (its `chain_heads` row) inside `tx` and
     /// returns the chain head. Every entity write of a producer goes through it.
     async fn lock_producer(

@@ -8,6 +8,22 @@
 //! SQLite is the embedded, single-replica default: its pool holds one
 //! connection, so writes are serialized in the process and no code path may
 //! hold a connection while acquiring another.
+//!
+//! **Transactions and cancellation.** Every transaction starts through
+//! [`Store::begin_write`], which runs the `BEGIN` in a task of its own: sqlx
+//! 0.8 leaves a connection inside a transaction it no longer tracks when the
+//! future opening it is dropped at the wrong moment (SQLite: after the worker
+//! ran `BEGIN` but before the `Transaction` exists; PostgreSQL: after `BEGIN`
+//! was sent but before the depth was counted), and that connection would go
+//! back to the pool still in the transaction. Once a `Transaction` exists,
+//! dropping it queues a rollback that runs before the connection is reused.
+//! As a last line, the pool never hands out a connection that is still inside
+//! a transaction (`before_acquire` closes it instead).
+//!
+//! **Shutdown.** Pools run no maintenance task (no idle timeout, no maximum
+//! lifetime, no minimum size): sqlx's maintenance task can spin at 100% CPU
+//! when the runtime is dropped, and nothing here needs it. Every owner closes
+//! its store ([`Store::close`]) on every exit path.
 
 mod entities;
 mod feed;
@@ -18,7 +34,8 @@ mod work;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Row};
+use sqlx::{Any, AnyPool, Connection, Row, Transaction};
+use tracing::warn;
 
 pub use entities::{
     ChainBreak, Change, Entity, EntityWrite, LocalRow, Ordering, Relayout, Source, WriteOutcome,
@@ -211,7 +228,21 @@ impl Store {
                     Ok(())
                 })
             })
+            .before_acquire(|conn, _meta| {
+                Box::pin(async move {
+                    // Unreachable through `begin_write`; a connection left in a
+                    // transaction would make every later `BEGIN` fail.
+                    let clean = !conn.is_in_transaction();
+                    if !clean {
+                        warn!("a pooled database connection was still inside a transaction; closing it");
+                    }
+                    Ok(clean)
+                })
+            })
             .max_connections(pool_size)
+            .min_connections(0)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
@@ -330,7 +361,24 @@ impl Store {
         &self.pool
     }
 
-    /// Whether the database answers and every migration has been applied.
+    /// Opens a write transaction (SQLite: `BEGIN IMMEDIATE`). The `BEGIN` runs
+    /// in a task of its own, so a caller dropped meanwhile cannot leave the
+    /// connection inside a transaction nobody holds: the task finishes, and
+    /// the `Transaction` it made rolls back when dropped.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        let pool = self.pool.clone();
+        let statement = self.backend.begin_write();
+        let begun = match tokio::spawn(async move { pool.begin_with(statement).await }).await {
+            Ok(begun) => begun,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only when the runtime shuts down.
+            Err(_) => Err(sqlx::Error::PoolClosed),
+        };
+        begun.map_err(db("begin a write transaction"))
+    }
+
+    /// Whether the database answers, every migration has been applied, and a
+    /// write transaction can begin and commit (the path every delta takes).
     ///
     /// While the server refuses connections the pool keeps retrying until its
     /// acquire timeout (10 s), which outlasts `/readyz`'s bound and says
@@ -368,7 +416,26 @@ impl Store {
                 "database migrations pending: {applied} of {expected} applied"
             ));
         }
-        Ok(())
+        tokio::time::timeout(READINESS_WRITE, self.probe_write())
+            .await
+            .map_err(|_| {
+                format!(
+                    "write path unavailable: no write transaction within {:.1}s (is another process holding the database's write lock?)",
+                    READINESS_WRITE.as_secs_f32()
+                )
+            })?
+            .map_err(|e| format!("write path unavailable: {e}"))
+    }
+
+    /// Begins a write transaction, runs a write that changes nothing, commits.
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        // Refused wherever writing is (a read-only database or session).
+        sqlx::query("UPDATE inbox SET outcome = outcome WHERE 1 = 0")
+            .execute(&mut *tx)
+            .await
+            .map_err(db("probe the write path"))?;
+        tx.commit().await.map_err(db("commit the write probe"))
     }
 
     pub async fn close(&self) {
@@ -394,6 +461,8 @@ fn sqlite_path(url: &str) -> &str {
 
 /// How long [`Store::readiness`] waits for a pooled connection, and then for a direct one.
 const READINESS_ACQUIRE: Duration = Duration::from_secs(1);
+/// How long [`Store::readiness`] waits for its write transaction to commit.
+const READINESS_WRITE: Duration = Duration::from_millis(1500);
 
 async fn applied_migrations(conn: &mut sqlx::AnyConnection) -> Result<i64, sqlx::Error> {
     sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE")

@@ -322,11 +322,7 @@ impl Store {
         producer: &str,
         drifts: &[DriftRow],
     ) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("begin storing drifts"))?;
+        let mut tx = self.begin_write().await?;
         for chunk in drifts.chunks(200) {
             let sql = format!(
                 "INSERT INTO drifts (run_id, producer, key, kind, remote_hash, local_hash, doc) VALUES {}",
@@ -392,7 +388,7 @@ impl Store {
     /// whatever their age: pending deltas, open and dead work, running runs,
     /// each producer's latest run, and the `changes` log.
     pub async fn prune(&self, before_ms: i64) -> Result<Pruned, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("begin pruning"))?;
+        let mut tx = self.begin_write().await?;
         let run = |sql: &'static str| sqlx::query(sql).bind(before_ms);
         let inbox = run("DELETE FROM inbox WHERE received_at < $1 AND outcome <> 'pending'")
             .execute(&mut *tx)

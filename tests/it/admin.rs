@@ -35,7 +35,7 @@ async fn call(method: reqwest::Method, url: String, token: Option<&str>) -> (u16
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::limited_test! {
 async fn admin_endpoints_are_off_without_a_token() {
     let db = TestDb::sqlite();
     let (_vendor, addr) = Vendor::start(5).await;
@@ -49,8 +49,9 @@ async fn admin_endpoints_are_off_without_a_token() {
     assert_eq!(status, 404);
     cancel.cancel();
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::limited_test! {
 async fn status_keyframe_and_approve_over_http() {
     let db = TestDb::sqlite();
     let (vendor, addr) = Vendor::start(40).await;
@@ -123,4 +124,5 @@ async fn status_keyframe_and_approve_over_http() {
     .await;
     assert_eq!(status, 409, "{a}");
     cancel.cancel();
+}
 }

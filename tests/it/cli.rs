@@ -66,7 +66,7 @@ headers = { Authorization = "Bearer ${DRIFTD_TEST_SURELY_UNSET_TOKEN}" }
     assert!(!std::path::Path::new("x.db").exists());
 }
 
-#[tokio::test]
+crate::limited_test! {
 async fn verify_fails_naming_the_altered_row() {
     let db = TestDb::sqlite();
     let store = db.store().await;
@@ -115,6 +115,7 @@ async fn verify_fails_naming_the_altered_row() {
         "{stderr}"
     );
 }
+}
 
 pub(crate) async fn run_async(args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(driftd_bin())
@@ -130,7 +131,7 @@ pub(crate) async fn run_async(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::limited_test! {
 async fn keyframe_guard_approve_and_status_through_the_binary() {
     let (vendor, addr) = crate::producer::Vendor::start(120).await;
     let db = TestDb::sqlite();
@@ -251,8 +252,9 @@ async fn keyframe_guard_approve_and_status_through_the_binary() {
     assert_eq!(code, 64);
     assert!(stderr.contains("unknown producer \"nope\""), "{stderr}");
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::limited_test! {
 async fn check_probe_points_at_the_wrong_pointers() {
     let (_vendor, addr) = crate::producer::Vendor::start(600).await;
     let dir = tempfile::tempdir().unwrap();
@@ -328,6 +330,7 @@ async fn check_probe_points_at_the_wrong_pointers() {
         !dir.path().join("never.db").exists(),
         "the probe opens no database"
     );
+}
 }
 
 /// Only `run` and `migrate` create or migrate a database: every other command

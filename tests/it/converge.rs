@@ -273,10 +273,10 @@ crate::on_both_backends!(
     none_items_finished_by_hand_close_their_drift,
 );
 
+crate::limited_test! {
 /// The README's SQL for an application's own worker (PostgreSQL): items
 /// claimed and finished with it close their drift, carried out by the
 /// daemon within a second, and later keyframes emit nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn none_items_finished_with_the_readme_sql_close_their_drift() {
     let db = TestDb::postgres().await;
     let readme = std::fs::read_to_string(crate::support::repo_root().join("README.md")).unwrap();
@@ -340,4 +340,5 @@ async fn none_items_finished_with_the_readme_sql_close_their_drift() {
     }
     pool.close().await;
     store.close().await;
+}
 }

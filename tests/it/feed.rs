@@ -464,7 +464,7 @@ crate::on_both_backends!(
     tail_follows_and_resumes,
 );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::limited_test! {
 async fn the_api_is_off_without_a_read_token() {
     let db = TestDb::sqlite();
     let (_vendor, addr) = Vendor::start(1).await;
@@ -477,10 +477,11 @@ async fn the_api_is_off_without_a_read_token() {
         .unwrap();
     assert_eq!(resp.status(), 404);
 }
+}
 
+crate::limited_test! {
 /// Two replicas on one PostgreSQL database: a consumer waiting on one is
 /// woken by a commit on the other (LISTEN/NOTIFY), and both serve the same feed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_serve_the_same_feed() {
     let db = TestDb::postgres().await;
     let (_vendor, addr) = Vendor::start(1).await;
@@ -535,6 +536,7 @@ async fn replicas_serve_the_same_feed() {
     let from_a = feed(a.base.clone()).await;
     assert_eq!(from_a.as_array().unwrap().len(), 11);
     assert_eq!(from_a, feed(b.base.clone()).await);
+}
 }
 
 /// `driftd tail` prints the feed as it grows and resumes from a position.

@@ -682,8 +682,8 @@ async fn deliveries_converge_on_the_newest_version(db: &TestDb) {
     d.stop().await;
 }
 
+crate::limited_test! {
 /// Random orders with redeliveries, sent concurrently, converge on the newest version.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_deliveries_in_any_order_converge_sqlite() {
     use proptest::prelude::*;
     use proptest::test_runner::{Config as PropConfig, TestCaseError, TestRunner};
@@ -732,6 +732,7 @@ async fn concurrent_deliveries_in_any_order_converge_sqlite() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
 }
 
 // ---------------------------------------------------------------------------

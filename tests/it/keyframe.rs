@@ -927,9 +927,9 @@ crate::on_both_backends!(
     bootstrap_into_an_empty_table,
 );
 
+crate::limited_test! {
 /// Snapshot requests carry secret headers: a redirect to another origin is not
 /// followed (the pull fails on the 3xx), one within the origin is.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_stay_on_the_producers_origin() {
     use axum::response::Redirect;
     use std::sync::atomic::{AtomicUsize, Ordering as AO};
@@ -989,4 +989,5 @@ async fn redirects_stay_on_the_producers_origin() {
     );
     let s = k.run(&moved, true).await.unwrap();
     assert_eq!((s.state, s.records), (RunState::Ok, 1), "{s:?}");
+}
 }

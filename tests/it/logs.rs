@@ -215,12 +215,14 @@ async fn json_logs_carry_span_fields_and_no_secret(ask: Ask) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::limited_test! {
 async fn log_format_flag_json() {
     json_logs_carry_span_fields_and_no_secret(Ask::Flag).await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::limited_test! {
 async fn log_format_env_json() {
     json_logs_carry_span_fields_and_no_secret(Ask::Env).await;
+}
 }

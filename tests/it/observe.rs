@@ -260,7 +260,7 @@ fn dashboard_queries(producer: &str) -> Vec<(String, String)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::limited_test! {
 async fn every_dashboard_panel_returns_series_from_a_real_prometheus() {
     let db = TestDb::sqlite();
     let (daemon, _vendor) = daemon_with_history(&db, 500).await;
@@ -316,8 +316,9 @@ async fn every_dashboard_panel_returns_series_from_a_real_prometheus() {
     drop(prom);
     daemon.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::limited_test! {
 async fn promtool_finds_no_problem_in_the_metrics() {
     assert!(
         Path::new(PROMTOOL).exists(),
@@ -353,8 +354,9 @@ async fn promtool_finds_no_problem_in_the_metrics() {
         out.status
     );
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::limited_test! {
 async fn metric_series_stay_bounded_with_thousands_of_keys() {
     let db = TestDb::sqlite();
     let (daemon, vendor) = daemon_with_history(&db, 3_000).await;
@@ -400,4 +402,5 @@ async fn metric_series_stay_bounded_with_thousands_of_keys() {
         "{} series in /metrics for 2 producers: {per_family:?}",
         series.len()
     );
+}
 }

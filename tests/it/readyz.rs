@@ -284,7 +284,7 @@ async fn poll_readyz(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::limited_test! {
 async fn readyz_follows_the_database_down_and_back_up() {
     let cluster = Cluster::init();
     cluster.start();
@@ -345,4 +345,5 @@ async fn readyz_follows_the_database_down_and_back_up() {
         daemon.child.try_wait().unwrap().is_none(),
         "driftd was not restarted"
     );
+}
 }

@@ -60,7 +60,7 @@ fn spawn_daemon_with(
     Daemon(child)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::limited_test! {
 async fn two_daemons_share_the_queue_and_the_keyframe_lease() {
     let db = TestDb::postgres().await;
     let store = db.store().await;
@@ -134,10 +134,11 @@ async fn two_daemons_share_the_queue_and_the_keyframe_lease() {
         );
     }
 }
+}
 
+crate::limited_test! {
 /// Two replicas on a `* * * * * *` schedule, started at different phases of
 /// the second: every tick is served by one run, fired on the whole second.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_scheduled_tick_is_one_run_across_replicas() {
     use driftd::app::App;
     use driftd::config::Config;
@@ -197,8 +198,9 @@ async fn one_scheduled_tick_is_one_run_across_replicas() {
         runs.len()
     );
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+crate::limited_test! {
 async fn a_worker_killed_mid_item_is_finished_by_another_once() {
     use axum::http::HeaderMap;
     use std::collections::BTreeSet;
@@ -297,4 +299,5 @@ async fn a_worker_killed_mid_item_is_finished_by_another_once() {
         1,
         "the effect happened once"
     );
+}
 }

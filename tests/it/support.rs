@@ -1,4 +1,4 @@
-//! Test support: throwaway SQLite files and PostgreSQL databases, the driftd binary, an in-process daemon.
+//! Test support: throwaway SQLite files and PostgreSQL databases, the driftd binary, an in-process daemon, per-test time limits.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,6 +13,18 @@ use tokio_util::sync::CancellationToken;
 pub fn pg_admin_url() -> String {
     std::env::var("DRIFTD_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// One connection to the PostgreSQL server's admin database, without the
+/// pool maintenance task (which can spin when a runtime is dropped); close it.
+pub async fn admin_pool() -> Result<sqlx::PgPool, sqlx::Error> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect(&pg_admin_url())
+        .await
 }
 
 /// A fresh, empty database of one backend, dropped (PostgreSQL) or deleted (SQLite) afterwards.
@@ -41,14 +53,12 @@ impl TestDb {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let admin = sqlx::PgPool::connect(&pg_admin_url())
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL at {} is required for these tests: {e}",
-                    pg_admin_url()
-                )
-            });
+        let admin = admin_pool().await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {} is required for these tests: {e}",
+                pg_admin_url()
+            )
+        });
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&admin)
             .await
@@ -75,19 +85,19 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some(name) = self.pg_name.take() {
             // Drop from a separate thread with its own runtime: Drop cannot await.
-            let admin = pg_admin_url();
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build();
                 if let Ok(rt) = rt {
                     rt.block_on(async move {
-                        if let Ok(pool) = sqlx::PgPool::connect(&admin).await {
+                        if let Ok(pool) = admin_pool().await {
                             let _ = sqlx::query(&format!(
                                 "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                             ))
                             .execute(&pool)
                             .await;
+                            pool.close().await;
                         }
                     });
                 }
@@ -107,25 +117,96 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs the same async test body against SQLite and PostgreSQL, as two named tests.
+/// How long one test may run, runtime shutdown included, before it fails
+/// (`DRIFTD_TEST_LIMIT_SECS` overrides).
+pub fn test_limit() -> std::time::Duration {
+    let secs = std::env::var("DRIFTD_TEST_LIMIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(240);
+    std::time::Duration::from_secs(secs)
+}
+
+/// Runs `body` on a runtime of its own (multi-threaded, two workers) on a
+/// thread of its own, and fails with "test NAME exceeded N s" if it has not
+/// finished, runtime shutdown included, within [`test_limit`]. A hung thread
+/// is left behind; the test binary exits when every test is done.
+pub fn run_limited<F>(name: &str, body: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    run_limited_for(name, test_limit(), body)
+}
+
+/// [`run_limited`] with an explicit limit.
+pub fn run_limited_for<F>(name: &str, limit: std::time::Duration, body: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a test runtime");
+            runtime.block_on(body);
+            drop(runtime);
+            let _ = done.send(());
+        })
+        .expect("a test thread");
+    match finished.recv_timeout(limit) {
+        Ok(()) => thread.join().expect("the test thread finished"),
+        // The body panicked: the sender was dropped while unwinding.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match thread.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the test thread ended without reporting"),
+        },
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("test {name} exceeded {} s", limit.as_secs())
+        }
+    }
+}
+
+/// An async test under [`run_limited`]: wrap `async fn name() { ... }`.
+#[macro_export]
+macro_rules! limited_test {
+    ($(#[$meta:meta])* async fn $name:ident() $body:block) => {
+        $(#[$meta])*
+        #[test]
+        fn $name() {
+            $crate::support::run_limited(
+                concat!(module_path!(), "::", stringify!($name)),
+                async move $body,
+            );
+        }
+    };
+}
+
+/// Runs the same async test body against SQLite and PostgreSQL, as two named
+/// tests, each under [`run_limited`].
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = $crate::support::TestDb::sqlite();
-                    super::$name(&db).await;
+                $crate::limited_test! {
+                    async fn $name() {
+                        let db = $crate::support::TestDb::sqlite();
+                        super::$name(&db).await;
+                    }
                 }
             )*
         }
         mod postgres {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = $crate::support::TestDb::postgres().await;
-                    super::$name(&db).await;
+                $crate::limited_test! {
+                    async fn $name() {
+                        let db = $crate::support::TestDb::postgres().await;
+                        super::$name(&db).await;
+                    }
                 }
             )*
         }

@@ -1,0 +1,384 @@
+//! Interruptions at the HTTP edge on both backends: clients that hang up mid-request, connections left inside a transaction, readiness of the write path.
+
+use std::time::{Duration, Instant};
+
+use driftd::app::App;
+use driftd::config::{Config, WebhookConfig};
+use driftd::ingest::signature;
+use driftd::store::{now_ms, Channel, InboxEntry, InboxFilter, InboxOutcome, Store};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{wait_for, TestDb};
+
+/// Abandoned requests sent, and how many at once.
+const ABANDONED: usize = 1_000;
+const AT_ONCE: usize = 8;
+/// Normal requests sent afterwards.
+const NORMAL: usize = 100;
+
+const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+@SERVER@
+[database]
+url = "@DB@"
+
+[[producer]]
+name = "orders"
+schedule = "0 0 0 1 1 *"
+[producer.snapshot]
+url = "http://127.0.0.1:9/orders"
+[producer.webhook]
+scheme = "hmac-sha256"
+secret = "orders-s3cret"
+header = "X-Signature"
+prefix = "sha256="
+key = "/id"
+version = "/version"
+"#;
+
+/// The daemon, in process, on a port-0 listener.
+pub(crate) struct Daemon {
+    pub addr: std::net::SocketAddr,
+    pub store: Store,
+    pub webhook: WebhookConfig,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Daemon {
+    /// Starts the daemon; `server` adds lines to its `[server]` table.
+    pub(crate) async fn start(db: &TestDb, server: &str) -> Self {
+        let text = CONFIG.replace("@DB@", &db.url).replace("@SERVER@", server);
+        let config = Config::parse("t.toml", &text, &|_| None)
+            .expect("the test config is valid")
+            .config;
+        let webhook = config.producers[0].webhook.clone().expect("a webhook");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = App::build(config, Some(listener))
+            .await
+            .expect("build the daemon");
+        let addr = app.local_addr().unwrap();
+        let store = app.store().clone();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run(shutdown.clone()));
+        Self {
+            addr,
+            store,
+            webhook,
+            shutdown,
+            task,
+        }
+    }
+
+    /// A complete, signed `POST /hooks/orders` carrying `key` at version 1, as raw bytes.
+    pub(crate) fn raw_delivery(&self, key: &str) -> Vec<u8> {
+        let body = json!({ "id": key, "version": 1 }).to_string();
+        let mut head = format!(
+            "POST /hooks/orders HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        for (k, v) in signature::sign(
+            &self.webhook,
+            body.as_bytes(),
+            chrono::Utc::now().timestamp(),
+            key,
+        ) {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut raw = head.into_bytes();
+        raw.extend_from_slice(body.as_bytes());
+        raw
+    }
+
+    /// Sends `key` through reqwest and returns the status.
+    pub(crate) async fn deliver(&self, http: &reqwest::Client, key: &str) -> u16 {
+        let body = json!({ "id": key, "version": 1 }).to_string();
+        let mut req = http
+            .post(format!("http://{}/hooks/orders", self.addr))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        for (k, v) in signature::sign(
+            &self.webhook,
+            body.as_bytes(),
+            chrono::Utc::now().timestamp(),
+            key,
+        ) {
+            req = req.header(k, v);
+        }
+        req.send()
+            .await
+            .expect("the daemon answers")
+            .status()
+            .as_u16()
+    }
+
+    pub(crate) async fn readyz(&self, http: &reqwest::Client) -> (u16, String) {
+        let resp = http
+            .get(format!("http://{}/readyz", self.addr))
+            .send()
+            .await
+            .expect("the daemon answers");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
+    pub(crate) async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the daemon stops within 30 s")
+            .expect("the daemon task does not panic")
+            .expect("the daemon stops cleanly");
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Clients that send a complete signed webhook and hang up without reading
+/// the answer cancel no commit: the ingest path keeps working, every delta
+/// received is applied, and `/readyz` stays truthful.
+async fn hung_up_clients_cancel_no_commit(db: &TestDb) {
+    let daemon = Daemon::start(db, "").await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for round in 0..ABANDONED / AT_ONCE {
+        let mut senders = tokio::task::JoinSet::new();
+        for i in 0..AT_ONCE {
+            let raw = daemon.raw_delivery(&format!("gone-{}", round * AT_ONCE + i));
+            let addr = daemon.addr;
+            senders.spawn(async move {
+                let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                socket.write_all(&raw).await.expect("send the request");
+                // Dropped here: closed without reading the answer.
+            });
+        }
+        while let Some(sent) = senders.join_next().await {
+            sent.expect("a sender does not panic");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sending the abandoned requests took over 120 s"
+        );
+    }
+
+    let http = client();
+    for i in 0..NORMAL {
+        let key = format!("kept-{i}");
+        let status = daemon.deliver(&http, &key).await;
+        assert_eq!(
+            status, 200,
+            "delivery {key} after {ABANDONED} abandoned ones"
+        );
+    }
+    for i in 0..NORMAL {
+        let key = format!("kept-{i}");
+        let e = daemon.store.entity("orders", &key).await.unwrap();
+        assert_eq!(e.map(|e| e.version), Some(Some(1)), "{key} is applied");
+    }
+    // Every abandoned delivery that reached the inbox is settled, none left half-done.
+    wait_for("every inbox row settled", 30, || async {
+        let rows = daemon
+            .store
+            .inbox_page(&InboxFilter::default(), 0, 100_000)
+            .await
+            .unwrap();
+        rows.iter().all(|r| r.outcome == InboxOutcome::Applied)
+    })
+    .await;
+    let rows = daemon
+        .store
+        .inbox_page(&InboxFilter::default(), 0, 100_000)
+        .await
+        .unwrap();
+    for r in &rows {
+        let key = serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let e = daemon.store.entity("orders", &key).await.unwrap();
+        assert!(
+            e.is_some(),
+            "inbox row {} ({key}) is applied to its entity",
+            r.id
+        );
+    }
+    let (status, body) = daemon.readyz(&http).await;
+    assert_eq!(status, 200, "{body}");
+    daemon.stop().await;
+}
+
+/// A pooled connection returned inside a transaction is never handed out
+/// again: the next writes begin, commit and are durable.
+async fn a_connection_left_in_a_transaction_is_not_reused(db: &TestDb) {
+    let store = db.store().await;
+    {
+        let mut conn = store.pool().acquire().await.unwrap();
+        let tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+        // As if the future holding it had been dropped between BEGIN and the
+        // `Transaction`: nothing will roll it back.
+        std::mem::forget(tx);
+    }
+    for i in 0..20 {
+        let entry = InboxEntry {
+            producer: "orders".into(),
+            channel: Channel::Webhook,
+            received_at: now_ms(),
+            dedup_key: None,
+            headers: "{}".into(),
+            body: format!("{{\"n\": {i}}}").into_bytes(),
+        };
+        store
+            .insert_deltas(&[entry])
+            .await
+            .unwrap_or_else(|e| panic!("write {i} after a leaked transaction: {e}"));
+    }
+    store.close().await;
+    let reopened = db.store().await;
+    let rows = reopened
+        .inbox_page(&InboxFilter::default(), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 20, "every write committed");
+    reopened.close().await;
+}
+
+/// Makes the database refuse the daemon's writes while it still answers
+/// reads (SQLite: another connection holds the write lock; PostgreSQL: the
+/// database turns read-only and the daemon's sessions are ended), or lets
+/// them through again.
+struct Unwritable {
+    sqlite_lock: Option<sqlx::SqliteConnection>,
+}
+
+impl Unwritable {
+    async fn start(db: &TestDb) -> Self {
+        use sqlx::Connection;
+        if db.url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            Self {
+                sqlite_lock: Some(conn),
+            }
+        } else {
+            pg_read_only(db, true).await;
+            Self { sqlite_lock: None }
+        }
+    }
+
+    async fn stop(self, db: &TestDb) {
+        use sqlx::Connection;
+        match self.sqlite_lock {
+            Some(mut conn) => {
+                sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+            }
+            None => pg_read_only(db, false).await,
+        }
+    }
+}
+
+async fn pg_read_only(db: &TestDb, on: bool) {
+    let name = db.url.rsplit('/').next().unwrap();
+    let admin = crate::support::admin_pool().await.unwrap();
+    let set = if on {
+        "SET default_transaction_read_only = on"
+    } else {
+        "RESET default_transaction_read_only"
+    };
+    sqlx::query(&format!("ALTER DATABASE {name} {set}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .execute(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+}
+
+/// `/readyz` fails while the database answers reads but refuses writes, and
+/// recovers when writes go through again.
+async fn readyz_fails_while_the_write_path_cannot_commit(db: &TestDb) {
+    let daemon = Daemon::start(db, "").await;
+    let http = client();
+    let (status, body) = daemon.readyz(&http).await;
+    assert_eq!(status, 200, "{body}");
+
+    let unwritable = Unwritable::start(db).await;
+    let (status, body) = daemon.readyz(&http).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: "), "{body}");
+
+    unwritable.stop(db).await;
+    wait_for("/readyz to recover", 30, || async {
+        daemon.readyz(&http).await.0 == 200
+    })
+    .await;
+    assert_eq!(daemon.deliver(&http, "after").await, 200);
+    daemon.stop().await;
+}
+
+/// An open store runs no task of its own between queries: nothing (such as
+/// a pool maintenance task) is left to spin while a runtime shuts down.
+async fn an_idle_store_runs_no_task(db: &TestDb) {
+    let store = db.store().await;
+    store.count_entities("orders").await.unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    wait_for("every task of the store to finish", 10, || async {
+        metrics.num_alive_tasks() == 0
+    })
+    .await;
+    store.close().await;
+}
+
+/// The per-test limit: a hung test fails fast, naming itself; a failing one
+/// fails with its own message; a passing one passes.
+#[test]
+fn a_hung_test_fails_fast_naming_itself() {
+    use crate::support::run_limited_for;
+    let started = Instant::now();
+    let hung = std::panic::catch_unwind(|| {
+        run_limited_for("hangs", Duration::from_secs(1), std::future::pending())
+    })
+    .expect_err("a hung test fails");
+    assert_eq!(
+        hung.downcast_ref::<String>().map(String::as_str),
+        Some("test hangs exceeded 1 s")
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let failing = std::panic::catch_unwind(|| {
+        run_limited_for("fails", Duration::from_secs(30), async {
+            panic!("the test's own failure")
+        })
+    })
+    .expect_err("a failing test fails");
+    assert_eq!(
+        failing.downcast_ref::<&str>().copied(),
+        Some("the test's own failure")
+    );
+    run_limited_for("passes", Duration::from_secs(30), async {
+        tokio::task::yield_now().await
+    });
+}
+
+crate::on_both_backends!(
+    an_idle_store_runs_no_task,
+    hung_up_clients_cancel_no_commit,
+    a_connection_left_in_a_transaction_is_not_reused,
+    readyz_fails_while_the_write_path_cannot_commit,
+);
