@@ -13,6 +13,7 @@
 //! - [`probe`]: `driftd check --probe`, the first page against the pointers.
 //! - [`schedule`]: cron next-fire times (pure) and the per-producer schedule loop.
 //! - [`server`]: the axum router, health and metrics endpoints.
+//! - `serve`: the accept loop: header-read and idle timeouts, the connection cap.
 //! - [`admin`]: operator endpoints behind the admin bearer token.
 //! - [`app`]: `App::build` / `App::run`, the owner of every task.
 //! - [`cli`]: the `driftd` command line; `main.rs` only calls [`cli::main`].
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod patch;
 pub mod probe;
 pub mod schedule;
+mod serve;
 pub mod server;
 pub mod state;
 pub mod store;
