@@ -29,7 +29,7 @@ url = "@DB@"
 name = "orders"
 schedule = "0 0 0 1 1 *"
 [producer.snapshot]
-url = "http://127.0.0.1:9/orders"
+@SNAPSHOT@
 [producer.webhook]
 scheme = "hmac-sha256"
 secret = "orders-s3cret"
@@ -51,7 +51,15 @@ pub(crate) struct Daemon {
 impl Daemon {
     /// Starts the daemon; `server` adds lines to its `[server]` table.
     pub(crate) async fn start(db: &TestDb, server: &str) -> Self {
-        let text = CONFIG.replace("@DB@", &db.url).replace("@SERVER@", server);
+        Self::start_with(db, server, "url = \"http://127.0.0.1:9/orders\"").await
+    }
+
+    /// Starts the daemon with `snapshot` as the producer's `[producer.snapshot]` table.
+    pub(crate) async fn start_with(db: &TestDb, server: &str, snapshot: &str) -> Self {
+        let text = CONFIG
+            .replace("@DB@", &db.url)
+            .replace("@SERVER@", server)
+            .replace("@SNAPSHOT@", snapshot);
         let config = Config::parse("t.toml", &text, &|_| None)
             .expect("the test config is valid")
             .config;
@@ -213,6 +221,47 @@ async fn hung_up_clients_cancel_no_commit(db: &TestDb) {
     }
     let (status, body) = daemon.readyz(&http).await;
     assert_eq!(status, 200, "{body}");
+    daemon.stop().await;
+}
+
+/// An admin keyframe whose client hangs up mid-pull still finishes: its run
+/// is recorded and its lease released, so the next keyframe runs at once.
+async fn an_admin_keyframe_outlives_its_client(db: &TestDb) {
+    let (vendor, addr) = crate::producer::Vendor::start(30).await;
+    vendor
+        .delay_ms
+        .store(1_500, std::sync::atomic::Ordering::Relaxed);
+    let daemon = Daemon::start_with(
+        db,
+        "admin_token = \"adm1n\"",
+        &crate::producer::snapshot_toml("none", addr),
+    )
+    .await;
+    let url = format!("http://{}/admin/keyframe/orders", daemon.addr);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient.post(&url).bearer_auth("adm1n").send().await;
+    assert!(gave_up.is_err(), "the client hangs up before the answer");
+
+    wait_for("the abandoned keyframe run to finish", 20, || async {
+        let runs = daemon.store.runs("orders", 5).await.unwrap();
+        runs.len() == 1 && runs[0].finished_at.is_some()
+    })
+    .await;
+    let runs = daemon.store.runs("orders", 5).await.unwrap();
+    assert_eq!(runs[0].state.as_str(), "ok", "{:?}", runs[0]);
+    vendor
+        .delay_ms
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    let again = client()
+        .post(&url)
+        .bearer_auth("adm1n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 200, "the lease was released");
     daemon.stop().await;
 }
 
@@ -478,6 +527,7 @@ crate::on_both_backends!(
     the_connection_cap_holds_back_new_connections,
     an_idle_store_runs_no_task,
     hung_up_clients_cancel_no_commit,
+    an_admin_keyframe_outlives_its_client,
     a_connection_left_in_a_transaction_is_not_reused,
     readyz_fails_while_the_write_path_cannot_commit,
 );
