@@ -191,9 +191,15 @@ impl App {
             .local_addr()
             .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
         info!(listen = %listen, backend = self.store.backend().name(), producers = self.config.producers.len(), "driftd running");
-        let server = axum::serve(self.listener, router(state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let served = server.await;
+        let limits = crate::serve::Limits::of(&self.config.server);
+        crate::serve::serve(
+            self.listener,
+            router(state),
+            limits,
+            shutdown.clone(),
+            DRAIN,
+        )
+        .await;
         shutdown.cancel();
         tasks.close();
         if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
@@ -205,7 +211,7 @@ impl App {
         {
             warn!("shutdown: database connections still in use after {DRAIN:?}; exiting anyway");
         }
-        served.map_err(|e| anyhow::anyhow!("HTTP server failed: {e}"))
+        Ok(())
     }
 }
 

@@ -73,6 +73,18 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     #[serde(default = "defaults::request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// A request's headers must arrive within this many seconds from when the
+    /// server starts waiting for them (on connect, and between requests on a
+    /// kept-alive connection), or the connection is closed.
+    #[serde(default = "defaults::header_read_timeout_secs")]
+    pub header_read_timeout_secs: u64,
+    /// A connection on which no byte moves either way for this many seconds
+    /// (a stalled body, a client that stops reading its answer) is closed.
+    #[serde(default = "defaults::idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// Most connections open at once; beyond it new ones wait to be accepted.
+    #[serde(default = "defaults::server_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +95,9 @@ impl Default for ServerConfig {
             read_token: None,
             body_limit_bytes: defaults::body_limit_bytes(),
             request_timeout_secs: defaults::request_timeout_secs(),
+            header_read_timeout_secs: defaults::header_read_timeout_secs(),
+            idle_timeout_secs: defaults::idle_timeout_secs(),
+            max_connections: defaults::server_max_connections(),
         }
     }
 }
@@ -394,6 +409,15 @@ pub mod defaults {
     }
     pub fn request_timeout_secs() -> u64 {
         30
+    }
+    pub fn header_read_timeout_secs() -> u64 {
+        10
+    }
+    pub fn idle_timeout_secs() -> u64 {
+        60
+    }
+    pub fn server_max_connections() -> usize {
+        512
     }
     pub fn database_url() -> Secret {
         Secret::new("sqlite://driftd.db")
@@ -771,6 +795,22 @@ fn validate(config: &Config, problems: &mut Vec<Problem>, warnings: &mut Vec<Pro
     if config.server.body_limit_bytes == 0 {
         c.push("server.body_limit_bytes", "must be greater than 0");
     }
+    let server = &config.server;
+    if server.header_read_timeout_secs == 0 {
+        c.push("server.header_read_timeout_secs", "must be at least 1");
+    }
+    if server.idle_timeout_secs <= server.request_timeout_secs {
+        c.push(
+            "server.idle_timeout_secs",
+            format!(
+                "{} must be greater than server.request_timeout_secs ({}): a request still being handled moves no bytes",
+                server.idle_timeout_secs, server.request_timeout_secs
+            ),
+        );
+    }
+    if server.max_connections == 0 {
+        c.push("server.max_connections", "must be at least 1");
+    }
     let url = config.database.url.expose();
     if !(url.starts_with("sqlite:")
         || url.starts_with("postgres://")
@@ -1091,6 +1131,27 @@ headers = { Authorization = "Bearer ${TOKEN}" }
             !format!("{c:?}").contains("s3cret"),
             "secret leaked into Debug"
         );
+    }
+
+    #[test]
+    fn connection_limits_default_and_are_validated() {
+        let c = Config::parse("t.toml", MINIMAL, &env).unwrap().config;
+        assert_eq!(c.server.header_read_timeout_secs, 10);
+        assert_eq!(c.server.idle_timeout_secs, 60);
+        assert_eq!(c.server.max_connections, 512);
+        let text = format!(
+            "[server]\nheader_read_timeout_secs = 0\nrequest_timeout_secs = 30\nidle_timeout_secs = 30\nmax_connections = 0\n{MINIMAL}"
+        );
+        let shown = Config::parse("t.toml", &text, &env)
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "server.header_read_timeout_secs: must be at least 1",
+            "server.idle_timeout_secs: 30 must be greater than server.request_timeout_secs (30)",
+            "server.max_connections: must be at least 1",
+        ] {
+            assert!(shown.contains(expected), "{expected:?} in {shown}");
+        }
     }
 
     #[test]

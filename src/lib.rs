@@ -14,6 +14,7 @@
 //! - `redact`: URLs without credentials or query, errors with every cause.
 //! - [`schedule`]: cron next-fire times (pure) and the per-producer schedule loop.
 //! - [`server`]: the axum router, health and metrics endpoints.
+//! - `serve`: the accept loop: header-read and idle timeouts, the connection cap.
 //! - [`admin`]: operator endpoints behind the admin bearer token.
 //! - [`api`]: the application's `/v1` API: the change feed and the read API.
 //! - [`app`]: `App::build` / `App::run`, the owner of every task.
@@ -35,6 +36,7 @@ pub mod patch;
 pub mod probe;
 pub(crate) mod redact;
 pub mod schedule;
+mod serve;
 pub mod server;
 pub mod state;
 pub mod store;

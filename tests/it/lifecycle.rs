@@ -7,7 +7,7 @@ use driftd::config::{Config, WebhookConfig};
 use driftd::ingest::signature;
 use driftd::store::{now_ms, Channel, InboxEntry, InboxFilter, InboxOutcome, Store};
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{wait_for, TestDb};
@@ -29,7 +29,7 @@ url = "@DB@"
 name = "orders"
 schedule = "0 0 0 1 1 *"
 [producer.snapshot]
-url = "http://127.0.0.1:9/orders"
+@SNAPSHOT@
 [producer.webhook]
 scheme = "hmac-sha256"
 secret = "orders-s3cret"
@@ -51,7 +51,15 @@ pub(crate) struct Daemon {
 impl Daemon {
     /// Starts the daemon; `server` adds lines to its `[server]` table.
     pub(crate) async fn start(db: &TestDb, server: &str) -> Self {
-        let text = CONFIG.replace("@DB@", &db.url).replace("@SERVER@", server);
+        Self::start_with(db, server, "url = \"http://127.0.0.1:9/orders\"").await
+    }
+
+    /// Starts the daemon with `snapshot` as the producer's `[producer.snapshot]` table.
+    pub(crate) async fn start_with(db: &TestDb, server: &str, snapshot: &str) -> Self {
+        let text = CONFIG
+            .replace("@DB@", &db.url)
+            .replace("@SERVER@", server)
+            .replace("@SNAPSHOT@", snapshot);
         let config = Config::parse("t.toml", &text, &|_| None)
             .expect("the test config is valid")
             .config;
@@ -216,6 +224,47 @@ async fn hung_up_clients_cancel_no_commit(db: &TestDb) {
     daemon.stop().await;
 }
 
+/// An admin keyframe whose client hangs up mid-pull still finishes: its run
+/// is recorded and its lease released, so the next keyframe runs at once.
+async fn an_admin_keyframe_outlives_its_client(db: &TestDb) {
+    let (vendor, addr) = crate::producer::Vendor::start(30).await;
+    vendor
+        .delay_ms
+        .store(1_500, std::sync::atomic::Ordering::Relaxed);
+    let daemon = Daemon::start_with(
+        db,
+        "admin_token = \"adm1n\"",
+        &crate::producer::snapshot_toml("none", addr),
+    )
+    .await;
+    let url = format!("http://{}/admin/keyframe/orders", daemon.addr);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient.post(&url).bearer_auth("adm1n").send().await;
+    assert!(gave_up.is_err(), "the client hangs up before the answer");
+
+    wait_for("the abandoned keyframe run to finish", 20, || async {
+        let runs = daemon.store.runs("orders", 5).await.unwrap();
+        runs.len() == 1 && runs[0].finished_at.is_some()
+    })
+    .await;
+    let runs = daemon.store.runs("orders", 5).await.unwrap();
+    assert_eq!(runs[0].state.as_str(), "ok", "{:?}", runs[0]);
+    vendor
+        .delay_ms
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    let again = client()
+        .post(&url)
+        .bearer_auth("adm1n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 200, "the lease was released");
+    daemon.stop().await;
+}
+
 /// A pooled connection returned inside a transaction is never handed out
 /// again: the next writes begin, commit and are durable.
 async fn a_connection_left_in_a_transaction_is_not_reused(db: &TestDb) {
@@ -376,9 +425,109 @@ fn a_hung_test_fails_fast_naming_itself() {
     });
 }
 
+/// Connections that send nothing (`None`) or these bytes of a request and then stall.
+async fn stall(
+    addr: std::net::SocketAddr,
+    n: usize,
+    partial: Option<&[u8]>,
+) -> Vec<tokio::net::TcpStream> {
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        if let Some(bytes) = partial {
+            s.write_all(bytes).await.expect("send part of a request");
+        }
+        sockets.push(s);
+    }
+    sockets
+}
+
+/// Watches (for at most `within`) for the server to close each socket;
+/// [`close_times`] says when each closed, measured from `since`.
+fn watch_closing(
+    sockets: Vec<tokio::net::TcpStream>,
+    since: Instant,
+    within: Duration,
+) -> tokio::task::JoinSet<Option<Duration>> {
+    let mut readers = tokio::task::JoinSet::new();
+    for mut s in sockets {
+        readers.spawn(async move {
+            let mut buf = [0u8; 1024];
+            let deadline = tokio::time::Instant::from_std(since + within);
+            loop {
+                match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                    Err(_) => return None,
+                    Ok(Ok(0)) | Ok(Err(_)) => return Some(since.elapsed()),
+                    // Whatever the server says before closing.
+                    Ok(Ok(_)) => continue,
+                }
+            }
+        });
+    }
+    readers
+}
+
+/// When each watched socket was closed, in order; fails if one stayed open.
+async fn close_times(mut readers: tokio::task::JoinSet<Option<Duration>>) -> Vec<Duration> {
+    let mut times = Vec::new();
+    while let Some(closed) = readers.join_next().await {
+        let closed = closed.expect("a reader does not panic");
+        times.push(closed.expect("every stalled connection is closed by the server"));
+    }
+    times.sort();
+    times
+}
+
+/// Connections that send nothing or part of their headers are closed after
+/// the header read timeout; a normal sender is served while they are open.
+async fn stalled_connections_are_closed_while_senders_are_served(db: &TestDb) {
+    let daemon = Daemon::start(db, "header_read_timeout_secs = 2").await;
+    let opened = Instant::now();
+    let mut stalled = stall(daemon.addr, 75, None).await;
+    let partial = b"POST /hooks/orders HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-le";
+    stalled.extend(stall(daemon.addr, 75, Some(partial)).await);
+
+    let closing = watch_closing(stalled, opened, Duration::from_secs(15));
+    let http = client();
+    for i in 0..20 {
+        let key = format!("during-{i}");
+        assert_eq!(daemon.deliver(&http, &key).await, 200, "{key}");
+    }
+    let times = close_times(closing).await;
+    assert!(
+        times[0] >= Duration::from_millis(1500),
+        "closed by the header read timeout, not before: {:?}",
+        times[0]
+    );
+    assert_eq!(daemon.deliver(&http, "after").await, 200);
+    daemon.stop().await;
+}
+
+/// At `max_connections` open, further connections wait to be accepted: of
+/// 40 silent ones with a cap of 20, the second 20 are closed a whole header
+/// timeout after the first; a normal sender behind them is served.
+async fn the_connection_cap_holds_back_new_connections(db: &TestDb) {
+    let daemon = Daemon::start(db, "header_read_timeout_secs = 2\nmax_connections = 20").await;
+    let opened = Instant::now();
+    let stalled = stall(daemon.addr, 40, None).await;
+    let closing = watch_closing(stalled, opened, Duration::from_secs(30));
+    let http = client();
+    assert_eq!(daemon.deliver(&http, "behind").await, 200);
+    let times = close_times(closing).await;
+    let gap = times[20] - times[19];
+    assert!(
+        gap >= Duration::from_secs(1),
+        "the second 20 were accepted only as the first closed: {times:?}"
+    );
+    daemon.stop().await;
+}
+
 crate::on_both_backends!(
+    stalled_connections_are_closed_while_senders_are_served,
+    the_connection_cap_holds_back_new_connections,
     an_idle_store_runs_no_task,
     hung_up_clients_cancel_no_commit,
+    an_admin_keyframe_outlives_its_client,
     a_connection_left_in_a_transaction_is_not_reused,
     readyz_fails_while_the_write_path_cannot_commit,
 );
