@@ -73,7 +73,11 @@ pub(super) async fn changes(
             .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
             .into_response());
     }
-    let wait = Duration::from_secs(int_param(&query, "wait", 0, 0..=MAX_WAIT_SECS)? as u64);
+    // The server closes a connection on which nothing moves for
+    // `idle_timeout_secs`: answer (empty) a second before that.
+    let idle = s.config.server.idle_timeout_secs.saturating_sub(1);
+    let wait =
+        Duration::from_secs((int_param(&query, "wait", 0, 0..=MAX_WAIT_SECS)? as u64).min(idle));
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before the first read: a commit after it wakes us.
     let mut signal = s.store.subscribe_changes(&producer);

@@ -457,7 +457,39 @@ async fn read_api_and_token(db: &TestDb) {
     assert_eq!(v["sync_state"], json!("drifted"));
 }
 
+/// A long poll longer than the server's idle timeout answers, empty, before
+/// the server would close its connection.
+async fn long_poll_answers_before_the_idle_timeout(db: &TestDb) {
+    let (_vendor, addr) = Vendor::start(1).await;
+    let mut config = config(db, addr, true);
+    config.server.request_timeout_secs = 1;
+    config.server.idle_timeout_secs = 3;
+    let daemon = Daemon::start(config).await;
+    let started = std::time::Instant::now();
+    let resp = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/changes?producer=orders&wait=60",
+            daemon.base
+        ))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .expect("answered, not cut off");
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (v["changes"].as_array().map(Vec::len), v["next"].as_i64()),
+        (Some(0), Some(0))
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1_500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
 crate::on_both_backends!(
+    long_poll_answers_before_the_idle_timeout,
     consumers_resume_exactly_once,
     long_poll_wakes_on_commit,
     read_api_and_token,
