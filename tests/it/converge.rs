@@ -45,17 +45,6 @@ async fn application() -> (Arc<AtomicUsize>, String) {
     (posts, url)
 }
 
-async fn keyframe(client: &reqwest::Client, d: &Daemon) -> Value {
-    let resp = client
-        .post(format!("{}/admin/keyframe/orders", d.base))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "keyframe: {}", resp.status());
-    resp.json().await.unwrap()
-}
-
 /// A sample of `name{producer="orders"}` from the daemon's /metrics.
 async fn metric(client: &reqwest::Client, d: &Daemon, name: &str) -> f64 {
     let text = client
@@ -75,6 +64,24 @@ async fn metric(client: &reqwest::Client, d: &Daemon, name: &str) -> f64 {
         .unwrap()
 }
 
+/// Three keyframes that find no drift and emit nothing.
+async fn quiet_keyframes(client: &reqwest::Client, d: &Daemon) {
+    for n in 0..3 {
+        let run = d.keyframe(client, ADMIN).await;
+        assert_eq!(run["state"], json!("ok"), "keyframe {n}: {run}");
+        assert_eq!(
+            (
+                run["missing"].as_u64(),
+                run["extra"].as_u64(),
+                run["changed"].as_u64(),
+                run["work_emitted"].as_u64()
+            ),
+            (Some(0), Some(0), Some(0), Some(0)),
+            "keyframe {n} after the corrections: {run}"
+        );
+    }
+}
+
 /// Seeds the mirror equal to the vendor, runs a first keyframe (no drift),
 /// then edits `lost + delivered` records at the vendor and sends webhooks
 /// for the `delivered` ones only.
@@ -89,7 +96,7 @@ async fn drift_with_some_deltas(
     let store = db.store().await;
     seed(&store, &d.config.producers[0], &vendor.snapshot()).await;
     store.close().await;
-    let first = keyframe(client, d).await;
+    let first = d.keyframe(&client, ADMIN).await;
     assert_eq!(first["state"], json!("ok"), "{first}");
     assert_eq!(first["work_emitted"], json!(0), "{first}");
     let edited: Vec<Value> = {
@@ -122,7 +129,7 @@ async fn http_corrections_close_their_drift(db: &TestDb) {
     let (k, delivered) = (6, 4);
     drift_with_some_deltas(db, &vendor, &d, &client, k, delivered).await;
 
-    let run = keyframe(&client, &d).await;
+    let run = d.keyframe(&client, ADMIN).await;
     assert_eq!(
         (run["changed"].as_u64(), run["work_emitted"].as_u64()),
         (Some(k as u64), Some(k as u64)),
@@ -149,20 +156,7 @@ async fn http_corrections_close_their_drift(db: &TestDb) {
         },
     )
     .await;
-    for n in 0..3 {
-        let run = keyframe(&client, &d).await;
-        assert_eq!(run["state"], json!("ok"), "keyframe {n}: {run}");
-        assert_eq!(
-            (
-                run["missing"].as_u64(),
-                run["extra"].as_u64(),
-                run["changed"].as_u64(),
-                run["work_emitted"].as_u64()
-            ),
-            (Some(0), Some(0), Some(0), Some(0)),
-            "keyframe {n} after the corrections: {run}"
-        );
-    }
+    quiet_keyframes(&client, &d).await;
     assert_eq!(
         posts.load(AtomicOrdering::SeqCst),
         k,
@@ -200,7 +194,7 @@ async fn none_items_finished_by_hand_close_their_drift(db: &TestDb) {
     let client = reqwest::Client::new();
     let k = 4;
     drift_with_some_deltas(db, &vendor, &d, &client, k, 2).await;
-    let run = keyframe(&client, &d).await;
+    let run = d.keyframe(&client, ADMIN).await;
     assert_eq!(run["work_emitted"].as_u64(), Some(k as u64), "{run}");
     let store = db.store().await;
     let items = store.list_work(None, 100).await.unwrap();
@@ -244,7 +238,7 @@ async fn none_items_finished_by_hand_close_their_drift(db: &TestDb) {
             .unwrap();
         assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     }
-    // The read token is not enough, and an unknown item is a 404.
+    // An unknown item is a 404.
     let resp = client
         .post(format!("{}/v1/work/999999/done", d.base))
         .bearer_auth(ADMIN)
@@ -252,14 +246,7 @@ async fn none_items_finished_by_hand_close_their_drift(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
-    for n in 0..3 {
-        let run = keyframe(&client, &d).await;
-        assert_eq!(
-            (run["changed"].as_u64(), run["work_emitted"].as_u64()),
-            (Some(0), Some(0)),
-            "keyframe {n}: {run}"
-        );
-    }
+    quiet_keyframes(&client, &d).await;
     assert_eq!(
         store.list_work(None, 100).await.unwrap().len(),
         k,
@@ -307,7 +294,7 @@ async fn none_items_finished_with_the_readme_sql_close_their_drift() {
     let client = reqwest::Client::new();
     let k = 3;
     drift_with_some_deltas(&db, &vendor, &d, &client, k, 1).await;
-    let run = keyframe(&client, &d).await;
+    let run = d.keyframe(&client, ADMIN).await;
     assert_eq!(run["work_emitted"].as_u64(), Some(k as u64), "{run}");
 
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
@@ -330,14 +317,7 @@ async fn none_items_finished_with_the_readme_sql_close_their_drift() {
         },
     )
     .await;
-    for n in 0..3 {
-        let run = keyframe(&client, &d).await;
-        assert_eq!(
-            (run["changed"].as_u64(), run["work_emitted"].as_u64()),
-            (Some(0), Some(0)),
-            "keyframe {n}: {run}"
-        );
-    }
+    quiet_keyframes(&client, &d).await;
     pool.close().await;
     store.close().await;
 }

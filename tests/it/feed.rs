@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::producer::Vendor;
-use crate::support::{wait_for, Daemon, TestDb};
+use crate::support::{get_json, wait_for, Daemon, TestDb};
 
 const READ: &str = "r3ad-t0ken";
 const ADMIN: &str = "adm1n-t0ken";
@@ -115,13 +115,7 @@ async fn consumers_resume_exactly_once(db: &TestDb) {
     let daemon = Daemon::start(config(db, addr, true)).await;
     let client = reqwest::Client::new();
     // The first keyframe fills the mirror; the feed starts with its corrections.
-    let resp = client
-        .post(format!("{}/admin/keyframe/orders", daemon.base))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "keyframe: {}", resp.status());
+    daemon.keyframe(&client, ADMIN).await;
 
     let base = daemon.base.clone();
     let sse = tokio::spawn({
@@ -200,13 +194,7 @@ async fn consumers_resume_exactly_once(db: &TestDb) {
                 }
             }
         }
-        let resp = client
-            .post(format!("{}/admin/keyframe/orders", daemon.base))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success(), "keyframe: {}", resp.status());
+        daemon.keyframe(&client, ADMIN).await;
         let store = db.store().await;
         wait_for("corrections applied", 30, || async {
             store
@@ -281,17 +269,13 @@ async fn long_poll_wakes_on_commit(db: &TestDb) {
         let client = client.clone();
         let base = daemon.base.clone();
         async move {
-            client
-                .get(format!(
-                    "{base}/v1/changes?producer=orders&after=0&wait=20&docs=1"
-                ))
-                .bearer_auth(READ)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
+            get_json(
+                &client,
+                &format!("{base}/v1/changes?producer=orders&after=0&wait=20&docs=1"),
+                Some(READ),
+            )
+            .await
+            .1
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -326,34 +310,24 @@ async fn long_poll_wakes_on_commit(db: &TestDb) {
             &json!({"id": "A-1", "rev": 4, "status": "delivered"}),
         )
         .await;
-    let v: Value = client
-        .get(format!(
-            "{}/v1/changes?producer=orders&after=0&docs=1",
-            daemon.base
-        ))
-        .bearer_auth(READ)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(
+        &client,
+        &format!("{}/v1/changes?producer=orders&after=0&docs=1", daemon.base),
+        Some(READ),
+    )
+    .await
+    .1;
     assert_eq!(v["changes"][0]["superseded"], json!(true));
     assert_eq!(v["changes"][0].get("doc"), None);
     assert_eq!(v["changes"][1]["doc"]["status"], json!("delivered"));
     // An empty poll answers at its deadline with the same position.
-    let v: Value = client
-        .get(format!(
-            "{}/v1/changes?producer=orders&after=2&wait=1",
-            daemon.base
-        ))
-        .bearer_auth(READ)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(
+        &client,
+        &format!("{}/v1/changes?producer=orders&after=2&wait=1", daemon.base),
+        Some(READ),
+    )
+    .await
+    .1;
     assert_eq!(
         (v["changes"].as_array().map(Vec::len), v["next"].as_i64()),
         (Some(0), Some(2))
@@ -370,20 +344,11 @@ async fn read_api_and_token(db: &TestDb) {
             .webhook(&client, &json!({"id": format!("k{i}"), "rev": 1, "n": i}))
             .await;
     }
-    let get = |path: String, token: Option<&'static str>| {
-        let client = client.clone();
-        let base = daemon.base.clone();
-        async move {
-            let mut req = client.get(format!("{base}{path}"));
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            let resp = req.send().await.unwrap();
-            let status = resp.status().as_u16();
-            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
-        }
+    let get = |path: &str, token: Option<&'static str>| {
+        let (client, url) = (client.clone(), format!("{}{path}", daemon.base));
+        async move { get_json(&client, &url, token).await }
     };
-    let (status, v) = get("/v1/entities/orders/k3".into(), Some(READ)).await;
+    let (status, v) = get("/v1/entities/orders/k3", Some(READ)).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["doc"], json!({"id": "k3", "rev": 1, "n": 3}));
     assert_eq!(
@@ -395,7 +360,7 @@ async fn read_api_and_token(db: &TestDb) {
         (Some(1), Some("webhook"), Some("in_sync"))
     );
     assert_eq!(v["hash"].as_str().map(str::len), Some(64));
-    let (status, v) = get("/v1/entities/orders?limit=2".into(), Some(READ)).await;
+    let (status, v) = get("/v1/entities/orders?limit=2", Some(READ)).await;
     assert_eq!(status, 200);
     let keys = |v: &Value| -> Vec<String> {
         v["entities"]
@@ -409,38 +374,22 @@ async fn read_api_and_token(db: &TestDb) {
         (keys(&v), v["next"].as_str()),
         (vec!["k0".to_string(), "k1".into()], Some("k1"))
     );
-    let (_, v) = get("/v1/entities/orders?after=k3&limit=2".into(), Some(READ)).await;
+    let (_, v) = get("/v1/entities/orders?after=k3&limit=2", Some(READ)).await;
     assert_eq!(
         (keys(&v), v["next"].clone()),
         (vec!["k4".to_string()], Value::Null)
     );
-    assert_eq!(
-        get("/v1/entities/orders/nope".into(), Some(READ)).await.0,
-        404
-    );
-    assert_eq!(
-        get("/v1/entities/nobody/k1".into(), Some(READ)).await.0,
-        404
-    );
-    assert_eq!(
-        get("/v1/changes?producer=nobody".into(), Some(READ))
-            .await
-            .0,
-        404
-    );
-    let (status, v) = get("/v1/changes?producer=orders&limit=0".into(), Some(READ)).await;
+    assert_eq!(get("/v1/entities/orders/nope", Some(READ)).await.0, 404);
+    assert_eq!(get("/v1/entities/nobody/k1", Some(READ)).await.0, 404);
+    assert_eq!(get("/v1/changes?producer=nobody", Some(READ)).await.0, 404);
+    let (status, v) = get("/v1/changes?producer=orders&limit=0", Some(READ)).await;
     assert_eq!(status, 400);
     assert!(v["error"].as_str().unwrap().contains("limit"), "{v}");
     // The token: 401 without it, with the admin token, or a wrong one.
-    assert_eq!(get("/v1/entities/orders/k3".into(), None).await.0, 401);
+    assert_eq!(get("/v1/entities/orders/k3", None).await.0, 401);
+    assert_eq!(get("/v1/entities/orders/k3", Some(ADMIN)).await.0, 401);
     assert_eq!(
-        get("/v1/entities/orders/k3".into(), Some(ADMIN)).await.0,
-        401
-    );
-    assert_eq!(
-        get("/v1/changes?producer=orders".into(), Some("wrong"))
-            .await
-            .0,
+        get("/v1/changes?producer=orders", Some("wrong")).await.0,
         401
     );
     // A correction pending for an entity shows as drifted.
@@ -453,7 +402,7 @@ async fn read_api_and_token(db: &TestDb) {
     .await
     .unwrap();
     store.close().await;
-    let (_, v) = get("/v1/entities/orders/k2".into(), Some(READ)).await;
+    let (_, v) = get("/v1/entities/orders/k2", Some(READ)).await;
     assert_eq!(v["sync_state"], json!("drifted"));
 }
 
@@ -527,15 +476,7 @@ async fn replicas_serve_the_same_feed() {
         let client = client.clone();
         let base = b.base.clone();
         async move {
-            client
-                .get(format!("{base}/v1/changes?producer=orders&after=0&wait=30"))
-                .bearer_auth(READ)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
+            get_json(&client, &format!("{base}/v1/changes?producer=orders&after=0&wait=30"), Some(READ)).await.1
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -553,15 +494,7 @@ async fn replicas_serve_the_same_feed() {
     let feed = |base: String| {
         let client = client.clone();
         async move {
-            client
-                .get(format!("{base}/v1/changes?producer=orders&limit=100"))
-                .bearer_auth(READ)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()["changes"]
+            get_json(&client, &format!("{base}/v1/changes?producer=orders&limit=100"), Some(READ)).await.1["changes"]
                 .clone()
         }
     };

@@ -281,3 +281,31 @@ impl Drop for Daemon {
         self.cancel.cancel();
     }
 }
+
+impl Daemon {
+    /// Runs a keyframe of the first producer through the admin endpoint; its summary.
+    pub async fn keyframe(&self, client: &reqwest::Client, admin_token: &str) -> Value {
+        let resp = client
+            .post(format!(
+                "{}/admin/keyframe/{}",
+                self.base, self.config.producers[0].name
+            ))
+            .bearer_auth(admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "keyframe: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+}
+
+/// `GET url` with a bearer token: the status and the JSON body (null if none).
+pub async fn get_json(client: &reqwest::Client, url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
