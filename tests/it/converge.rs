@@ -96,7 +96,7 @@ async fn drift_with_some_deltas(
     let store = db.store().await;
     seed(&store, &d.config.producers[0], &vendor.snapshot()).await;
     store.close().await;
-    let first = d.keyframe(&client, ADMIN).await;
+    let first = d.keyframe(client, ADMIN).await;
     assert_eq!(first["state"], json!("ok"), "{first}");
     assert_eq!(first["work_emitted"], json!(0), "{first}");
     let edited: Vec<Value> = {
