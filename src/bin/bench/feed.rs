@@ -393,13 +393,14 @@ pub(super) async fn scenario(backend: BackendArg, k: &FeedKnobs) -> Result<FeedR
         let _counting = Counting::on();
         let mut runs = Vec::new();
         let mut idle = None;
+        let measured = async {
         for &n in &levels {
             if n == most {
                 tokio::time::sleep(settle).await;
                 let baseline = window(idle_secs, pg.as_mut()).await?;
                 let (run, waiting) = ctx.run(n, Some((settle, idle_secs, pg.as_mut()))).await?;
-                let waiting = waiting.ok_or_else(|| anyhow!("the idle window was not measured"))?;
-                idle = Some(IdleCost {
+                // No idle window when a consumer never caught up: the run's errors say why.
+                idle = waiting.map(|waiting| IdleCost {
                     consumers: n,
                     secs: idle_secs.as_secs_f64(),
                     statements_per_sec: waiting.statements_per_sec,
@@ -413,6 +414,13 @@ pub(super) async fn scenario(backend: BackendArg, k: &FeedKnobs) -> Result<FeedR
                 runs.push(ctx.run(n, None).await?.0);
             }
         }
+        anyhow::Ok(())
+        }
+        .await;
+        shutdown.cancel();
+        let stopped = daemon.await;
+        measured?;
+        stopped.map_err(|e| anyhow!("the daemon task panicked: {e}"))??;
         if let Some(i) = &idle {
             note(format!(
                 "  idle, {} consumers waiting: {} change-log reads in {} s, {:.2} statements/s beyond the {:.2}/s baseline{}",
@@ -425,10 +433,6 @@ pub(super) async fn scenario(backend: BackendArg, k: &FeedKnobs) -> Result<FeedR
             ));
         }
         drop(pg);
-        shutdown.cancel();
-        daemon
-            .await
-            .map_err(|e| anyhow!("the daemon task panicked: {e}"))??;
         Ok(FeedReport {
             backend,
             deltas: k.feed_deltas,
@@ -898,41 +902,51 @@ pub(super) fn targets(
                 true,
             );
         }
-        if let Some(i) = &r.idle {
+        let Some(i) = &r.idle else {
+            // Not measured (a consumer never caught up): shown as missed.
             push(
                 r.backend,
-                &format!("feed: change-log reads/s of {} idle consumers", i.consumers),
-                i.feed_reads as f64 / i.secs,
+                "feed: change-log reads/s of idle consumers",
+                f64::NAN,
                 "/s",
                 0.0,
                 true,
             );
-            if let Some(x) = i.extra_pg_log_scans_per_sec() {
-                push(
-                    r.backend,
-                    &format!(
-                        "feed: PostgreSQL scans/s of changes by {} idle consumers",
-                        i.consumers
-                    ),
-                    x,
-                    "/s",
-                    0.0,
-                    true,
-                );
-            }
-            if let Some(x) = i.extra_pg_xacts_per_sec() {
-                push(
-                    r.backend,
-                    &format!(
-                        "feed: PostgreSQL transactions/s of {} idle consumers",
-                        i.consumers
-                    ),
-                    x,
-                    "/s",
-                    0.5,
-                    true,
-                );
-            }
+            continue;
+        };
+        push(
+            r.backend,
+            &format!("feed: change-log reads/s of {} idle consumers", i.consumers),
+            i.feed_reads as f64 / i.secs,
+            "/s",
+            0.0,
+            true,
+        );
+        if let Some(x) = i.extra_pg_log_scans_per_sec() {
+            push(
+                r.backend,
+                &format!(
+                    "feed: PostgreSQL scans/s of changes by {} idle consumers",
+                    i.consumers
+                ),
+                x,
+                "/s",
+                0.0,
+                true,
+            );
+        }
+        if let Some(x) = i.extra_pg_xacts_per_sec() {
+            push(
+                r.backend,
+                &format!(
+                    "feed: PostgreSQL transactions/s of {} idle consumers",
+                    i.consumers
+                ),
+                x,
+                "/s",
+                0.5,
+                true,
+            );
         }
     }
 }
