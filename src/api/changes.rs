@@ -67,6 +67,7 @@ pub(super) async fn changes(
             docs,
             shutdown: s.shutdown.clone(),
             buffered: VecDeque::new(),
+            caught_up: false,
             failed: false,
         };
         return Ok(Sse::new(feed.events())
@@ -107,6 +108,9 @@ struct Feed {
     docs: bool,
     shutdown: CancellationToken,
     buffered: VecDeque<FeedChange>,
+    /// The last read returned less than a page: the stream is caught up,
+    /// and only the producer's signal can make another read worthwhile.
+    caught_up: bool,
     failed: bool,
 }
 
@@ -133,17 +137,25 @@ impl Feed {
                         .data(data),
                 );
             }
+            if self.caught_up {
+                // Subscribed before the read that caught up: a commit since
+                // has already marked the signal changed.
+                tokio::select! {
+                    woke = self.signal.changed() => if woke.is_err() { return None },
+                    _ = self.shutdown.cancelled() => return None,
+                }
+                self.caught_up = false;
+                continue;
+            }
+            self.signal.borrow_and_update();
             match self
                 .store
                 .changes_after(&self.producer, self.after, self.limit, self.docs)
                 .await
             {
-                Ok(found) if !found.is_empty() => self.buffered.extend(found),
-                Ok(_) => {
-                    tokio::select! {
-                        woke = self.signal.changed() => if woke.is_err() { return None },
-                        _ = self.shutdown.cancelled() => return None,
-                    }
+                Ok(found) => {
+                    self.caught_up = (found.len() as i64) < self.limit;
+                    self.buffered.extend(found);
                 }
                 Err(e) => {
                     warn!(producer = %self.producer, error = %e, "change feed stream ended: cannot read the feed");

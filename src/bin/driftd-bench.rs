@@ -1,4 +1,4 @@
-//! `driftd-bench`: the benchmark harness (keyframe vs fetch-only and naive compare, durable webhook ingest, work queue) on SQLite and PostgreSQL; see BENCHMARKS.md.
+//! `driftd-bench`: the benchmark harness (keyframe vs fetch-only and naive compare, durable webhook ingest, work queue, change feed) on SQLite and PostgreSQL; see BENCHMARKS.md.
 //!
 //! Every ratio is against a baseline measured in the same run: the keyframe
 //! against a fetch-only pull of the same pages, the naive compare against the
@@ -11,6 +11,10 @@
 //!
 //! The baselines hold raw SQL on purpose (they are what driftd is compared
 //! with); driftd's own side goes through `Store`, `Keyframer` and `App` only.
+//! The change-feed scenario lives in `bench/feed.rs`.
+
+#[path = "bench/feed.rs"]
+mod feed;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -72,6 +76,8 @@ enum Cmd {
     Ingest(IngestArgs),
     /// Work queue claim/finish vs a raw SQL claim loop, on one backend.
     Work(WorkArgs),
+    /// Change feed: commit-to-delivery latency to waiting consumers and what idle consumers cost, on one backend.
+    Feed(FeedArgs),
     /// (internal) One measurement against an already seeded database; prints one JSON line.
     #[command(hide = true)]
     Probe(ProbeArgs),
@@ -113,6 +119,8 @@ struct AllArgs {
     ingest: IngestKnobs,
     #[command(flatten)]
     work: WorkKnobs,
+    #[command(flatten)]
+    feed: feed::FeedKnobs,
 }
 
 #[derive(Args, Clone)]
@@ -182,6 +190,16 @@ struct WorkArgs {
     backend: BackendArg,
     #[command(flatten)]
     knobs: WorkKnobs,
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct FeedArgs {
+    #[arg(long, value_enum, default_value = "sqlite")]
+    backend: BackendArg,
+    #[command(flatten)]
+    knobs: feed::FeedKnobs,
     #[arg(long)]
     json: Option<std::path::PathBuf>,
 }
@@ -298,6 +316,7 @@ struct Results {
     keyframe: Vec<KeyframeReport>,
     ingest: Vec<IngestReport>,
     work: Vec<WorkReport>,
+    feed: Vec<feed::FeedReport>,
     targets: Vec<Target>,
 }
 
@@ -322,6 +341,13 @@ struct Target {
 
 fn main() -> Result<()> {
     process_secs();
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(feed::StatementCounter),
+        )
+        .context("install the statement counter")?;
+    }
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -347,6 +373,11 @@ fn main() -> Result<()> {
                 r.work.push(work_scenarios(a.backend, &a.knobs).await?);
                 r.finish(a.json.as_deref())
             }
+            Cmd::Feed(a) => {
+                let mut r = Results::new();
+                r.feed.push(feed::scenario(a.backend, &a.knobs).await?);
+                r.finish(a.json.as_deref())
+            }
         }
     })
 }
@@ -362,6 +393,7 @@ async fn all(a: AllArgs) -> Result<()> {
             .push(keyframe_scenarios(backend, n, &a.kf).await?);
         r.ingest.push(ingest_scenarios(backend, &a.ingest).await?);
         r.work.push(work_scenarios(backend, &a.work).await?);
+        r.feed.push(feed::scenario(backend, &a.feed).await?);
     }
     r.finish(a.json.as_deref())
 }
@@ -1510,6 +1542,7 @@ impl Results {
                 );
             }
         }
+        feed::table(&self.feed, &mut s);
         if !self.targets.is_empty() {
             let _ = writeln!(s, "\n### Targets\n");
             let _ = writeln!(s, "| backend | target | measured | limit | |");
@@ -1619,5 +1652,6 @@ fn targets(r: &Results) -> Vec<Target> {
             false,
         );
     }
+    feed::targets(&r.feed, &mut push);
     out
 }
