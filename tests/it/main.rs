@@ -7,6 +7,7 @@ mod demo;
 mod feed;
 mod ingest;
 mod keyframe;
+mod leases;
 mod lifecycle;
 mod logs;
 mod observe;
