@@ -5,8 +5,8 @@ use driftd::config::Config;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::producer::{Fault, Vendor};
 use crate::support::TestDb;
+use crate::support::{Fault, Vendor};
 
 async fn start(db: &TestDb, snapshot: &str, token: Option<&str>) -> (String, CancellationToken) {
     let server = token
@@ -39,7 +39,7 @@ crate::limited_test! {
 async fn admin_endpoints_are_off_without_a_token() {
     let db = TestDb::sqlite();
     let (_vendor, addr) = Vendor::start(5).await;
-    let (base, cancel) = start(&db, &crate::producer::snapshot_toml("none", addr), None).await;
+    let (base, cancel) = start(&db, &crate::support::snapshot_toml("none", addr), None).await;
     let (status, _) = call(
         reqwest::Method::GET,
         format!("{base}/admin/status"),
@@ -58,7 +58,7 @@ async fn status_keyframe_and_approve_over_http() {
     let token = "adm1n-t0ken";
     let (base, cancel) = start(
         &db,
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         Some(token),
     )
     .await;

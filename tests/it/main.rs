@@ -11,7 +11,6 @@ mod leases;
 mod lifecycle;
 mod logs;
 mod observe;
-mod producer;
 mod readyz;
 mod replicas;
 mod store;

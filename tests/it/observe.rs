@@ -12,8 +12,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::keyframe::seed;
-use crate::producer::{snapshot_toml, Vendor};
 use crate::support::{repo_root, TestDb};
+use crate::support::{snapshot_toml, Vendor};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";

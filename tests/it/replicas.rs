@@ -8,7 +8,7 @@ use driftd::state::RunState;
 use serde_json::Value;
 
 use crate::keyframe::{producer, seed};
-use crate::producer::Vendor;
+use crate::support::Vendor;
 use crate::support::{driftd_bin, TestDb};
 
 struct Daemon(Child);
@@ -65,7 +65,7 @@ async fn two_daemons_share_the_queue_and_the_keyframe_lease() {
     let db = TestDb::postgres().await;
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(600).await;
-    let snapshot = crate::producer::snapshot_toml("cursor", addr);
+    let snapshot = crate::support::snapshot_toml("cursor", addr);
     let p = producer(&snapshot, "");
     seed(&store, &p, &vendor.snapshot()).await;
     {
@@ -148,7 +148,7 @@ async fn one_scheduled_tick_is_one_run_across_replicas() {
     let db = TestDb::postgres().await;
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(50).await;
-    let snapshot = crate::producer::snapshot_toml("none", addr);
+    let snapshot = crate::support::snapshot_toml("none", addr);
     seed(&store, &producer(&snapshot, ""), &vendor.snapshot()).await;
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{}\"\nmax_connections = 4\n\
@@ -245,7 +245,7 @@ async fn a_worker_killed_mid_item_is_finished_by_another_once() {
     let db = TestDb::postgres().await;
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(50).await;
-    let snapshot = crate::producer::snapshot_toml("none", addr);
+    let snapshot = crate::support::snapshot_toml("none", addr);
     // The lease outlasts a call (as `driftd check` requires) and is renewed
     // while A's call hangs; A is killed long before its call times out.
     let work = format!(

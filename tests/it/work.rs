@@ -12,8 +12,8 @@ use driftd::store::{now_ms, WorkRow};
 use serde_json::Value;
 
 use crate::keyframe::{keyframer, producer, seed, workers};
-use crate::producer::Vendor;
 use crate::support::TestDb;
+use crate::support::Vendor;
 
 const APP_SECRET: &str = "app-shared-secret";
 
@@ -107,7 +107,7 @@ async fn http_action_retries_with_one_idempotency_key(db: &TestDb) {
     let (app, url) = start_app(vec![503, 503]).await;
     let (vendor, addr) = Vendor::start(50).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         &format!("[producer.work]\naction = \"http\"\nurl = \"{url}\"\nsecret = \"{APP_SECRET}\"\nbackoff_base_ms = 1\nbackoff_max_ms = 5\nmax_attempts = 5"),
     );
     seed(&store, &p, &vendor.snapshot()).await;
@@ -146,7 +146,7 @@ async fn http_client_errors_are_dead_at_once(db: &TestDb) {
     let (app, url) = start_app(vec![400]).await;
     let (vendor, addr) = Vendor::start(20).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         &format!("[producer.work]\naction = \"http\"\nurl = \"{url}\"\nbackoff_base_ms = 1\nbackoff_max_ms = 5"),
     );
     seed(&store, &p, &vendor.snapshot()).await;
@@ -183,7 +183,7 @@ async fn expired_leases_are_retried(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(30).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         "[producer.work]\nlease_secs = 1",
     );
     seed(&store, &p, &vendor.snapshot()).await;
@@ -237,7 +237,7 @@ async fn convergence_over_random_loss(db: &TestDb) {
     let p = producer(
         &format!(
             "{}\nversion = \"/rev\"",
-            crate::producer::snapshot_toml("cursor", addr)
+            crate::support::snapshot_toml("cursor", addr)
         ),
         "bucket_bits = 6",
     );
@@ -270,7 +270,7 @@ async fn convergence_over_random_loss(db: &TestDb) {
                     });
                 }
             } else {
-                let (_, mut doc) = crate::producer::record(key[4..].parse().unwrap(), rev);
+                let (_, mut doc) = crate::support::record(key[4..].parse().unwrap(), rev);
                 doc["status"] = Value::String(format!("s{}", rnd() % 7));
                 r.insert(key.clone(), doc.clone());
                 deltas.push(EntityWrite {
@@ -334,7 +334,7 @@ async fn apply_batches_are_all_or_nothing(db: &TestDb) {
     use driftd::store::{Change, EntityWrite, Ordering, Source};
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(30).await;
-    let p = producer(&crate::producer::snapshot_toml("none", addr), "");
+    let p = producer(&crate::support::snapshot_toml("none", addr), "");
     seed(&store, &p, &vendor.snapshot()).await;
     for k in ["ord-00001", "ord-00002"] {
         vendor.records.lock().unwrap().get_mut(k).unwrap()["status"] = Value::String("new".into());
@@ -418,7 +418,7 @@ async fn keyframes_keep_the_history_of_open_work(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(20).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         "[producer.work]\naction = \"none\"",
     );
     seed(&store, &p, &vendor.snapshot()).await;
@@ -470,7 +470,7 @@ async fn a_failing_application_reaches_dead_despite_keyframes(db: &TestDb) {
     let (app, url) = start_app(vec![503; 50]).await;
     let (vendor, addr) = Vendor::start(20).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         &format!("[producer.work]\naction = \"http\"\nurl = \"{url}\"\nbackoff_base_ms = 1\nbackoff_max_ms = 2\nmax_attempts = 3"),
     );
     seed(&store, &p, &vendor.snapshot()).await;
@@ -565,7 +565,7 @@ async fn a_call_longer_than_the_lease_is_delivered_once(db: &TestDb) {
     let (app, url) = start_slow_app(|_| Duration::from_millis(3_500)).await;
     let (vendor, addr) = Vendor::start(20).await;
     let mut p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         &format!(
             "[producer.work]\naction = \"http\"\nurl = \"{url}\"\nlease_secs = 2\ntimeout_secs = 1"
         ),
@@ -600,7 +600,7 @@ async fn late_outcomes_count_unless_the_item_moved_on(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(20).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         "[producer.work]\naction = \"none\"\nmax_attempts = 2",
     );
     seed(&store, &p, &vendor.snapshot()).await;
@@ -680,7 +680,7 @@ async fn http_concurrency_is_a_pool(db: &TestDb) {
             .await;
     let (vendor, addr) = Vendor::start(40).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         &format!("[producer.work]\naction = \"http\"\nurl = \"{url}\"\nconcurrency = 4"),
     );
     seed(&store, &p, &vendor.snapshot()).await;
@@ -764,7 +764,7 @@ async fn retrying_a_dead_item_names_the_open_one(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(20).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         "[producer.work]\naction = \"none\"",
     );
     seed(&store, &p, &vendor.snapshot()).await;
@@ -826,7 +826,7 @@ async fn url_credentials_stay_out_of_errors(db: &TestDb) {
     };
     let (vendor, addr) = Vendor::start(20).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         &format!(
             "[producer.work]\naction = \"http\"\nurl = \"{}\"\nmax_attempts = 1",
             secret_url("work")
