@@ -716,15 +716,6 @@ async fn changing_ignore_rehashes_stored_rows_without_false_drift(db: &TestDb) {
     assert_eq!((s.missing, s.extra, s.changed), (0, 0, 1), "{s:?}");
 }
 
-/// Sends `signal` (`INT`, `TERM`, `KILL`) to process `pid`.
-fn send_signal(signal: &str, pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
 /// Waits until the newest run of `orders` is `running` and the vendor served a page; returns its id.
 async fn wait_for_running_run(store: &Store, vendor: &Vendor) -> i64 {
     let served = vendor.pages_served.load(AtomicOrdering::Relaxed);
@@ -774,7 +765,7 @@ async fn an_interrupted_keyframe_command_is_recorded_failed_and_frees_its_lease(
             .spawn()
             .expect("start driftd keyframe");
         let id = wait_for_running_run(&store, &vendor).await;
-        send_signal(signal, child.id().unwrap());
+        crate::support::signal(child.id().unwrap(), signal);
         let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
             .await
             .expect("driftd keyframe exits after the signal")
@@ -831,7 +822,7 @@ async fn sigterm_to_the_daemon_mid_pull_records_the_run_failed(db: &TestDb) {
         .spawn()
         .expect("start driftd run");
     let id = wait_for_running_run(&store, &vendor).await;
-    send_signal("TERM", child.id().unwrap());
+    crate::support::signal(child.id().unwrap(), "TERM");
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
         .expect("the daemon exits after SIGTERM")
@@ -873,7 +864,7 @@ async fn a_killed_keyframe_is_closed_by_the_next_lease_holder(db: &TestDb) {
         .spawn()
         .expect("start driftd keyframe");
     let orphan = wait_for_running_run(&store, &vendor).await;
-    send_signal("KILL", child.id().unwrap());
+    crate::support::signal(child.id().unwrap(), "KILL");
     child.wait().await.unwrap();
     assert_eq!(
         store.run(orphan).await.unwrap().unwrap().state,

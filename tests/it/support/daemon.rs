@@ -255,8 +255,8 @@ pub fn signal(pid: u32, signal: &str) {
 }
 
 /// A child `driftd run` on a free loopback port: its config is
-/// `{dir}/{name}.toml`, its stderr `{dir}/{name}.log`, its stdout
-/// `{dir}/{name}.stdout`. Killed when dropped.
+/// `{dir}/{name}.toml`, its stderr `{dir}/{name}.log` (see [`DaemonProcess::log`]),
+/// its stdout `{dir}/{name}.stdout`. Killed when dropped.
 pub struct DaemonProcess {
     child: Child,
     /// `127.0.0.1:{port}`.
@@ -264,7 +264,6 @@ pub struct DaemonProcess {
     /// `http://{addr}`.
     pub base: String,
     log: PathBuf,
-    stdout: PathBuf,
 }
 
 impl DaemonProcess {
@@ -299,18 +298,12 @@ impl DaemonProcess {
             base: format!("http://{addr}"),
             addr,
             log,
-            stdout,
         }
     }
 
     /// Its stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Its stdout so far.
-    pub fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {

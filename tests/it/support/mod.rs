@@ -17,7 +17,7 @@ mod daemon;
 mod db;
 mod vendor;
 
-pub use daemon::{config, signal, Daemon, DaemonProcess};
+pub use daemon::{config, metric, signal, Daemon, DaemonProcess};
 pub use db::{admin_pool, TestDb};
 pub use vendor::{record, snapshot_toml, Fault, Vendor};
 
