@@ -22,7 +22,7 @@ fn config(db: &TestDb, vendor: std::net::SocketAddr, work: &str) -> Config {
         db.url,
         crate::support::snapshot_toml("cursor", vendor),
     );
-    Config::parse("t.toml", &text, &|_| None).unwrap().config
+    crate::support::config(&text)
 }
 
 /// An application that answers every correction 2xx and counts them.

@@ -29,7 +29,7 @@ fn config(db: &TestDb, vendor: std::net::SocketAddr, read_token: bool) -> Config
         db.url,
         crate::support::snapshot_toml("cursor", vendor),
     );
-    Config::parse("t.toml", &text, &|_| None).unwrap().config
+    crate::support::config(&text)
 }
 
 /// `(seq, key, op, hash)` of every row of the producer's `changes` log.
