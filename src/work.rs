@@ -512,7 +512,7 @@ impl Workers {
 
     /// Returns items whose lease expired to the queue.
     async fn reclaim(&self) -> Result<(), StoreError> {
-        let reclaimed = self.store.reclaim_expired_work().await?;
+        let reclaimed = self.store.reclaim_expired_work(now_ms()).await?;
         if reclaimed > 0 {
             info!(
                 reclaimed,
@@ -530,7 +530,7 @@ impl Workers {
         }
         let items = self
             .store
-            .claim_work(&p.name, &self.id, room as u32, lease_ms(p))
+            .claim_work(&p.name, &self.id, room as u32, lease_ms(p), now_ms())
             .await?;
         let n = items.len();
         for item in items {
@@ -549,7 +549,7 @@ impl Workers {
         if p.work.action == Action::Apply {
             let items = self
                 .store
-                .claim_work(&p.name, &self.id, APPLY_BATCH, lease_ms(p))
+                .claim_work(&p.name, &self.id, APPLY_BATCH, lease_ms(p), now_ms())
                 .await?;
             let n = items.len();
             if n > 0 {
@@ -712,7 +712,7 @@ impl Workers {
             renew.tick().await;
             match self
                 .store
-                .renew_work_lease(item, &self.id, lease_ms(p))
+                .renew_work_lease(item, &self.id, lease_ms(p), now_ms())
                 .await
             {
                 Ok(true) => {}

@@ -1264,7 +1264,9 @@ async fn work_scenarios(backend: BackendArg, k: &WorkKnobs) -> Result<WorkReport
             set.spawn(async move {
                 let worker = format!("bench-{w}");
                 while Instant::now() < deadline && done.load(AtomicOrdering::Relaxed) < max {
-                    let claimed = store.claim_work(producer, &worker, batch, 60_000).await?;
+                    let claimed = store
+                        .claim_work(producer, &worker, batch, 60_000, now_ms())
+                        .await?;
                     if claimed.is_empty() {
                         break;
                     }

@@ -203,14 +203,14 @@ impl Keyframer {
         let ttl = LEASE_TTL.as_millis() as i64;
         let mut taken = self
             .store
-            .try_lease(&lease.name, &lease.holder, ttl)
+            .try_lease(&lease.name, &lease.holder, ttl, now_ms())
             .await?;
         if !taken {
             if let Some(current) = self.store.lease_holder(&lease.name).await? {
                 if Holder::parse(&current).is_some_and(|h| self.holder.sees_stopped(&h)) {
                     taken = self
                         .store
-                        .take_over_lease(&lease.name, &current, &lease.holder, ttl)
+                        .take_over_lease(&lease.name, &current, &lease.holder, ttl, now_ms())
                         .await?;
                     if taken {
                         info!(producer = %p.name, previous = %current, "took over the keyframe lease of a process that stopped");
@@ -308,7 +308,12 @@ impl Keyframer {
             tokio::time::sleep(LEASE_RENEW).await;
             match self
                 .store
-                .try_lease(&lease.name, &lease.holder, LEASE_TTL.as_millis() as i64)
+                .try_lease(
+                    &lease.name,
+                    &lease.holder,
+                    LEASE_TTL.as_millis() as i64,
+                    now_ms(),
+                )
                 .await
             {
                 Ok(true) => {}

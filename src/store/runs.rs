@@ -426,15 +426,16 @@ impl Store {
         })
     }
 
-    /// Takes (or renews) the lease `name` for `holder` until `ttl_ms` from now.
-    /// Returns false while another holder's lease is unexpired.
+    /// Takes (or renews) the lease `name` for `holder` until `ttl_ms` after
+    /// `now` (epoch milliseconds). Returns false while another holder's lease
+    /// is unexpired at `now`.
     pub async fn try_lease(
         &self,
         name: &str,
         holder: &str,
         ttl_ms: i64,
+        now: i64,
     ) -> Result<bool, StoreError> {
-        let now = now_ms();
         let done = sqlx::query(
             "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
@@ -459,14 +460,16 @@ impl Store {
             .map_err(db("read a lease"))
     }
 
-    /// Gives lease `name` to `holder` if `from` still holds it, expired or not
-    /// (the caller established that `from` stopped). Returns whether it did.
+    /// Gives lease `name` to `holder` until `ttl_ms` after `now` if `from`
+    /// still holds it, expired or not (the caller established that `from`
+    /// stopped). Returns whether it did.
     pub async fn take_over_lease(
         &self,
         name: &str,
         from: &str,
         holder: &str,
         ttl_ms: i64,
+        now: i64,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE leases SET holder = $3, until = $4 WHERE name = $1 AND holder = $2",
@@ -474,7 +477,7 @@ impl Store {
         .bind(name)
         .bind(from)
         .bind(holder)
-        .bind(now_ms() + ttl_ms)
+        .bind(now + ttl_ms)
         .execute(&self.pool)
         .await
         .map_err(db("take over a lease"))?;

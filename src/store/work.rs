@@ -235,15 +235,16 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Claims up to `limit` due pending items of `producer` for `worker`, leased for `lease_ms`.
+    /// Claims up to `limit` items of `producer` pending and due at `now`
+    /// (epoch milliseconds) for `worker`, leased for `lease_ms` from `now`.
     pub async fn claim_work(
         &self,
         producer: &str,
         worker: &str,
         limit: u32,
         lease_ms: i64,
+        now: i64,
     ) -> Result<Vec<WorkRow>, StoreError> {
-        let now = now_ms();
         let mut tx = self.begin_write().await?;
         let sql = format!(
             "UPDATE work SET state = 'running', locked_by = $2, locked_until = $3,
@@ -296,16 +297,17 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Extends the lease of a claimed item while its worker still holds that
-    /// claim (`claim.attempts` tells one claim from the next); returns false
-    /// when the claim is gone (reclaimed, cancelled, or claimed again).
+    /// Extends the lease of a claimed item to `lease_ms` after `now` while its
+    /// worker still holds that claim (`claim.attempts` tells one claim from
+    /// the next); returns false when the claim is gone (reclaimed, cancelled,
+    /// or claimed again).
     pub async fn renew_work_lease(
         &self,
         claim: &WorkRow,
         worker: &str,
         lease_ms: i64,
+        now: i64,
     ) -> Result<bool, StoreError> {
-        let now = now_ms();
         let renewed = sqlx::query(
             "UPDATE work SET locked_until = $4, updated_at = $5
              WHERE id = $1 AND state = 'running' AND locked_by = $2 AND attempts = $3",
@@ -490,10 +492,10 @@ impl Store {
         Ok(items.iter().map(|(id, _)| *id).zip(outcomes).collect())
     }
 
-    /// Returns running items whose lease expired to `pending` (or `dead` once
-    /// out of attempts). Returns how many were reclaimed.
-    pub async fn reclaim_expired_work(&self) -> Result<u64, StoreError> {
-        let now = now_ms();
+    /// Returns running items whose lease expired before `now` (epoch
+    /// milliseconds) to `pending` (or `dead` once out of attempts), due at
+    /// `now`. Returns how many were reclaimed.
+    pub async fn reclaim_expired_work(&self, now: i64) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "UPDATE work SET
                state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,

@@ -1,14 +1,11 @@
 //! The admin endpoints: off without a token, 401 with a wrong one, and status, keyframe and approve with the right one.
 
-use driftd::app::App;
-use driftd::config::Config;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-use crate::producer::{Fault, Vendor};
-use crate::support::TestDb;
+use crate::support::{config, Daemon, TestDb};
+use crate::support::{Fault, Vendor};
 
-async fn start(db: &TestDb, snapshot: &str, token: Option<&str>) -> (String, CancellationToken) {
+async fn start(db: &TestDb, snapshot: &str, token: Option<&str>) -> Daemon {
     let server = token
         .map(|t| format!("[server]\nadmin_token = \"{t}\"\n"))
         .unwrap_or_default();
@@ -16,13 +13,7 @@ async fn start(db: &TestDb, snapshot: &str, token: Option<&str>) -> (String, Can
         "{server}[database]\nurl = \"{}\"\n[[producer]]\nname = \"orders\"\nschedule = \"0 0 0 1 1 *\"\n[producer.snapshot]\n{snapshot}\n",
         db.url
     );
-    let config = Config::parse("t.toml", &text, &|_| None).unwrap().config;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = App::build(config, Some(listener)).await.unwrap();
-    let base = format!("http://{}", app.local_addr().unwrap());
-    let cancel = CancellationToken::new();
-    tokio::spawn(app.run(cancel.clone()));
-    (base, cancel)
+    Daemon::start(config(&text)).await
 }
 
 async fn call(method: reqwest::Method, url: String, token: Option<&str>) -> (u16, Value) {
@@ -39,7 +30,8 @@ crate::limited_test! {
 async fn admin_endpoints_are_off_without_a_token() {
     let db = TestDb::sqlite();
     let (_vendor, addr) = Vendor::start(5).await;
-    let (base, cancel) = start(&db, &crate::producer::snapshot_toml("none", addr), None).await;
+    let daemon = start(&db, &crate::support::snapshot_toml("none", addr), None).await;
+    let base = &daemon.base;
     let (status, _) = call(
         reqwest::Method::GET,
         format!("{base}/admin/status"),
@@ -47,7 +39,7 @@ async fn admin_endpoints_are_off_without_a_token() {
     )
     .await;
     assert_eq!(status, 404);
-    cancel.cancel();
+    daemon.stop().await;
 }
 }
 
@@ -56,12 +48,13 @@ async fn status_keyframe_and_approve_over_http() {
     let db = TestDb::sqlite();
     let (vendor, addr) = Vendor::start(40).await;
     let token = "adm1n-t0ken";
-    let (base, cancel) = start(
+    let daemon = start(
         &db,
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         Some(token),
     )
     .await;
+    let base = &daemon.base;
     use reqwest::Method;
     for bad in [None, Some("wrong")] {
         let (status, body) = call(Method::GET, format!("{base}/admin/status"), bad).await;
@@ -123,6 +116,6 @@ async fn status_keyframe_and_approve_over_http() {
     )
     .await;
     assert_eq!(status, 409, "{a}");
-    cancel.cancel();
+    daemon.stop().await;
 }
 }

@@ -133,7 +133,7 @@ pub(crate) async fn run_async(args: &[&str]) -> (i32, String, String) {
 
 crate::limited_test! {
 async fn keyframe_guard_approve_and_status_through_the_binary() {
-    let (vendor, addr) = crate::producer::Vendor::start(120).await;
+    let (vendor, addr) = crate::support::Vendor::start(120).await;
     let db = TestDb::sqlite();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("driftd.toml");
@@ -142,7 +142,7 @@ async fn keyframe_guard_approve_and_status_through_the_binary() {
         format!(
             "[database]\nurl = \"{}\"\n[[producer]]\nname = \"orders\"\nschedule = \"0 0 0 1 1 *\"\n[producer.snapshot]\n{}\n",
             db.url,
-            crate::producer::snapshot_toml("none", addr)
+            crate::support::snapshot_toml("none", addr)
         ),
     )
     .unwrap();
@@ -200,10 +200,10 @@ async fn keyframe_guard_approve_and_status_through_the_binary() {
 
     // Carry the work out in process, then the producer suddenly returns nothing.
     let store = db.store().await;
-    let p = crate::keyframe::producer(&crate::producer::snapshot_toml("none", addr), "");
+    let p = crate::keyframe::producer(&crate::support::snapshot_toml("none", addr), "");
     crate::keyframe::drain_work(&store, &p).await;
     store.close().await;
-    *vendor.fault.lock().unwrap() = crate::producer::Fault::Empty;
+    *vendor.fault.lock().unwrap() = crate::support::Fault::Empty;
     let (code, stdout, _) = run_async(&["keyframe", "--config", cfg, "orders"]).await;
     assert_eq!(code, 3, "a guarded run exits 3: {stdout}");
     assert!(
@@ -256,7 +256,7 @@ async fn keyframe_guard_approve_and_status_through_the_binary() {
 
 crate::limited_test! {
 async fn check_probe_points_at_the_wrong_pointers() {
-    let (_vendor, addr) = crate::producer::Vendor::start(600).await;
+    let (_vendor, addr) = crate::support::Vendor::start(600).await;
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, snapshot: String| {
         let path = dir.path().join(name);
@@ -271,7 +271,7 @@ async fn check_probe_points_at_the_wrong_pointers() {
         "good.toml",
         format!(
             "{}\nversion = \"/rev\"",
-            crate::producer::snapshot_toml("cursor", addr)
+            crate::support::snapshot_toml("cursor", addr)
         ),
     );
     let (code, stdout, stderr) =

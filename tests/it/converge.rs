@@ -7,7 +7,7 @@ use driftd::config::Config;
 use serde_json::{json, Value};
 
 use crate::keyframe::seed;
-use crate::producer::Vendor;
+use crate::support::Vendor;
 use crate::support::{wait_for, Daemon, TestDb};
 
 const ADMIN: &str = "adm1n-t0ken";
@@ -20,9 +20,9 @@ fn config(db: &TestDb, vendor: std::net::SocketAddr, work: &str) -> Config {
          [producer.webhook]\nscheme = \"hmac-sha256\"\nsecret = \"{SECRET}\"\nheader = \"X-Sig\"\nkey = \"/id\"\n\
          [producer.work]\n{work}\n",
         db.url,
-        crate::producer::snapshot_toml("cursor", vendor),
+        crate::support::snapshot_toml("cursor", vendor),
     );
-    Config::parse("t.toml", &text, &|_| None).unwrap().config
+    crate::support::config(&text)
 }
 
 /// An application that answers every correction 2xx and counts them.

@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::producer::Vendor;
+use crate::support::Vendor;
 use crate::support::{get_json, wait_for, Daemon, TestDb};
 
 const READ: &str = "r3ad-t0ken";
@@ -27,9 +27,9 @@ fn config(db: &TestDb, vendor: std::net::SocketAddr, read_token: bool) -> Config
          [producer.webhook]\nscheme = \"hmac-sha256\"\nsecret = \"{SECRET}\"\nheader = \"X-Sig\"\nkey = \"/id\"\nversion = \"/rev\"\n\
          [producer.work]\naction = \"apply\"\nbackoff_base_ms = 10\nbackoff_max_ms = 100\n",
         db.url,
-        crate::producer::snapshot_toml("cursor", vendor),
+        crate::support::snapshot_toml("cursor", vendor),
     );
-    Config::parse("t.toml", &text, &|_| None).unwrap().config
+    crate::support::config(&text)
 }
 
 /// `(seq, key, op, hash)` of every row of the producer's `changes` log.

@@ -14,8 +14,8 @@ use driftd::store::{Change, EntityWrite, Ordering, Source, Store};
 use driftd::work::Workers;
 use serde_json::Value;
 
-use crate::producer::{record, Fault, Vendor};
 use crate::support::TestDb;
+use crate::support::{record, Fault, Vendor};
 
 pub fn producer(snapshot_toml: &str, extra: &str) -> ProducerConfig {
     let text = format!(
@@ -128,7 +128,7 @@ async fn exact_drift(db: &TestDb, style: &str) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(2_000).await;
     let p = producer(
-        &crate::producer::snapshot_toml(style, addr),
+        &crate::support::snapshot_toml(style, addr),
         "bucket_bits = 10",
     );
     seed(&store, &p, &vendor.snapshot()).await;
@@ -190,7 +190,7 @@ async fn ignored_fields_and_member_order_are_not_drift(db: &TestDb) {
     let p = producer(
         &format!(
             "{}\nignore = [\"/fetched_at\"]",
-            crate::producer::snapshot_toml("cursor", addr)
+            crate::support::snapshot_toml("cursor", addr)
         ),
         "",
     );
@@ -207,7 +207,7 @@ async fn ignored_fields_and_member_order_are_not_drift(db: &TestDb) {
 async fn failed_pulls_emit_nothing(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(500).await;
-    let p = producer(&crate::producer::snapshot_toml("cursor", addr), "");
+    let p = producer(&crate::support::snapshot_toml("cursor", addr), "");
     seed(&store, &p, &vendor.snapshot()).await;
     vendor.records.lock().unwrap().clear(); // would be 500 `extra` rows if a pull could succeed
     for (fault, expected) in [
@@ -243,7 +243,7 @@ async fn failed_pulls_emit_nothing(db: &TestDb) {
 async fn empty_snapshot_is_guarded_until_approved(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(400).await;
-    let p = producer(&crate::producer::snapshot_toml("none", addr), "");
+    let p = producer(&crate::support::snapshot_toml("none", addr), "");
     seed(&store, &p, &vendor.snapshot()).await;
     *vendor.fault.lock().unwrap() = Fault::Empty;
     let s = keyframe(&store, &p).await;
@@ -276,7 +276,7 @@ async fn a_newer_delta_during_a_slow_pull_is_not_drift(db: &TestDb) {
     let p = producer(
         &format!(
             "{}\nversion = \"/rev\"",
-            crate::producer::snapshot_toml("cursor", addr)
+            crate::support::snapshot_toml("cursor", addr)
         ),
         "",
     );
@@ -338,7 +338,7 @@ async fn a_newer_delta_during_a_slow_pull_is_not_drift(db: &TestDb) {
 async fn lost_deltas_are_corrected_by_apply_work(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(2_000).await;
-    let p = producer(&crate::producer::snapshot_toml("offset", addr), "");
+    let p = producer(&crate::support::snapshot_toml("offset", addr), "");
     seed(&store, &p, &vendor.snapshot()).await;
     // 1% of the records change at the vendor and every webhook is dropped.
     let changed: BTreeSet<String> = {
@@ -420,7 +420,7 @@ async fn lost_deltas_are_corrected_by_apply_work(db: &TestDb) {
 async fn bootstrap_into_an_empty_table(db: &TestDb) {
     let store = db.store().await;
     let (_vendor, addr) = Vendor::start(600).await;
-    let p = producer(&crate::producer::snapshot_toml("link_header", addr), "");
+    let p = producer(&crate::support::snapshot_toml("link_header", addr), "");
     let s = keyframe(&store, &p).await;
     assert_eq!(
         (s.state, s.missing, s.work_emitted),
@@ -436,7 +436,7 @@ async fn bootstrap_into_an_empty_table(db: &TestDb) {
 async fn changing_bucket_bits_rebuilds_digests_without_false_drift(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(800).await;
-    let snapshot = crate::producer::snapshot_toml("cursor", addr);
+    let snapshot = crate::support::snapshot_toml("cursor", addr);
     let p10 = producer(&snapshot, "bucket_bits = 10");
     seed(&store, &p10, &vendor.snapshot()).await;
     let s = keyframe(&store, &p10).await;
@@ -473,7 +473,7 @@ async fn changing_bucket_bits_rebuilds_digests_without_false_drift(db: &TestDb) 
 async fn duration_covers_storing_drift_and_emitting_work(db: &TestDb) {
     let store = db.store().await;
     let (_vendor, addr) = Vendor::start(6_000).await;
-    let p = producer(&crate::producer::snapshot_toml("none", addr), "");
+    let p = producer(&crate::support::snapshot_toml("none", addr), "");
     let started = Instant::now();
     let s = keyframe(&store, &p).await;
     let wall = started.elapsed().as_millis() as u64;
@@ -489,7 +489,7 @@ async fn duration_covers_storing_drift_and_emitting_work(db: &TestDb) {
 async fn buckets_compared_is_the_union_of_both_sides(db: &TestDb) {
     let store = db.store().await;
     let (_vendor, addr) = Vendor::start(3).await;
-    let p = producer(&crate::producer::snapshot_toml("none", addr), "");
+    let p = producer(&crate::support::snapshot_toml("none", addr), "");
     // Three local rows the vendor does not have, in other buckets than its three.
     let local: BTreeMap<String, Value> = (10..13).map(|i| record(i, 0)).collect();
     seed(&store, &p, &local).await;
@@ -505,7 +505,7 @@ async fn buckets_compared_is_the_union_of_both_sides(db: &TestDb) {
 async fn a_few_deltas_before_the_first_keyframe_do_not_guard_seeding(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(300).await;
-    let p = producer(&crate::producer::snapshot_toml("cursor", addr), "");
+    let p = producer(&crate::support::snapshot_toml("cursor", addr), "");
     let early: BTreeMap<String, Value> = vendor.snapshot().into_iter().take(10).collect();
     seed(&store, &p, &early).await;
     let s = keyframe(&store, &p).await;
@@ -525,7 +525,7 @@ async fn a_few_deltas_before_the_first_keyframe_do_not_guard_seeding(db: &TestDb
 async fn a_guarded_producer_is_visible_until_a_run_lets_it_through(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(400).await;
-    let p = producer(&crate::producer::snapshot_toml("none", addr), "");
+    let p = producer(&crate::support::snapshot_toml("none", addr), "");
     seed(&store, &p, &vendor.snapshot()).await;
     let metrics = Metrics::new();
     metrics.init_producer("orders");
@@ -582,7 +582,7 @@ fn config_file(dir: &std::path::Path, db: &TestDb, snapshot: &str) -> String {
 async fn approving_a_guarded_run_a_later_run_superseded_is_refused(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(3_000).await;
-    let snapshot = crate::producer::snapshot_toml("cursor", addr);
+    let snapshot = crate::support::snapshot_toml("cursor", addr);
     let p = producer(&snapshot, "");
     seed(&store, &p, &vendor.snapshot()).await;
     let full = vendor.snapshot();
@@ -624,7 +624,7 @@ async fn approving_a_guarded_run_a_later_run_superseded_is_refused(db: &TestDb) 
 async fn guarded_runs_expire_and_are_pruned(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(200).await;
-    let snapshot = crate::producer::snapshot_toml("none", addr);
+    let snapshot = crate::support::snapshot_toml("none", addr);
     let p = producer(&snapshot, "");
     seed(&store, &p, &vendor.snapshot()).await;
     *vendor.fault.lock().unwrap() = Fault::Empty;
@@ -669,7 +669,7 @@ async fn guarded_runs_expire_and_are_pruned(db: &TestDb) {
 async fn changing_ignore_rehashes_stored_rows_without_false_drift(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(3_000).await;
-    let snapshot = crate::producer::snapshot_toml("cursor", addr);
+    let snapshot = crate::support::snapshot_toml("cursor", addr);
     let before = producer(&snapshot, "");
     // The rows as deltas delivered them, each with the volatile field.
     let local: BTreeMap<String, Value> = vendor
@@ -716,15 +716,6 @@ async fn changing_ignore_rehashes_stored_rows_without_false_drift(db: &TestDb) {
     assert_eq!((s.missing, s.extra, s.changed), (0, 0, 1), "{s:?}");
 }
 
-/// Sends `signal` (`INT`, `TERM`, `KILL`) to process `pid`.
-fn send_signal(signal: &str, pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
 /// Waits until the newest run of `orders` is `running` and the vendor served a page; returns its id.
 async fn wait_for_running_run(store: &Store, vendor: &Vendor) -> i64 {
     let served = vendor.pages_served.load(AtomicOrdering::Relaxed);
@@ -751,7 +742,7 @@ async fn lease_count(store: &Store) -> i64 {
 /// A vendor of 2,000 records serving each of its 8 pages in 0.5 s, seeded locally.
 async fn slow_vendor(store: &Store) -> (Vendor, String, ProducerConfig) {
     let (vendor, addr) = Vendor::start(2_000).await;
-    let snapshot = crate::producer::snapshot_toml("cursor", addr);
+    let snapshot = crate::support::snapshot_toml("cursor", addr);
     let p = producer(&snapshot, "");
     seed(store, &p, &vendor.snapshot()).await;
     vendor.delay_ms.store(500, AtomicOrdering::Relaxed);
@@ -774,7 +765,7 @@ async fn an_interrupted_keyframe_command_is_recorded_failed_and_frees_its_lease(
             .spawn()
             .expect("start driftd keyframe");
         let id = wait_for_running_run(&store, &vendor).await;
-        send_signal(signal, child.id().unwrap());
+        crate::support::signal(child.id().unwrap(), signal);
         let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
             .await
             .expect("driftd keyframe exits after the signal")
@@ -831,7 +822,7 @@ async fn sigterm_to_the_daemon_mid_pull_records_the_run_failed(db: &TestDb) {
         .spawn()
         .expect("start driftd run");
     let id = wait_for_running_run(&store, &vendor).await;
-    send_signal("TERM", child.id().unwrap());
+    crate::support::signal(child.id().unwrap(), "TERM");
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
         .expect("the daemon exits after SIGTERM")
@@ -873,7 +864,7 @@ async fn a_killed_keyframe_is_closed_by_the_next_lease_holder(db: &TestDb) {
         .spawn()
         .expect("start driftd keyframe");
     let orphan = wait_for_running_run(&store, &vendor).await;
-    send_signal("KILL", child.id().unwrap());
+    crate::support::signal(child.id().unwrap(), "KILL");
     child.wait().await.unwrap();
     assert_eq!(
         store.run(orphan).await.unwrap().unwrap().state,

@@ -2,15 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use driftd::app::App;
-use driftd::config::{Config, WebhookConfig};
 use driftd::ingest::signature;
-use driftd::store::{now_ms, Channel, InboxEntry, InboxFilter, InboxOutcome, Store};
+use driftd::store::{now_ms, Channel, InboxEntry, InboxFilter, InboxOutcome};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
-use crate::support::{wait_for, TestDb};
+use crate::support::{config, wait_for, Daemon, TestDb};
 
 /// Abandoned requests sent, and how many at once.
 const ABANDONED: usize = 1_000;
@@ -39,110 +36,48 @@ key = "/id"
 version = "/version"
 "#;
 
-/// The daemon, in process, on a port-0 listener.
-pub(crate) struct Daemon {
-    pub addr: std::net::SocketAddr,
-    pub store: Store,
-    pub webhook: WebhookConfig,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+/// Starts the daemon; `server` adds lines to its `[server]` table.
+async fn start(db: &TestDb, server: &str) -> Daemon {
+    start_with(db, server, "url = \"http://127.0.0.1:9/orders\"").await
 }
 
-impl Daemon {
-    /// Starts the daemon; `server` adds lines to its `[server]` table.
-    pub(crate) async fn start(db: &TestDb, server: &str) -> Self {
-        Self::start_with(db, server, "url = \"http://127.0.0.1:9/orders\"").await
-    }
+/// Starts the daemon with `snapshot` as the producer's `[producer.snapshot]` table.
+async fn start_with(db: &TestDb, server: &str, snapshot: &str) -> Daemon {
+    let text = CONFIG
+        .replace("@DB@", &db.url)
+        .replace("@SERVER@", server)
+        .replace("@SNAPSHOT@", snapshot);
+    Daemon::start(config(&text)).await
+}
 
-    /// Starts the daemon with `snapshot` as the producer's `[producer.snapshot]` table.
-    pub(crate) async fn start_with(db: &TestDb, server: &str, snapshot: &str) -> Self {
-        let text = CONFIG
-            .replace("@DB@", &db.url)
-            .replace("@SERVER@", server)
-            .replace("@SNAPSHOT@", snapshot);
-        let config = Config::parse("t.toml", &text, &|_| None)
-            .expect("the test config is valid")
-            .config;
-        let webhook = config.producers[0].webhook.clone().expect("a webhook");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let app = App::build(config, Some(listener))
-            .await
-            .expect("build the daemon");
-        let addr = app.local_addr().unwrap();
-        let store = app.store().clone();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(app.run(shutdown.clone()));
-        Self {
-            addr,
-            store,
-            webhook,
-            shutdown,
-            task,
-        }
+/// A complete, signed `POST /hooks/orders` carrying `key` at version 1, as raw bytes.
+fn raw_delivery(daemon: &Daemon, key: &str) -> Vec<u8> {
+    let body = json!({ "id": key, "version": 1 }).to_string();
+    let mut head = format!(
+        "POST /hooks/orders HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        daemon.addr,
+        body.len()
+    );
+    for (k, v) in signature::sign(
+        &daemon.webhook_config("orders"),
+        body.as_bytes(),
+        chrono::Utc::now().timestamp(),
+        key,
+    ) {
+        head.push_str(&format!("{k}: {v}\r\n"));
     }
+    head.push_str("\r\n");
+    let mut raw = head.into_bytes();
+    raw.extend_from_slice(body.as_bytes());
+    raw
+}
 
-    /// A complete, signed `POST /hooks/orders` carrying `key` at version 1, as raw bytes.
-    pub(crate) fn raw_delivery(&self, key: &str) -> Vec<u8> {
-        let body = json!({ "id": key, "version": 1 }).to_string();
-        let mut head = format!(
-            "POST /hooks/orders HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-            self.addr,
-            body.len()
-        );
-        for (k, v) in signature::sign(
-            &self.webhook,
-            body.as_bytes(),
-            chrono::Utc::now().timestamp(),
-            key,
-        ) {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        let mut raw = head.into_bytes();
-        raw.extend_from_slice(body.as_bytes());
-        raw
-    }
-
-    /// Sends `key` through reqwest and returns the status.
-    pub(crate) async fn deliver(&self, http: &reqwest::Client, key: &str) -> u16 {
-        let body = json!({ "id": key, "version": 1 }).to_string();
-        let mut req = http
-            .post(format!("http://{}/hooks/orders", self.addr))
-            .header("content-type", "application/json")
-            .body(body.clone());
-        for (k, v) in signature::sign(
-            &self.webhook,
-            body.as_bytes(),
-            chrono::Utc::now().timestamp(),
-            key,
-        ) {
-            req = req.header(k, v);
-        }
-        req.send()
-            .await
-            .expect("the daemon answers")
-            .status()
-            .as_u16()
-    }
-
-    pub(crate) async fn readyz(&self, http: &reqwest::Client) -> (u16, String) {
-        let resp = http
-            .get(format!("http://{}/readyz", self.addr))
-            .send()
-            .await
-            .expect("the daemon answers");
-        let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap_or_default())
-    }
-
-    pub(crate) async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("the daemon stops within 30 s")
-            .expect("the daemon task does not panic")
-            .expect("the daemon stops cleanly");
-    }
+/// Sends `key` at version 1 as a signed webhook; the status.
+async fn deliver(daemon: &Daemon, key: &str) -> u16 {
+    daemon
+        .send("orders", &json!({ "id": key, "version": 1 }), key)
+        .await
+        .0
 }
 
 fn client() -> reqwest::Client {
@@ -156,12 +91,12 @@ fn client() -> reqwest::Client {
 /// the answer cancel no commit: the ingest path keeps working, every delta
 /// received is applied, and `/readyz` stays truthful.
 async fn hung_up_clients_cancel_no_commit(db: &TestDb) {
-    let daemon = Daemon::start(db, "").await;
+    let daemon = start(db, "").await;
     let deadline = Instant::now() + Duration::from_secs(120);
     for round in 0..ABANDONED / AT_ONCE {
         let mut senders = tokio::task::JoinSet::new();
         for i in 0..AT_ONCE {
-            let raw = daemon.raw_delivery(&format!("gone-{}", round * AT_ONCE + i));
+            let raw = raw_delivery(&daemon, &format!("gone-{}", round * AT_ONCE + i));
             let addr = daemon.addr;
             senders.spawn(async move {
                 let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -181,7 +116,7 @@ async fn hung_up_clients_cancel_no_commit(db: &TestDb) {
     let http = client();
     for i in 0..NORMAL {
         let key = format!("kept-{i}");
-        let status = daemon.deliver(&http, &key).await;
+        let status = deliver(&daemon, &key).await;
         assert_eq!(
             status, 200,
             "delivery {key} after {ABANDONED} abandoned ones"
@@ -227,14 +162,14 @@ async fn hung_up_clients_cancel_no_commit(db: &TestDb) {
 /// An admin keyframe whose client hangs up mid-pull still finishes: its run
 /// is recorded and its lease released, so the next keyframe runs at once.
 async fn an_admin_keyframe_outlives_its_client(db: &TestDb) {
-    let (vendor, addr) = crate::producer::Vendor::start(30).await;
+    let (vendor, addr) = crate::support::Vendor::start(30).await;
     vendor
         .delay_ms
         .store(1_500, std::sync::atomic::Ordering::Relaxed);
-    let daemon = Daemon::start_with(
+    let daemon = start_with(
         db,
         "admin_token = \"adm1n\"",
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
     )
     .await;
     let url = format!("http://{}/admin/keyframe/orders", daemon.addr);
@@ -363,7 +298,7 @@ async fn pg_read_only(db: &TestDb, on: bool) {
 /// `/readyz` fails while the database answers reads but refuses writes, and
 /// recovers when writes go through again.
 async fn readyz_fails_while_the_write_path_cannot_commit(db: &TestDb) {
-    let daemon = Daemon::start(db, "").await;
+    let daemon = start(db, "").await;
     let http = client();
     let (status, body) = daemon.readyz(&http).await;
     assert_eq!(status, 200, "{body}");
@@ -378,7 +313,7 @@ async fn readyz_fails_while_the_write_path_cannot_commit(db: &TestDb) {
         daemon.readyz(&http).await.0 == 200
     })
     .await;
-    assert_eq!(daemon.deliver(&http, "after").await, 200);
+    assert_eq!(deliver(&daemon, "after").await, 200);
     daemon.stop().await;
 }
 
@@ -481,17 +416,16 @@ async fn close_times(mut readers: tokio::task::JoinSet<Option<Duration>>) -> Vec
 /// Connections that send nothing or part of their headers are closed after
 /// the header read timeout; a normal sender is served while they are open.
 async fn stalled_connections_are_closed_while_senders_are_served(db: &TestDb) {
-    let daemon = Daemon::start(db, "header_read_timeout_secs = 2").await;
+    let daemon = start(db, "header_read_timeout_secs = 2").await;
     let opened = Instant::now();
     let mut stalled = stall(daemon.addr, 75, None).await;
     let partial = b"POST /hooks/orders HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-le";
     stalled.extend(stall(daemon.addr, 75, Some(partial)).await);
 
     let closing = watch_closing(stalled, opened, Duration::from_secs(15));
-    let http = client();
     for i in 0..20 {
         let key = format!("during-{i}");
-        assert_eq!(daemon.deliver(&http, &key).await, 200, "{key}");
+        assert_eq!(deliver(&daemon, &key).await, 200, "{key}");
     }
     let times = close_times(closing).await;
     assert!(
@@ -499,7 +433,7 @@ async fn stalled_connections_are_closed_while_senders_are_served(db: &TestDb) {
         "closed by the header read timeout, not before: {:?}",
         times[0]
     );
-    assert_eq!(daemon.deliver(&http, "after").await, 200);
+    assert_eq!(deliver(&daemon, "after").await, 200);
     daemon.stop().await;
 }
 
@@ -507,12 +441,11 @@ async fn stalled_connections_are_closed_while_senders_are_served(db: &TestDb) {
 /// 40 silent ones with a cap of 20, the second 20 are closed a whole header
 /// timeout after the first; a normal sender behind them is served.
 async fn the_connection_cap_holds_back_new_connections(db: &TestDb) {
-    let daemon = Daemon::start(db, "header_read_timeout_secs = 2\nmax_connections = 20").await;
+    let daemon = start(db, "header_read_timeout_secs = 2\nmax_connections = 20").await;
     let opened = Instant::now();
     let stalled = stall(daemon.addr, 40, None).await;
     let closing = watch_closing(stalled, opened, Duration::from_secs(30));
-    let http = client();
-    assert_eq!(daemon.deliver(&http, "behind").await, 200);
+    assert_eq!(deliver(&daemon, "behind").await, 200);
     let times = close_times(closing).await;
     let gap = times[20] - times[19];
     assert!(

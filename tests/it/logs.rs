@@ -1,12 +1,11 @@
 //! Logs of a child `driftd run`: JSON lines on stderr (by flag or `DRIFTD_LOG_FORMAT`), keyframe span fields present, config secrets absent even from failures.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::driftd_bin;
+use crate::support::DaemonProcess;
 
 /// Values that only the config's `${VAR}`s hold; no log line may contain them.
 const SNAPSHOT_TOKEN: &str = "snaptok-5b1f0c9e7d3a4e21";
@@ -18,41 +17,27 @@ enum Ask {
     Env,
 }
 
-/// A child `driftd run` with stderr in a file; killed on drop.
-struct Daemon {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Producer `orders`: a keyframe every second against a closed loopback
-    /// port (so each one fails), an `Authorization` header and a webhook
-    /// secret that come from the environment.
-    fn start(dir: &Path, ask: Ask) -> Self {
-        let port = crate::support::free_port();
+/// A child `driftd run` with producer `orders`: a keyframe every second
+/// against a closed loopback port (so each one fails), an `Authorization`
+/// header and a webhook secret that come from the environment.
+fn start(dir: &Path, ask: Ask) -> DaemonProcess {
+    let config = |listen: &str| {
         let closed = std::iter::repeat_with(crate::support::free_port)
-            .find(|p| *p != port)
+            .find(|p| !listen.ends_with(&format!(":{p}")))
             .unwrap();
-        let config = dir.join("driftd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\n\
-                 [database]\nurl = \"sqlite://{db}\"\n\
-                 [[producer]]\nname = \"orders\"\nschedule = \"* * * * * *\"\n\
-                 [producer.snapshot]\nurl = \"http://127.0.0.1:{closed}/orders\"\nitems = \"/data\"\n\
-                 headers = {{ Authorization = \"Bearer ${{LOGS_SNAPSHOT_TOKEN}}\" }}\n\
-                 retries = 1\nretry_backoff_ms = 1\n\
-                 [producer.webhook]\nscheme = \"github\"\nsecret = \"${{LOGS_WEBHOOK_SECRET}}\"\n\
-                 [producer.work]\naction = \"apply\"\n",
-                db = dir.join("driftd.db").display(),
-            ),
+        format!(
+            "[server]\nlisten = \"{listen}\"\n\
+             [database]\nurl = \"sqlite://{db}\"\n\
+             [[producer]]\nname = \"orders\"\nschedule = \"* * * * * *\"\n\
+             [producer.snapshot]\nurl = \"http://127.0.0.1:{closed}/orders\"\nitems = \"/data\"\n\
+             headers = {{ Authorization = \"Bearer ${{LOGS_SNAPSHOT_TOKEN}}\" }}\n\
+             retries = 1\nretry_backoff_ms = 1\n\
+             [producer.webhook]\nscheme = \"github\"\nsecret = \"${{LOGS_WEBHOOK_SECRET}}\"\n\
+             [producer.work]\naction = \"apply\"\n",
+            db = dir.join("driftd.db").display(),
         )
-        .unwrap();
-        let log = dir.join("driftd.log");
-        let mut cmd = Command::new(driftd_bin());
-        cmd.arg("run");
+    };
+    DaemonProcess::spawn(dir, "driftd", config, |cmd| {
         match ask {
             Ask::Flag => {
                 cmd.args(["--log-format", "json"]);
@@ -62,64 +47,10 @@ impl Daemon {
                 cmd.env("DRIFTD_LOG_FORMAT", "json");
             }
         }
-        let child = cmd
-            .args(["--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "debug")
+        cmd.env("RUST_LOG", "debug")
             .env("LOGS_SNAPSHOT_TOKEN", SNAPSHOT_TOKEN)
-            .env("LOGS_WEBHOOK_SECRET", WEBHOOK_SECRET)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start driftd run");
-        Self {
-            child,
-            addr: format!("127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Polls the log until `f` finds what it looks for.
-    async fn wait_for_log(&mut self, what: &str, f: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let log = self.log();
-            if f(&log) {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("driftd exited ({status}) while waiting for {what}\nlog:\n{log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\nlog:\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Stops the daemon with SIGTERM (so its shutdown lines are logged too) and returns the log.
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.log()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .env("LOGS_WEBHOOK_SECRET", WEBHOOK_SECRET);
+    })
 }
 
 /// Whether `event` was logged inside a `keyframe` span of producer `orders` with a run id.
@@ -145,7 +76,7 @@ fn parse_lines(log: &str) -> Vec<Value> {
 
 async fn json_logs_carry_span_fields_and_no_secret(ask: Ask) {
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = Daemon::start(dir.path(), ask);
+    let mut daemon = start(dir.path(), ask);
 
     // A scheduled keyframe fails against the closed port, inside its span.
     daemon
@@ -182,7 +113,7 @@ async fn json_logs_carry_span_fields_and_no_secret(ask: Ask) {
         .await;
 
     let log = daemon.stop();
-    let stdout = std::fs::read_to_string(dir.path().join("stdout.log")).unwrap();
+    let stdout = std::fs::read_to_string(dir.path().join("driftd.stdout")).unwrap();
     assert_eq!(stdout, "", "logs go to stderr only");
     let events = parse_lines(&log);
     assert!(events.len() >= 4, "too few log lines:\n{log}");

@@ -6,90 +6,44 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use driftd::app::App;
-use driftd::config::Config;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use crate::keyframe::seed;
-use crate::producer::{snapshot_toml, Vendor};
-use crate::support::{repo_root, TestDb};
+use crate::support::{config, repo_root, Daemon, TestDb};
+use crate::support::{snapshot_toml, Vendor};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
 
-/// A daemon running in-process; shut down (and drained) on drop of the token.
-struct Daemon {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Daemon {
-    /// Starts `driftd` on `db` with producer `orders` (action apply, mirroring
-    /// `orders_vendor`, whose records are seeded first) and producer `billing`
-    /// (action http to an endpoint that refuses, so its work goes dead).
-    async fn start(
-        db: &TestDb,
-        orders_vendor: &Vendor,
-        orders: SocketAddr,
-        billing: SocketAddr,
-    ) -> Self {
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{db}\"\n\
-             [[producer]]\nname = \"orders\"\nschedule = \"* * * * * *\"\nbucket_bits = 8\n\
-             [producer.snapshot]\n{orders_snap}\nretries = 1\nretry_backoff_ms = 1\n\
-             [producer.work]\naction = \"apply\"\nbackoff_base_ms = 10\nbackoff_max_ms = 100\n\
-             [[producer]]\nname = \"billing\"\nschedule = \"* * * * * *\"\nmax_drift_ratio = 1.0\n\
-             [producer.snapshot]\n{billing_snap}\nretries = 1\nretry_backoff_ms = 1\n\
-             [producer.work]\naction = \"http\"\nurl = \"http://{billing}/cursor\"\n",
-            db = db.url,
-            orders_snap = snapshot_toml("cursor", orders),
-            billing_snap = snapshot_toml("cursor", billing),
-        );
-        let loaded =
-            Config::parse("observe.toml", &text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
-        let config = loaded.config;
-        let orders_p = config
-            .producers
-            .iter()
-            .find(|p| p.name == "orders")
-            .unwrap();
-        seed(&db.store().await, orders_p, &orders_vendor.snapshot()).await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let app = App::build(config, Some(listener))
-            .await
-            .expect("daemon builds");
-        let addr = app.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let task = Some(tokio::spawn(app.run(shutdown.clone())));
-        Self {
-            addr,
-            shutdown,
-            task,
-        }
-    }
-
-    async fn metrics(&self) -> String {
-        let r = reqwest::get(format!("http://{}/metrics", self.addr))
-            .await
-            .expect("GET /metrics");
-        assert!(r.status().is_success(), "/metrics answered {}", r.status());
-        r.text().await.unwrap()
-    }
-
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().expect("daemon stops cleanly");
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+/// Starts `driftd` on `db` with producer `orders` (action apply, mirroring
+/// `orders_vendor`, whose records are seeded first) and producer `billing`
+/// (action http to an endpoint that refuses, so its work goes dead).
+async fn start(
+    db: &TestDb,
+    orders_vendor: &Vendor,
+    orders: SocketAddr,
+    billing: SocketAddr,
+) -> Daemon {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{db}\"\n\
+         [[producer]]\nname = \"orders\"\nschedule = \"* * * * * *\"\nbucket_bits = 8\n\
+         [producer.snapshot]\n{orders_snap}\nretries = 1\nretry_backoff_ms = 1\n\
+         [producer.work]\naction = \"apply\"\nbackoff_base_ms = 10\nbackoff_max_ms = 100\n\
+         [[producer]]\nname = \"billing\"\nschedule = \"* * * * * *\"\nmax_drift_ratio = 1.0\n\
+         [producer.snapshot]\n{billing_snap}\nretries = 1\nretry_backoff_ms = 1\n\
+         [producer.work]\naction = \"http\"\nurl = \"http://{billing}/cursor\"\n",
+        db = db.url,
+        orders_snap = snapshot_toml("cursor", orders),
+        billing_snap = snapshot_toml("cursor", billing),
+    );
+    let config = config(&text);
+    let orders_p = config
+        .producers
+        .iter()
+        .find(|p| p.name == "orders")
+        .unwrap();
+    seed(&db.store().await, orders_p, &orders_vendor.snapshot()).await;
+    Daemon::start(config).await
 }
 
 /// Sum of the samples of `family` whose labels include every `k="v"` in `labels`.
@@ -120,7 +74,7 @@ fn edit_vendor(v: &Vendor, step: usize) -> usize {
 async fn daemon_with_history(db: &TestDb, orders_records: usize) -> (Daemon, Vendor) {
     let (orders, orders_addr) = Vendor::start(orders_records).await;
     let (_billing, billing_addr) = Vendor::start(5).await;
-    let d = Daemon::start(db, &orders, orders_addr, billing_addr).await;
+    let d = start(db, &orders, orders_addr, billing_addr).await;
     crate::support::wait_for("a successful keyframe of orders", 60, || async {
         sample_sum(
             &d.metrics().await,

@@ -2,10 +2,10 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::driftd_bin;
+use crate::support::DaemonProcess;
 
 /// The handler's own bound (3 s) plus room for a loaded CI machine.
 const ANSWER_WITHIN: Duration = Duration::from_secs(6);
@@ -178,55 +178,17 @@ impl Drop for Cluster {
     }
 }
 
-/// A child `driftd run`, killed on drop.
-struct Daemon {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, db_url: &str) -> Self {
-        let port = crate::support::free_port();
-        let config = dir.join("driftd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\n[database]\nurl = \"{db_url}\"\nmax_connections = 4\n"
-            ),
-        )
-        .unwrap();
-        let log = dir.join("driftd.log");
-        let child = Command::new(driftd_bin())
-            .args(["run", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start driftd run");
-        Self {
-            child,
-            addr: format!("127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A child `driftd run` on `db_url` without producers.
+fn start(dir: &Path, db_url: &str) -> DaemonProcess {
+    let config = |listen: &str| {
+        format!("[server]\nlisten = \"{listen}\"\n[database]\nurl = \"{db_url}\"\nmax_connections = 4\n")
+    };
+    DaemonProcess::spawn(dir, "driftd", config, |_| {})
 }
 
 /// One `GET /readyz`: `None` when nothing answers yet (daemon still starting).
 /// Panics when an answer takes longer than [`ANSWER_WITHIN`].
-async fn readyz(client: &reqwest::Client, d: &Daemon) -> Option<(u16, String)> {
+async fn readyz(client: &reqwest::Client, d: &DaemonProcess) -> Option<(u16, String)> {
     let asked = Instant::now();
     let r = client
         .get(format!("http://{}/readyz", d.addr))
@@ -255,7 +217,7 @@ async fn readyz(client: &reqwest::Client, d: &Daemon) -> Option<(u16, String)> {
 /// Polls `/readyz` until `done` holds for its answer; returns that answer.
 async fn poll_readyz(
     client: &reqwest::Client,
-    d: &mut Daemon,
+    d: &mut DaemonProcess,
     what: &str,
     within: Duration,
     done: impl Fn(u16, &str) -> bool,
@@ -263,12 +225,7 @@ async fn poll_readyz(
     let deadline = Instant::now() + within;
     let mut last = None;
     loop {
-        if let Some(status) = d.child.try_wait().unwrap() {
-            panic!(
-                "driftd exited ({status}) while waiting for {what}\nlog:\n{}",
-                d.log()
-            );
-        }
+        d.assert_running(what);
         if let Some((status, body)) = readyz(client, d).await {
             if done(status, &body) {
                 return (status, body);
@@ -289,7 +246,7 @@ async fn readyz_follows_the_database_down_and_back_up() {
     let cluster = Cluster::init();
     cluster.start();
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = Daemon::start(dir.path(), &cluster.url());
+    let mut daemon = start(dir.path(), &cluster.url());
     let client = reqwest::Client::new();
 
     let (_, body) = poll_readyz(
@@ -342,7 +299,7 @@ async fn readyz_follows_the_database_down_and_back_up() {
     .await;
     assert_eq!(body, "ready\n");
     assert!(
-        daemon.child.try_wait().unwrap().is_none(),
+        daemon.exited().is_none(),
         "driftd was not restarted"
     );
 }

@@ -1,24 +1,14 @@
 //! Several `driftd run` processes on one PostgreSQL database: each work item is carried out once, one keyframe per producer at a time, one run per schedule tick, and a killed worker's item is finished by the other.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use driftd::state::RunState;
 use serde_json::Value;
 
 use crate::keyframe::{producer, seed};
-use crate::producer::Vendor;
-use crate::support::{driftd_bin, TestDb};
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::Vendor;
+use crate::support::{config, Daemon, DaemonProcess, TestDb};
 
 fn spawn_daemon(
     dir: &std::path::Path,
@@ -26,7 +16,7 @@ fn spawn_daemon(
     db_url: &str,
     snapshot: &str,
     work: &str,
-) -> Daemon {
+) -> DaemonProcess {
     spawn_daemon_with(dir, name, db_url, snapshot, work, "* * * * * *")
 }
 
@@ -37,27 +27,15 @@ fn spawn_daemon_with(
     snapshot: &str,
     work: &str,
     schedule: &str,
-) -> Daemon {
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
+) -> DaemonProcess {
+    let config = |listen: &str| {
         format!(
-            "[server]\nlisten = \"127.0.0.1:{}\"\n[database]\nurl = \"{db_url}\"\nmax_connections = 4\n\
+            "[server]\nlisten = \"{listen}\"\n[database]\nurl = \"{db_url}\"\nmax_connections = 4\n\
              [[producer]]\nname = \"orders\"\nschedule = \"{schedule}\"\n[producer.snapshot]\n{snapshot}\n\
-             [producer.work]\n{work}\n",
-            crate::support::free_port()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = Command::new(driftd_bin())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start driftd run");
-    Daemon(child)
+             [producer.work]\n{work}\n"
+        )
+    };
+    DaemonProcess::spawn(dir, name, config, |_| {})
 }
 
 crate::limited_test! {
@@ -65,7 +43,7 @@ async fn two_daemons_share_the_queue_and_the_keyframe_lease() {
     let db = TestDb::postgres().await;
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(600).await;
-    let snapshot = crate::producer::snapshot_toml("cursor", addr);
+    let snapshot = crate::support::snapshot_toml("cursor", addr);
     let p = producer(&snapshot, "");
     seed(&store, &p, &vendor.snapshot()).await;
     {
@@ -140,15 +118,12 @@ crate::limited_test! {
 /// Two replicas on a `* * * * * *` schedule, started at different phases of
 /// the second: every tick is served by one run, fired on the whole second.
 async fn one_scheduled_tick_is_one_run_across_replicas() {
-    use driftd::app::App;
-    use driftd::config::Config;
     use std::collections::BTreeSet;
-    use tokio_util::sync::CancellationToken;
 
     let db = TestDb::postgres().await;
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(50).await;
-    let snapshot = crate::producer::snapshot_toml("none", addr);
+    let snapshot = crate::support::snapshot_toml("none", addr);
     seed(&store, &producer(&snapshot, ""), &vendor.snapshot()).await;
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{}\"\nmax_connections = 4\n\
@@ -162,22 +137,15 @@ async fn one_scheduled_tick_is_one_run_across_replicas() {
             // Not waiting for anything: the second replica starts 0.4 s into a second.
             tokio::time::sleep(Duration::from_millis(400)).await;
         }
-        let config = Config::parse("replica.toml", &text, &|_| None)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .config;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let app = App::build(config, Some(listener)).await.unwrap();
-        let shutdown = CancellationToken::new();
-        replicas.push((shutdown.clone(), tokio::spawn(app.run(shutdown))));
+        replicas.push(Daemon::start(config(&text)).await);
     }
     crate::support::wait_for("six scheduled keyframes", 30, || {
         let store = store.clone();
         async move { store.runs("orders", 100).await.unwrap().len() >= 6 }
     })
     .await;
-    for (shutdown, task) in replicas {
-        shutdown.cancel();
-        task.await.unwrap().expect("replica stops cleanly");
+    for replica in replicas {
+        replica.stop().await;
     }
     let seconds = window.elapsed().as_secs() as usize;
 
@@ -245,7 +213,7 @@ async fn a_worker_killed_mid_item_is_finished_by_another_once() {
     let db = TestDb::postgres().await;
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(50).await;
-    let snapshot = crate::producer::snapshot_toml("none", addr);
+    let snapshot = crate::support::snapshot_toml("none", addr);
     // The lease outlasts a call (as `driftd check` requires) and is renewed
     // while A's call hangs; A is killed long before its call times out.
     let work = format!(
@@ -273,8 +241,7 @@ async fn a_worker_killed_mid_item_is_finished_by_another_once() {
     .await;
     let running = store.work_item(item.id).await.unwrap().unwrap();
     assert_eq!(running.state, driftd::state::WorkState::Running);
-    a.0.kill().unwrap();
-    a.0.wait().unwrap();
+    a.kill();
 
     // Daemon B takes the item over once A's lease expires, and finishes it.
     let _b = spawn_daemon_with(dir.path(), "b", &db.url, &snapshot, &work, yearly);

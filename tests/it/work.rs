@@ -8,12 +8,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use driftd::state::{RunState, WorkState};
-use driftd::store::WorkRow;
+use driftd::store::{now_ms, WorkRow};
 use serde_json::Value;
 
 use crate::keyframe::{keyframer, producer, seed, workers};
-use crate::producer::Vendor;
 use crate::support::TestDb;
+use crate::support::Vendor;
 
 const APP_SECRET: &str = "app-shared-secret";
 
@@ -107,7 +107,7 @@ async fn http_action_retries_with_one_idempotency_key(db: &TestDb) {
     let (app, url) = start_app(vec![503, 503]).await;
     let (vendor, addr) = Vendor::start(50).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         &format!("[producer.work]\naction = \"http\"\nurl = \"{url}\"\nsecret = \"{APP_SECRET}\"\nbackoff_base_ms = 1\nbackoff_max_ms = 5\nmax_attempts = 5"),
     );
     seed(&store, &p, &vendor.snapshot()).await;
@@ -146,7 +146,7 @@ async fn http_client_errors_are_dead_at_once(db: &TestDb) {
     let (app, url) = start_app(vec![400]).await;
     let (vendor, addr) = Vendor::start(20).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         &format!("[producer.work]\naction = \"http\"\nurl = \"{url}\"\nbackoff_base_ms = 1\nbackoff_max_ms = 5"),
     );
     seed(&store, &p, &vendor.snapshot()).await;
@@ -183,7 +183,7 @@ async fn expired_leases_are_retried(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(30).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         "[producer.work]\nlease_secs = 1",
     );
     seed(&store, &p, &vendor.snapshot()).await;
@@ -191,21 +191,26 @@ async fn expired_leases_are_retried(db: &TestDb) {
         Value::String("x".into());
     keyframer(&store).run(&p, false).await.unwrap();
     // A worker claims the item and dies without finishing it.
+    let now = now_ms();
     let claimed = store
-        .claim_work("orders", "crashed-worker", 10, 50)
+        .claim_work("orders", "crashed-worker", 10, 50, now)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
     assert!(
         store
-            .claim_work("orders", "other", 10, 50)
+            .claim_work("orders", "other", 10, 50, now)
             .await
             .unwrap()
             .is_empty(),
         "leased items are not claimed twice"
     );
-    tokio::time::sleep(Duration::from_millis(80)).await;
-    assert_eq!(store.reclaim_expired_work().await.unwrap(), 1);
+    assert_eq!(
+        store.reclaim_expired_work(now + 50).await.unwrap(),
+        0,
+        "a lease is held until it ends"
+    );
+    assert_eq!(store.reclaim_expired_work(now + 51).await.unwrap(), 1);
     let item = store.work_item(claimed[0].id).await.unwrap().unwrap();
     assert_eq!(item.state, WorkState::Pending);
     assert!(item
@@ -232,7 +237,7 @@ async fn convergence_over_random_loss(db: &TestDb) {
     let p = producer(
         &format!(
             "{}\nversion = \"/rev\"",
-            crate::producer::snapshot_toml("cursor", addr)
+            crate::support::snapshot_toml("cursor", addr)
         ),
         "bucket_bits = 6",
     );
@@ -265,7 +270,7 @@ async fn convergence_over_random_loss(db: &TestDb) {
                     });
                 }
             } else {
-                let (_, mut doc) = crate::producer::record(key[4..].parse().unwrap(), rev);
+                let (_, mut doc) = crate::support::record(key[4..].parse().unwrap(), rev);
                 doc["status"] = Value::String(format!("s{}", rnd() % 7));
                 r.insert(key.clone(), doc.clone());
                 deltas.push(EntityWrite {
@@ -329,13 +334,14 @@ async fn apply_batches_are_all_or_nothing(db: &TestDb) {
     use driftd::store::{Change, EntityWrite, Ordering, Source};
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(30).await;
-    let p = producer(&crate::producer::snapshot_toml("none", addr), "");
+    let p = producer(&crate::support::snapshot_toml("none", addr), "");
     seed(&store, &p, &vendor.snapshot()).await;
     for k in ["ord-00001", "ord-00002"] {
         vendor.records.lock().unwrap().get_mut(k).unwrap()["status"] = Value::String("new".into());
     }
     keyframer(&store).run(&p, false).await.unwrap();
-    let claimed = store.claim_work("orders", "w1", 10, 30).await.unwrap();
+    let now = now_ms();
+    let claimed = store.claim_work("orders", "w1", 10, 30, now).await.unwrap();
     assert_eq!(claimed.len(), 2);
     let batch: Vec<(i64, EntityWrite)> = claimed
         .iter()
@@ -357,9 +363,12 @@ async fn apply_batches_are_all_or_nothing(db: &TestDb) {
         })
         .collect();
     // One lease expires and another worker takes that item.
-    tokio::time::sleep(Duration::from_millis(60)).await;
-    assert_eq!(store.reclaim_expired_work().await.unwrap(), 2);
-    let other = store.claim_work("orders", "w2", 1, 60_000).await.unwrap();
+    let later = now + 60;
+    assert_eq!(store.reclaim_expired_work(later).await.unwrap(), 2);
+    let other = store
+        .claim_work("orders", "w2", 1, 60_000, later)
+        .await
+        .unwrap();
     assert_eq!(other.len(), 1);
     let hasher = RecordHasher::default();
     let err = store
@@ -409,7 +418,7 @@ async fn keyframes_keep_the_history_of_open_work(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(20).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         "[producer.work]\naction = \"none\"",
     );
     seed(&store, &p, &vendor.snapshot()).await;
@@ -417,7 +426,7 @@ async fn keyframes_keep_the_history_of_open_work(db: &TestDb) {
     keyframer(&store).run(&p, false).await.unwrap();
     // The application's own worker takes the item and fails it, retrying in an hour.
     let claimed = store
-        .claim_work("orders", "app-worker", 1, 60_000)
+        .claim_work("orders", "app-worker", 1, 60_000, now_ms())
         .await
         .unwrap()
         .remove(0);
@@ -461,7 +470,7 @@ async fn a_failing_application_reaches_dead_despite_keyframes(db: &TestDb) {
     let (app, url) = start_app(vec![503; 50]).await;
     let (vendor, addr) = Vendor::start(20).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         &format!("[producer.work]\naction = \"http\"\nurl = \"{url}\"\nbackoff_base_ms = 1\nbackoff_max_ms = 2\nmax_attempts = 3"),
     );
     seed(&store, &p, &vendor.snapshot()).await;
@@ -556,7 +565,7 @@ async fn a_call_longer_than_the_lease_is_delivered_once(db: &TestDb) {
     let (app, url) = start_slow_app(|_| Duration::from_millis(3_500)).await;
     let (vendor, addr) = Vendor::start(20).await;
     let mut p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         &format!(
             "[producer.work]\naction = \"http\"\nurl = \"{url}\"\nlease_secs = 2\ntimeout_secs = 1"
         ),
@@ -591,27 +600,22 @@ async fn late_outcomes_count_unless_the_item_moved_on(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(20).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         "[producer.work]\naction = \"none\"\nmax_attempts = 2",
     );
     seed(&store, &p, &vendor.snapshot()).await;
     change(&vendor, &keys(1..5), "new");
     keyframer(&store).run(&p, false).await.unwrap();
     // Every item claimed with a short lease that runs out before the outcome.
-    let claims = store.claim_work("orders", "w1", 10, 50).await.unwrap();
+    let claimed_at = now_ms();
+    let claims = store
+        .claim_work("orders", "w1", 10, 50, claimed_at)
+        .await
+        .unwrap();
     assert_eq!(claims.len(), 4);
-    let expire = |n: u64| {
-        let store = store.clone();
-        async move {
-            let reclaimed = std::sync::atomic::AtomicU64::new(0);
-            crate::support::wait_for("leases to expire", 10, || async {
-                let now = store.reclaim_expired_work().await.unwrap();
-                reclaimed.fetch_add(now, AtomicOrdering::SeqCst) + now >= n
-            })
-            .await;
-        }
-    };
-    expire(4).await;
+    // The leases run out: a reclaim after them returns every item.
+    let expired = claimed_at + 51;
+    assert_eq!(store.reclaim_expired_work(expired).await.unwrap(), 4);
     let by_key = |k: &str| claims.iter().find(|c| c.key == k).unwrap().clone();
     // ord-00001: reclaimed, nobody took it since: the late outcome counts.
     let c = by_key("ord-00001");
@@ -622,7 +626,10 @@ async fn late_outcomes_count_unless_the_item_moved_on(db: &TestDb) {
     );
     // ord-00002: another worker holds it now: its outcome is that worker's to record.
     let c = by_key("ord-00002");
-    let taken = store.claim_work("orders", "w2", 1, 60_000).await.unwrap();
+    let taken = store
+        .claim_work("orders", "w2", 1, 60_000, expired)
+        .await
+        .unwrap();
     assert_eq!(taken[0].id, c.id);
     assert!(!store.complete_work(&c, "w1").await.unwrap());
     let item = store.work_item(c.id).await.unwrap().unwrap();
@@ -641,10 +648,13 @@ async fn late_outcomes_count_unless_the_item_moved_on(db: &TestDb) {
     assert!(item.spec.contains("newer"));
     // ord-00004: the reclaim ran it out of attempts, but the call succeeded: done.
     let c = by_key("ord-00004");
-    let again = store.claim_work("orders", "w1", 10, 50).await.unwrap();
+    let again = store
+        .claim_work("orders", "w1", 10, 50, expired)
+        .await
+        .unwrap();
     let c2 = again.into_iter().find(|w| w.id == c.id).unwrap();
     assert_eq!(c2.attempts, 2);
-    expire(1).await;
+    assert!(store.reclaim_expired_work(expired + 51).await.unwrap() >= 1);
     assert_eq!(
         store.work_item(c.id).await.unwrap().unwrap().state,
         WorkState::Dead
@@ -670,7 +680,7 @@ async fn http_concurrency_is_a_pool(db: &TestDb) {
             .await;
     let (vendor, addr) = Vendor::start(40).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         &format!("[producer.work]\naction = \"http\"\nurl = \"{url}\"\nconcurrency = 4"),
     );
     seed(&store, &p, &vendor.snapshot()).await;
@@ -754,14 +764,14 @@ async fn retrying_a_dead_item_names_the_open_one(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(20).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         "[producer.work]\naction = \"none\"",
     );
     seed(&store, &p, &vendor.snapshot()).await;
     change(&vendor, &keys(2..3), "paid");
     keyframer(&store).run(&p, false).await.unwrap();
     let first = store
-        .claim_work("orders", "app-worker", 1, 60_000)
+        .claim_work("orders", "app-worker", 1, 60_000, now_ms())
         .await
         .unwrap()
         .remove(0);
@@ -816,7 +826,7 @@ async fn url_credentials_stay_out_of_errors(db: &TestDb) {
     };
     let (vendor, addr) = Vendor::start(20).await;
     let p = producer(
-        &crate::producer::snapshot_toml("none", addr),
+        &crate::support::snapshot_toml("none", addr),
         &format!(
             "[producer.work]\naction = \"http\"\nurl = \"{}\"\nmax_attempts = 1",
             secret_url("work")
