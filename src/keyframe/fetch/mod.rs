@@ -53,7 +53,7 @@ use serde_json::Value;
 use self::error::shown;
 pub use self::error::{PageAt, PullError};
 use self::http::{fetch_page, Fetched, Pace};
-use self::pager::Pager;
+use self::pager::{Page, Pager};
 use self::plan::Plan;
 use self::sink::{parse_page, Sink};
 use crate::canonical::{RecordHash, RecordHasher};
@@ -117,10 +117,9 @@ pub async fn pull(
 ) -> Result<Snapshot, PullError> {
     let started_at_ms = chrono::Utc::now().timestamp_millis();
     let plan = Plan::new(cfg, hasher, bucket_bits)?;
-    let mut pager = Pager::new(cfg, plan.base.clone(), plan.capture_pointer.clone());
+    let (mut pager, mut url) = Pager::start(cfg, plan.base.clone(), plan.capture_pointer.clone());
     let mut pace = Pace::new(plan.interval);
     let mut sink = Sink::new()?;
-    let mut url = pager.first();
     let (mut pages, mut requests) = (0u64, 0u64);
     loop {
         pages += 1;
@@ -157,14 +156,16 @@ pub async fn pull(
         sink = returned;
         let outcome = outcome?;
         tracing::debug!(page = pages, items = outcome.items, url = %at.url, "snapshot page");
-        match pager.next(pages, &outcome, &links, &page_url, &at)? {
+        let page = Page {
+            number: pages,
+            items: outcome.items,
+            captured: outcome.captured.as_ref(),
+            last_key: outcome.last_key.as_deref(),
+            links: &links,
+            url: &page_url,
+        };
+        match pager.step(&page).map_err(|e| e.at(at))? {
             None => break,
-            Some(_) if pages >= cfg.max_pages => {
-                return Err(PullError::TooManyPages {
-                    at,
-                    max_pages: cfg.max_pages,
-                })
-            }
             Some(next) => url = next,
         }
     }
