@@ -21,17 +21,23 @@
 //! carry tokens); header values are never part of an error or a log line.
 //!
 //! # Layout
-//! [`pull`] is the only loop; each step of it is a file:
-//! - `plan.rs`: the snapshot config, checked once per pull into a `Plan`
-//!   (URL, headers, pace) and the `Rules` that turn an item into a record;
-//! - `http.rs`: one page over HTTP: pacing, retries with backoff, the body
-//!   streamed to memory or a temp file (`fetch_page`);
-//! - `sink.rs`: one page body parsed on the blocking pool (`parse_page`): each
-//!   item becomes a [`RemoteRecord`], its JSON goes to the spill file (`Sink`);
+//! [`pull`] is the only loop and the only place the pieces meet: per page it
+//! asks `http.rs` for the body, hands it to `sink.rs` on the blocking pool,
+//! and gives what the page said to the pager for the next URL.
+//! - `plan.rs`: the snapshot config checked once per pull into a `Plan` (URL,
+//!   headers, pace, capture pointer) and the `Rules` that make an item a record;
+//! - `http.rs`: one page over HTTP (`fetch_page`): pacing, retries with
+//!   backoff, the body streamed to memory or a temp file;
+//! - `sink.rs`: one body parsed (`parse_page`): each item becomes a
+//!   [`RemoteRecord`], its JSON goes to the spill file (`Sink`);
 //! - `walk.rs`: the streaming serde walker `parse_page` drives (pure);
-//! - `pager.rs`: the next page's URL from what the page said (pure), with
-//!   `link.rs`, the RFC 8288 `Link` header parser (pure);
+//! - `pager.rs`: `Pager::step`, a pure transition from what a page said to the
+//!   next URL, the end, or a `PagingError` (loops, `max_pages`, short pages);
+//!   `link.rs` parses RFC 8288 `Link` headers for it (pure);
 //! - `error.rs`: [`PullError`], [`PageAt`] and how values are shown in errors.
+//!
+//! Tests: `pager/tests.rs` (tables, no server), `walk/tests.rs` (a property
+//! test), `tests.rs` (`pull` end to end against loopback servers).
 
 mod error;
 mod http;
