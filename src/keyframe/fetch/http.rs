@@ -1,0 +1,283 @@
+//! One page over HTTP: pacing, retries with full-jitter backoff, and the body
+//! streamed into memory or, once large, an anonymous temp file.
+
+use std::fs::File;
+use std::io;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, LINK, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+use super::error::{transient_status, PageAt, PullError};
+use crate::config::SnapshotConfig;
+use crate::redact::request_error;
+
+/// Page bodies up to this size stay in memory; larger ones go to a temp file.
+pub(super) const MEMORY_BODY_MAX: usize = 4 << 20;
+/// Longest wait a `Retry-After` header can impose.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
+/// Ceiling of the exponential backoff (unless `retry_backoff_ms` is larger).
+const BACKOFF_MAX_MS: u64 = 60_000;
+
+/// Keeps consecutive request starts at least `interval` apart.
+pub(super) struct Pace {
+    interval: Option<Duration>,
+    next: Option<Instant>,
+}
+
+impl Pace {
+    pub(super) fn new(interval: Option<Duration>) -> Self {
+        Self {
+            interval,
+            next: None,
+        }
+    }
+
+    async fn wait(&mut self) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        if let Some(next) = self.next {
+            tokio::time::sleep_until(next).await;
+        }
+        self.next = Some(Instant::now() + interval);
+    }
+}
+/// A page body: in memory, or spilled to an anonymous temp file.
+pub(super) enum Body {
+    Memory(Vec<u8>),
+    File(File),
+}
+
+pub(super) struct Fetched {
+    pub(super) body: Body,
+    /// The response's `Link` header values.
+    pub(super) links: Vec<String>,
+    /// The URL that answered (after redirects), for resolving relative links.
+    pub(super) url: Url,
+}
+
+/// One failed attempt, before it becomes a [`PullError`].
+enum Failure {
+    Status {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+    },
+    Timeout,
+    Request {
+        message: String,
+        transient: bool,
+    },
+    Spill(io::Error),
+}
+
+impl Failure {
+    fn from_reqwest(e: reqwest::Error, url: &Url) -> Self {
+        let transient = !(e.is_builder() || e.is_redirect() || e.is_status());
+        let message = request_error(e, url.as_str());
+        Failure::Request { message, transient }
+    }
+
+    fn is_transient(&self) -> bool {
+        match self {
+            Failure::Status { status, .. } => transient_status(*status),
+            Failure::Timeout => true,
+            Failure::Request { transient, .. } => *transient,
+            Failure::Spill(_) => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Failure::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Failure::Status { status, .. } => format!("HTTP {status}"),
+            Failure::Timeout => "timeout".into(),
+            Failure::Request { message, .. } => message.clone(),
+            Failure::Spill(e) => e.to_string(),
+        }
+    }
+
+    fn into_error(self, at: PageAt, attempts: u32, timeout_secs: u64) -> PullError {
+        match self {
+            Failure::Status { status, .. } => PullError::Status {
+                at,
+                status,
+                attempts,
+            },
+            Failure::Timeout => PullError::Timeout {
+                at,
+                timeout_secs,
+                attempts,
+            },
+            Failure::Request { message, transient } => PullError::Request {
+                at,
+                message,
+                transient,
+                attempts,
+            },
+            Failure::Spill(source) => PullError::Spill {
+                action: format!("buffering the body of {at}"),
+                source,
+            },
+        }
+    }
+}
+
+/// Fetches one page, retrying transient failures.
+pub(super) async fn fetch_page(
+    client: &reqwest::Client,
+    cfg: &SnapshotConfig,
+    headers: &HeaderMap,
+    url: &Url,
+    at: &PageAt,
+    pace: &mut Pace,
+    requests: &mut u64,
+) -> Result<Fetched, PullError> {
+    let mut attempt: u32 = 0;
+    loop {
+        pace.wait().await;
+        attempt = attempt.saturating_add(1);
+        *requests += 1;
+        let failure =
+            match tokio::time::timeout(cfg.timeout(), fetch_once(client, url, headers)).await {
+                Ok(Ok(fetched)) => return Ok(fetched),
+                Ok(Err(failure)) => failure,
+                Err(_) => Failure::Timeout,
+            };
+        if failure.is_transient() && attempt <= cfg.retries {
+            let delay = failure
+                .retry_after()
+                .unwrap_or_else(|| backoff(cfg.retry_backoff_ms, attempt));
+            tracing::debug!(
+                page = at.page,
+                url = %at.url,
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                reason = %failure.describe(),
+                "retrying snapshot page"
+            );
+            tokio::time::sleep(delay).await;
+            continue;
+        }
+        return Err(failure.into_error(at.clone(), attempt, cfg.timeout_secs));
+    }
+}
+
+/// Full jitter: a uniform delay in `0..=base·2^(attempt-1)`, capped.
+fn backoff(base_ms: u64, attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(30);
+    let ceiling = base_ms
+        .saturating_mul(1u64 << exp)
+        .min(BACKOFF_MAX_MS.max(base_ms));
+    Duration::from_millis(rand::random_range(0..=ceiling))
+}
+
+/// `Retry-After: <seconds>`, capped; the HTTP-date form is ignored.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(RETRY_AFTER_MAX))
+}
+
+/// One request, its status checked and its body streamed to memory or disk.
+async fn fetch_once(
+    client: &reqwest::Client,
+    url: &Url,
+    headers: &HeaderMap,
+) -> Result<Fetched, Failure> {
+    let mut resp = client
+        .get(url.clone())
+        .headers(headers.clone())
+        .send()
+        .await
+        .map_err(|e| Failure::from_reqwest(e, url))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(Failure::Status {
+            status,
+            retry_after: retry_after(resp.headers()),
+        });
+    }
+    let links = resp
+        .headers()
+        .get_all(LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    let page_url = resp.url().clone();
+    let hint = resp.content_length().unwrap_or(0);
+    let mut incoming = if hint > MEMORY_BODY_MAX as u64 {
+        Incoming::File(spill_file().map_err(Failure::Spill)?)
+    } else {
+        Incoming::Memory(Vec::with_capacity(hint as usize))
+    };
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| Failure::from_reqwest(e, url))?
+    {
+        incoming.push(&chunk).await.map_err(Failure::Spill)?;
+    }
+    Ok(Fetched {
+        body: incoming.finish().await.map_err(Failure::Spill)?,
+        links,
+        url: page_url,
+    })
+}
+
+fn spill_file() -> io::Result<tokio::io::BufWriter<tokio::fs::File>> {
+    let file = tempfile::tempfile()?;
+    Ok(tokio::io::BufWriter::with_capacity(
+        256 << 10,
+        tokio::fs::File::from_std(file),
+    ))
+}
+
+/// A body being received.
+enum Incoming {
+    Memory(Vec<u8>),
+    File(tokio::io::BufWriter<tokio::fs::File>),
+}
+
+impl Incoming {
+    async fn push(&mut self, chunk: &[u8]) -> io::Result<()> {
+        if let Incoming::Memory(buf) = self {
+            if buf.len() + chunk.len() <= MEMORY_BODY_MAX {
+                buf.extend_from_slice(chunk);
+                return Ok(());
+            }
+            let buffered = std::mem::take(buf);
+            let mut file = spill_file()?;
+            file.write_all(&buffered).await?;
+            *self = Incoming::File(file);
+        }
+        if let Incoming::File(file) = self {
+            file.write_all(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(self) -> io::Result<Body> {
+        match self {
+            Incoming::Memory(buf) => Ok(Body::Memory(buf)),
+            Incoming::File(mut file) => {
+                file.flush().await?;
+                Ok(Body::File(file.into_inner().into_std().await))
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! One page body parsed on the blocking pool: each item becomes a
+//! `RemoteRecord` and its JSON is appended to the spill file.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
+
+use serde_json::Value;
+
+use super::error::{type_name, PageAt, PullError};
+use super::http::Body;
+use super::plan::Rules;
+use super::walk::{lookup, Found, Walk, WalkError};
+use super::RemoteRecord;
+use crate::canonical::{bucket_of, key_string, version_value};
+
+/// What a page said about pagination.
+pub(super) struct PageOutcome {
+    pub(super) items: u64,
+    /// The value at the style's pagination pointer, when present.
+    pub(super) captured: Option<Value>,
+    /// Key of the page's last item (for `after_key`).
+    pub(super) last_key: Option<String>,
+}
+
+/// Accumulates records and their spilled JSON across pages.
+pub(super) struct Sink {
+    spill: BufWriter<File>,
+    offset: u64,
+    /// Fixed-size blocks, so growing never copies (and briefly doubles) every record.
+    blocks: Vec<Vec<RemoteRecord>>,
+    scratch: Vec<u8>,
+}
+
+/// Records per block of [`Sink::blocks`].
+const BLOCK: usize = 1 << 16;
+
+impl Sink {
+    pub(super) fn new() -> Result<Self, PullError> {
+        let file = tempfile::tempfile().map_err(|source| PullError::Spill {
+            action: "creating the spill file".into(),
+            source,
+        })?;
+        Ok(Self {
+            spill: BufWriter::with_capacity(256 << 10, file),
+            offset: 0,
+            blocks: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    fn accept(
+        &mut self,
+        rules: &Rules,
+        at: &PageAt,
+        index: u64,
+        item: &Value,
+    ) -> Result<(), PullError> {
+        let key_value = lookup(item, &rules.key).ok_or_else(|| PullError::KeyMissing {
+            at: at.clone(),
+            index,
+            pointer: rules.key_pointer.clone(),
+        })?;
+        let key = key_string(key_value).ok_or_else(|| PullError::BadKey {
+            at: at.clone(),
+            index,
+            pointer: rules.key_pointer.clone(),
+            found: match key_value {
+                Value::Number(_) => "a non-integer number",
+                other => type_name(other),
+            },
+        })?;
+        let version = match &rules.version {
+            None => None,
+            Some((pointer, tokens)) => match lookup(item, tokens) {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(version_value(v).map_err(|message| PullError::BadVersion {
+                    at: at.clone(),
+                    index,
+                    key: key.clone(),
+                    pointer: pointer.clone(),
+                    message,
+                })?),
+            },
+        };
+        let hash = rules.hasher.hash(item);
+        let bucket = bucket_of(&key, rules.bucket_bits);
+
+        self.scratch.clear();
+        serde_json::to_writer(&mut self.scratch, item).map_err(|e| PullError::Spill {
+            action: format!("serializing record {index} of {at}"),
+            source: e.into(),
+        })?;
+        let doc_len = u32::try_from(self.scratch.len()).map_err(|_| PullError::RecordTooLarge {
+            at: at.clone(),
+            index,
+            key: key.clone(),
+            len: self.scratch.len(),
+        })?;
+        self.spill
+            .write_all(&self.scratch)
+            .map_err(|source| PullError::Spill {
+                action: format!("writing record {index} of {at}"),
+                source,
+            })?;
+        if self.blocks.last().is_none_or(|b| b.len() == BLOCK) {
+            self.blocks.push(Vec::with_capacity(BLOCK));
+        }
+        let block = self.blocks.last_mut().expect("a block was just ensured");
+        block.push(RemoteRecord {
+            key: key.into_boxed_str(),
+            bucket,
+            hash,
+            version,
+            doc_offset: self.offset,
+            doc_len,
+        });
+        self.offset += u64::from(doc_len);
+        Ok(())
+    }
+
+    /// Sorts by `(bucket, key)`, rejects duplicate keys, flushes the spill file.
+    pub(super) fn finish(self) -> Result<(Vec<RemoteRecord>, File), PullError> {
+        let Sink { spill, blocks, .. } = self;
+        // One exactly sized vector; each block is freed as soon as it is moved.
+        let mut records = Vec::with_capacity(blocks.iter().map(Vec::len).sum());
+        for block in blocks {
+            records.extend(block);
+        }
+        records.sort_unstable_by(|a, b| a.bucket.cmp(&b.bucket).then_with(|| a.key.cmp(&b.key)));
+        if let Some(w) = records.windows(2).find(|w| w[0].key == w[1].key) {
+            return Err(PullError::DuplicateKey {
+                key: w[0].key.to_string(),
+            });
+        }
+        let spill = spill.into_inner().map_err(|e| PullError::Spill {
+            action: "flushing".into(),
+            source: e.into_error(),
+        })?;
+        Ok((records, spill))
+    }
+}
+
+/// Walks one page body into `sink`; what the page said about pagination.
+pub(super) fn parse_page(
+    body: Body,
+    sink: &mut Sink,
+    rules: &Rules,
+    at: &PageAt,
+) -> Result<PageOutcome, PullError> {
+    let mut index = 0u64;
+    let mut walk = Walk::new(&rules.paths, |item: Value| {
+        let r = sink.accept(rules, at, index, &item);
+        index += 1;
+        r
+    });
+    let walked = match body {
+        Body::Memory(buf) => walk.run(&mut serde_json::Deserializer::from_slice(&buf)),
+        Body::File(mut file) => {
+            file.seek(SeekFrom::Start(0))
+                .map_err(|source| PullError::Spill {
+                    action: format!("rewinding the body of {at}"),
+                    source,
+                })?;
+            let reader = BufReader::with_capacity(256 << 10, file);
+            walk.run(&mut serde_json::Deserializer::from_reader(reader))
+        }
+    };
+    let Walk {
+        items, captured, ..
+    } = walk;
+    match walked {
+        Ok(()) => {}
+        Err(WalkError::Item(e)) => return Err(e),
+        Err(WalkError::Json(e)) => {
+            return Err(PullError::InvalidJson {
+                at: at.clone(),
+                message: e.to_string(),
+            })
+        }
+    }
+    match items {
+        Found::Missing => Err(PullError::ItemsMissing {
+            at: at.clone(),
+            pointer: rules.items_pointer.clone(),
+        }),
+        Found::NotArray(found) => Err(PullError::ItemsNotArray {
+            at: at.clone(),
+            pointer: rules.items_pointer.clone(),
+            found,
+        }),
+        Found::Array => Ok(PageOutcome {
+            items: index,
+            captured: captured.into_iter().next().flatten(),
+            // The last record this page added, if it added any.
+            last_key: (index > 0)
+                .then(|| sink.blocks.last().and_then(|b| b.last()))
+                .flatten()
+                .map(|r| r.key.to_string()),
+        }),
+    }
+}
