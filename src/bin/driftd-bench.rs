@@ -28,12 +28,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use driftd::app::App;
 use driftd::canonical::RecordHasher;
 use driftd::config::{Config, ProducerConfig};
+use driftd::entity::{Change, EntityWrite, Source, WriteRule};
 use driftd::ingest::signature;
 use driftd::keyframe::fetch;
 use driftd::keyframe::run::Keyframer;
 use driftd::metrics::Metrics;
 use driftd::state::WorkState;
-use driftd::store::{now_ms, Change, EntityWrite, NewWork, Ordering, Source, Store};
+use driftd::store::{now_ms, NewWork, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::any::AnyPoolOptions;
@@ -681,7 +682,7 @@ async fn seed(url: &str, records: u64) -> Result<f64> {
                     change: Change::Replace(serde_json::from_str(&record_json(j, 0))?),
                     version: None,
                     source: Source::Webhook,
-                    ordering: Ordering::IfNewer,
+                    rule: WriteRule::IfNewer,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

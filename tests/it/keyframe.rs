@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use driftd::canonical::RecordHasher;
 use driftd::config::{Config, ProducerConfig};
+use driftd::entity::{Change, EntityWrite, Source, WriteRule};
 use driftd::keyframe::run::{Keyframer, Summary};
 use driftd::metrics::Metrics;
 use driftd::state::{RunState, WorkState};
-use driftd::store::{Change, EntityWrite, Ordering, Source, Store};
+use driftd::store::Store;
 use driftd::work::Workers;
 use serde_json::Value;
 
@@ -39,7 +40,7 @@ pub async fn seed(store: &Store, p: &ProducerConfig, records: &BTreeMap<String, 
             change: Change::Replace(d.clone()),
             version: None,
             source: Source::Webhook,
-            ordering: Ordering::IfNewer,
+            rule: WriteRule::IfNewer,
         })
         .collect();
     for chunk in writes.chunks(500) {
@@ -312,7 +313,7 @@ async fn a_newer_delta_during_a_slow_pull_is_not_drift(db: &TestDb) {
                 change: Change::Replace(doc),
                 version: Some(1),
                 source: Source::Webhook,
-                ordering: Ordering::IfNewer,
+                rule: WriteRule::IfNewer,
             }],
         )
         .await
@@ -378,7 +379,7 @@ async fn lost_deltas_are_corrected_by_apply_work(db: &TestDb) {
                 change: Change::Replace(vendor_doc),
                 version: None,
                 source: Source::Webhook,
-                ordering: Ordering::IfNewer,
+                rule: WriteRule::IfNewer,
             }],
         )
         .await

@@ -226,7 +226,7 @@ async fn expired_leases_are_retried(db: &TestDb) {
 /// always end, after one keyframe and its work, with zero drift.
 async fn convergence_over_random_loss(db: &TestDb) {
     use driftd::canonical::RecordHasher;
-    use driftd::store::{Change, EntityWrite, Ordering, Source};
+    use driftd::entity::{Change, EntityWrite, Source, WriteRule};
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(200).await;
     let p = producer(
@@ -261,7 +261,7 @@ async fn convergence_over_random_loss(db: &TestDb) {
                         change: Change::Delete,
                         version: Some(rev as i64),
                         source: Source::Webhook,
-                        ordering: Ordering::IfNewer,
+                        rule: WriteRule::IfNewer,
                     });
                 }
             } else {
@@ -273,7 +273,7 @@ async fn convergence_over_random_loss(db: &TestDb) {
                     change: Change::Replace(doc),
                     version: Some(rev as i64),
                     source: Source::Webhook,
-                    ordering: Ordering::IfNewer,
+                    rule: WriteRule::IfNewer,
                 });
             }
         }
@@ -326,7 +326,7 @@ async fn convergence_over_random_loss(db: &TestDb) {
 /// if the worker lost a lease meanwhile, nothing of the batch is written.
 async fn apply_batches_are_all_or_nothing(db: &TestDb) {
     use driftd::canonical::RecordHasher;
-    use driftd::store::{Change, EntityWrite, Ordering, Source};
+    use driftd::entity::{Change, EntityWrite, Source, WriteRule};
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(30).await;
     let p = producer(&crate::producer::snapshot_toml("none", addr), "");
@@ -351,7 +351,7 @@ async fn apply_batches_are_all_or_nothing(db: &TestDb) {
                     change: Change::Replace(spec.record.unwrap()),
                     version: None,
                     source: Source::Keyframe,
-                    ordering: Ordering::Correct { seen },
+                    rule: WriteRule::Correct { seen },
                 },
             )
         })
