@@ -1,6 +1,6 @@
 //! Corrective work end to end: the `http` action's retries and idempotency keys, dead items, operator retry, and convergence over random loss.
 
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ async fn start_app(script: Vec<u16>) -> (App, String) {
         post(move |headers: HeaderMap, body: axum::body::Bytes| {
             let s = state.clone();
             async move {
-                s.calls.fetch_add(1, AtomicOrdering::SeqCst);
+                s.calls.fetch_add(1, Ordering::SeqCst);
                 let key = headers
                     .get("idempotency-key")
                     .and_then(|v| v.to_str().ok())
@@ -122,7 +122,7 @@ async fn http_action_retries_with_one_idempotency_key(db: &TestDb) {
         (WorkState::Done, 3),
         "{done:?}"
     );
-    assert_eq!(app.calls.load(AtomicOrdering::SeqCst), 3);
+    assert_eq!(app.calls.load(Ordering::SeqCst), 3);
     let keys = app.keys.lock().unwrap().clone();
     assert_eq!(
         keys,
@@ -161,7 +161,7 @@ async fn http_client_errors_are_dead_at_once(db: &TestDb) {
     );
     let err = dead.last_error.clone().unwrap_or_default();
     assert!(err.contains("400") && err.contains("answer 400"), "{err}");
-    assert_eq!(app.calls.load(AtomicOrdering::SeqCst), 1);
+    assert_eq!(app.calls.load(Ordering::SeqCst), 1);
     // An operator retry puts it back; the application now accepts it.
     let retried = store
         .set_work_state(dead.id, WorkState::Pending)
@@ -482,7 +482,7 @@ async fn a_failing_application_reaches_dead_despite_keyframes(db: &TestDb) {
     let dead = dead.expect("the item never died: every keyframe reset its attempts");
     assert_eq!(dead.attempts, 3, "{dead:?}");
     assert!(dead.last_error.unwrap_or_default().contains("503"));
-    assert_eq!(app.calls.load(AtomicOrdering::SeqCst), 3);
+    assert_eq!(app.calls.load(Ordering::SeqCst), 3);
 }
 
 /// An application that answers after a delay, recording when each call ran.
@@ -503,12 +503,12 @@ async fn start_slow_app(delay: fn(&str) -> Duration) -> (SlowApp, String) {
             let s = state.clone();
             async move {
                 let started = Instant::now();
-                let now = s.in_flight.fetch_add(1, AtomicOrdering::SeqCst) + 1;
-                s.max_in_flight.fetch_max(now, AtomicOrdering::SeqCst);
+                let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                s.max_in_flight.fetch_max(now, Ordering::SeqCst);
                 let spec: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 let key = spec["key"].as_str().unwrap_or("").to_string();
                 tokio::time::sleep(delay(&key)).await;
-                s.in_flight.fetch_sub(1, AtomicOrdering::SeqCst);
+                s.in_flight.fetch_sub(1, Ordering::SeqCst);
                 s.calls.lock().unwrap().push((key, started, Instant::now()));
                 StatusCode::OK
             }
@@ -606,7 +606,7 @@ async fn late_outcomes_count_unless_the_item_moved_on(db: &TestDb) {
             let reclaimed = std::sync::atomic::AtomicU64::new(0);
             crate::support::wait_for("leases to expire", 10, || async {
                 let now = store.reclaim_expired_work().await.unwrap();
-                reclaimed.fetch_add(now, AtomicOrdering::SeqCst) + now >= n
+                reclaimed.fetch_add(now, Ordering::SeqCst) + now >= n
             })
             .await;
         }
@@ -690,7 +690,7 @@ async fn http_concurrency_is_a_pool(db: &TestDb) {
         calls.iter().map(|c| &c.0).collect::<Vec<_>>()
     );
     assert_eq!(
-        app.max_in_flight.load(AtomicOrdering::SeqCst),
+        app.max_in_flight.load(Ordering::SeqCst),
         4,
         "concurrency calls in flight, never more"
     );
