@@ -1,13 +1,13 @@
 //! The entity domain: what a write is, which write wins, what a batch of writes does, and how the `changes` chain links.
 //!
 //! Nothing here does IO or reads a clock. The store reads the touched rows
-//! and the chain head, calls [`plan_batch`] with the time, and flushes the
+//! and the chain head, calls `plan_batch` with the time, and flushes the
 //! plan it gets back; the keyframe compare and the delta mapping build and
 //! read these types without going through the store.
 //!
-//! - `rule.rs`: [`decide`], the version rule for one write against its stored row.
-//! - `plan.rs`: [`plan_batch`], a batch of writes decided in order.
-//! - `chain.rs`: [`ChangeLink`], one `changes` row's link in its producer's chain.
+//! - `rule.rs`: `decide`, the version rule for one write against its stored row.
+//! - `plan.rs`: `plan_batch`, a batch of writes decided in order (cases: `plan/cases.txt`).
+//! - `chain.rs`: `ChangeLink`, one `changes` row's link in its producer's chain.
 
 mod chain;
 mod plan;

@@ -1,4 +1,4 @@
-//! Table tests of `plan_batch`: each case is the stored rows and a batch of writes, and the plan it expects, rendered as text.
+//! Tests of `plan_batch`: the cases of `cases.txt` (stored rows, a batch of writes, the plan it expects as text) and the chain across batches.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -18,11 +18,7 @@ const HEAD: ChainHead = ChainHead {
 };
 
 /// A stored row of `key`: live with `doc`, or a tombstone for `None`.
-fn stored(
-    key: &'static str,
-    doc: Option<Value>,
-    version: Option<i64>,
-) -> (&'static str, StoredRow) {
+fn stored(key: &str, doc: Option<Value>, version: Option<i64>) -> (String, StoredRow) {
     let hash = doc.as_ref().map(|d| RecordHasher::default().hash(d));
     let row = StoredRow {
         deleted: doc.is_none(),
@@ -31,7 +27,7 @@ fn stored(
         bucket: bucket_of(key, BITS),
         version,
     };
-    (key, row)
+    (key.to_string(), row)
 }
 
 fn write(key: &str, change: Change, version: Option<i64>) -> EntityWrite {
@@ -193,258 +189,92 @@ fn plan_of<'w>(current: &HashMap<&'w str, StoredRow>, writes: &'w [EntityWrite])
     plan_batch(current.clone(), writes, &hasher, BITS, PRODUCER, HEAD, NOW)
 }
 
-/// A case: its name, the stored rows, the batch, and the plan it expects.
-type Case = (
-    &'static str,
-    Vec<(&'static str, StoredRow)>,
-    Vec<EntityWrite>,
-    &'static str,
-);
+/// One case of `cases.txt`.
+struct Case {
+    name: String,
+    stored: Vec<(String, StoredRow)>,
+    writes: Vec<EntityWrite>,
+    plan: String,
+}
+
+fn parse_version(word: &str) -> Option<i64> {
+    let n = word.strip_prefix('v').expect("a version is v<n> or v-");
+    (n != "-").then(|| n.parse().expect("a version number"))
+}
+
+fn parse_doc(word: &str) -> Value {
+    serde_json::from_str(word).expect("a document in compact JSON")
+}
+
+/// The cases of `cases.txt`, in order.
+fn parse_cases(text: &str) -> Vec<Case> {
+    let mut cases: Vec<Case> = Vec::new();
+    let mut expecting = false;
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        if let Some(name) = line.strip_prefix("== ") {
+            cases.push(Case {
+                name: name.into(),
+                stored: Vec::new(),
+                writes: Vec::new(),
+                plan: String::new(),
+            });
+            expecting = false;
+            continue;
+        }
+        let case = cases.last_mut().expect("a line before the first case");
+        if line == "--" {
+            expecting = true;
+        } else if expecting {
+            if !case.plan.is_empty() {
+                case.plan.push('\n');
+            }
+            case.plan.push_str(line);
+        } else {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words[..] {
+                ["stored", key, "tombstone", version] => {
+                    case.stored.push(stored(key, None, parse_version(version)));
+                }
+                ["stored", key, doc, version] => {
+                    let row = stored(key, Some(parse_doc(doc)), parse_version(version));
+                    case.stored.push(row);
+                }
+                ["put", key, doc, version] => {
+                    case.writes
+                        .push(put(key, parse_doc(doc), parse_version(version)));
+                }
+                ["patch", key, doc, version] => {
+                    case.writes
+                        .push(patch(key, parse_doc(doc), parse_version(version)));
+                }
+                ["delete", key, version] => case.writes.push(del(key, parse_version(version))),
+                ["correct", key, doc, "seen", seen] => {
+                    let seen = (seen != "none").then(|| parse_doc(seen));
+                    case.writes.push(correct(key, parse_doc(doc), seen));
+                }
+                _ => panic!("{}: cannot read {line:?}", case.name),
+            }
+        }
+    }
+    cases
+}
 
 #[test]
-fn plan_batch_table() {
-    let cases: Vec<Case> = vec![
-        (
-            "new key",
-            vec![],
-            vec![put("a", json!({"n": 1}), Some(1))],
-            "outcomes: Applied\n\
-             row a {\"n\":1} v1 webhook\n\
-             link 42 a put v1 webhook",
-        ),
-        (
-            "newer version replaces",
-            vec![stored("a", Some(json!({"n": 1})), Some(1))],
-            vec![put("a", json!({"n": 2}), Some(2))],
-            "outcomes: Applied\n\
-             row a {\"n\":2} v2 webhook\n\
-             link 42 a put v2 webhook",
-        ),
-        (
-            "older version is stale",
-            vec![stored("a", Some(json!({"n": 5})), Some(5))],
-            vec![put("a", json!({"n": 4}), Some(4))],
-            "outcomes: Stale",
-        ),
-        (
-            "equal version is stale",
-            vec![stored("a", Some(json!({"n": 5})), Some(5))],
-            vec![put("a", json!({"n": 6}), Some(5))],
-            "outcomes: Stale",
-        ),
-        (
-            "older version after a delete is stale",
-            vec![stored("a", None, Some(5))],
-            vec![put("a", json!({"n": 4}), Some(4))],
-            "outcomes: Stale",
-        ),
-        (
-            "newer version revives a tombstone",
-            vec![stored("a", None, Some(5))],
-            vec![put("a", json!({"n": 6}), Some(6))],
-            "outcomes: Applied\n\
-             row a {\"n\":6} v6 webhook\n\
-             link 42 a put v6 webhook",
-        ),
-        (
-            "merge patch onto the stored doc",
-            vec![stored("a", Some(json!({"m": 1, "n": 1})), Some(1))],
-            vec![patch("a", json!({"m": null, "o": 2}), Some(2))],
-            "outcomes: Applied\n\
-             row a {\"n\":1,\"o\":2} v2 webhook\n\
-             link 42 a put v2 webhook",
-        ),
-        (
-            "merge patch of an absent key starts from an empty object",
-            vec![],
-            vec![patch("a", json!({"x": 1}), None)],
-            "outcomes: Applied\n\
-             row a {\"x\":1} v- webhook\n\
-             link 42 a put v- webhook",
-        ),
-        (
-            "merge patch onto a tombstone starts from an empty object",
-            vec![stored("a", None, Some(1))],
-            vec![patch("a", json!({"x": 1}), Some(2))],
-            "outcomes: Applied\n\
-             row a {\"x\":1} v2 webhook\n\
-             link 42 a put v2 webhook",
-        ),
-        (
-            "delete leaves a tombstone",
-            vec![stored("a", Some(json!({"n": 1})), Some(1))],
-            vec![del("a", Some(2))],
-            "outcomes: Applied\n\
-             row a tombstone v2 webhook\n\
-             link 42 a delete v2 webhook",
-        ),
-        (
-            "delete without a version keeps the stored version",
-            vec![stored("a", Some(json!({"n": 1})), Some(3))],
-            vec![del("a", None)],
-            "outcomes: Applied\n\
-             row a tombstone v3 webhook\n\
-             link 42 a delete v3 webhook",
-        ),
-        (
-            "delete of an absent key without a version does nothing",
-            vec![],
-            vec![del("a", None)],
-            "outcomes: Unchanged",
-        ),
-        (
-            "delete of an absent key with a version leaves a tombstone",
-            vec![],
-            vec![del("a", Some(4))],
-            "outcomes: Applied\n\
-             row a tombstone v4 webhook\n\
-             link 42 a delete v4 webhook",
-        ),
-        (
-            "newer delete of a tombstone records its version",
-            vec![stored("a", None, Some(1))],
-            vec![del("a", Some(2))],
-            "outcomes: Applied\n\
-             row a tombstone v2 webhook\n\
-             link 42 a delete v2 webhook",
-        ),
-        (
-            "correction of the row the keyframe saw",
-            vec![stored("a", Some(json!({"n": 1})), Some(5))],
-            vec![correct("a", json!({"n": 9}), Some(json!({"n": 1})))],
-            "outcomes: Applied\n\
-             row a {\"n\":9} v5 keyframe\n\
-             link 42 a put v5 keyframe",
-        ),
-        (
-            "correction after the row moved on",
-            vec![stored("a", Some(json!({"n": 2})), Some(6))],
-            vec![correct("a", json!({"n": 9}), Some(json!({"n": 1})))],
-            "outcomes: Stale",
-        ),
-        (
-            "correction creating a row the keyframe saw missing",
-            vec![],
-            vec![correct("a", json!({"n": 9}), None)],
-            "outcomes: Applied\n\
-             row a {\"n\":9} v- keyframe\n\
-             link 42 a put v- keyframe",
-        ),
-        (
-            "correction of a missing row that a delta created since",
-            vec![stored("a", Some(json!({"n": 1})), Some(1))],
-            vec![correct("a", json!({"n": 9}), None)],
-            "outcomes: Stale",
-        ),
-        (
-            "correction of a missing row over a tombstone",
-            vec![stored("a", None, Some(3))],
-            vec![correct("a", json!({"n": 9}), None)],
-            "outcomes: Applied\n\
-             row a {\"n\":9} v3 keyframe\n\
-             link 42 a put v3 keyframe",
-        ),
-        (
-            "a correction run twice applies once",
-            vec![stored("a", Some(json!({"n": 1})), Some(5))],
-            vec![
-                correct("a", json!({"n": 9}), Some(json!({"n": 1}))),
-                correct("a", json!({"n": 9}), Some(json!({"n": 1}))),
-            ],
-            "outcomes: Applied Stale\n\
-             row a {\"n\":9} v5 keyframe\n\
-             link 42 a put v5 keyframe",
-        ),
-        (
-            "unchanged content",
-            vec![stored("a", Some(json!({"n": 1})), None)],
-            vec![put("a", json!({"n": 1}), None)],
-            "outcomes: Unchanged",
-        ),
-        (
-            "unchanged content under the same version",
-            vec![stored("a", Some(json!({"n": 1})), Some(2))],
-            vec![patch("a", json!({"n": 1}), None)],
-            "outcomes: Unchanged",
-        ),
-        (
-            "unchanged content with a newer version records the version",
-            vec![stored("a", Some(json!({"n": 1})), Some(1))],
-            vec![put("a", json!({"n": 1}), Some(2))],
-            "outcomes: Applied\n\
-             row a {\"n\":1} v2 webhook\n\
-             link 42 a put v2 webhook",
-        ),
-        (
-            "repeated keys: each write sees the ones before it",
-            vec![stored("a", Some(json!({"n": 0})), Some(0))],
-            vec![
-                put("a", json!({"n": 1}), Some(1)),
-                put("a", json!({"n": 3}), Some(3)),
-                put("a", json!({"n": 2}), Some(2)),
-                patch("a", json!({"m": 4}), Some(4)),
-                put("a", json!({"m": 4, "n": 3}), None),
-            ],
-            "outcomes: Applied Applied Stale Applied Unchanged\n\
-             row a {\"m\":4,\"n\":3} v4 webhook\n\
-             link 42 a put v1 webhook\n\
-             link 43 a put v3 webhook\n\
-             link 44 a put v4 webhook",
-        ),
-        (
-            "repeated keys: put, delete, stale put, put",
-            vec![],
-            vec![
-                put("a", json!({"n": 1}), Some(1)),
-                del("a", Some(2)),
-                put("a", json!({"n": 1}), Some(2)),
-                put("a", json!({"n": 3}), Some(3)),
-            ],
-            "outcomes: Applied Applied Stale Applied\n\
-             row a {\"n\":3} v3 webhook\n\
-             link 42 a put v1 webhook\n\
-             link 43 a delete v2 webhook\n\
-             link 44 a put v3 webhook",
-        ),
-        (
-            "repeated keys: the row keeps the last write's source",
-            vec![stored("a", Some(json!({"n": 1})), Some(1))],
-            vec![
-                put("a", json!({"n": 2}), Some(2)),
-                correct("a", json!({"n": 1}), Some(json!({"n": 2}))),
-            ],
-            "outcomes: Applied Applied\n\
-             row a {\"n\":1} v2 keyframe\n\
-             link 42 a put v2 webhook\n\
-             link 43 a put v2 keyframe",
-        ),
-        (
-            "rows in key order, links in write order",
-            vec![
-                stored("b", Some(json!({"n": 1})), Some(1)),
-                stored("d", Some(json!({"n": 1})), Some(1)),
-            ],
-            vec![
-                put("c", json!({"n": 1}), Some(1)),
-                del("b", Some(2)),
-                put("d", json!({"n": 1}), Some(1)),
-                patch("a", json!({"n": 1}), Some(1)),
-            ],
-            "outcomes: Applied Applied Stale Applied\n\
-             row a {\"n\":1} v1 webhook\n\
-             row b tombstone v2 webhook\n\
-             row c {\"n\":1} v1 webhook\n\
-             link 42 c put v1 webhook\n\
-             link 43 b delete v2 webhook\n\
-             link 44 a put v1 webhook",
-        ),
-        ("an empty batch", vec![], vec![], "outcomes:"),
-    ];
-    for (name, current, writes, expected) in cases {
-        let current: HashMap<&str, StoredRow> = current.into_iter().collect();
-        let plan = plan_of(&current, &writes);
-        assert_eq!(render(&plan), expected, "{name}");
-        check_invariants(name, &current, &writes, &plan);
+fn plan_batch_cases() {
+    let cases = parse_cases(include_str!("cases.txt"));
+    assert!(cases.len() >= 25, "cases.txt read {} cases", cases.len());
+    for case in &cases {
+        let current: HashMap<&str, StoredRow> = case
+            .stored
+            .iter()
+            .map(|(key, row)| (key.as_str(), row.clone()))
+            .collect();
+        let plan = plan_of(&current, &case.writes);
+        assert_eq!(render(&plan), case.plan, "{}", case.name);
+        check_invariants(&case.name, &current, &case.writes, &plan);
     }
 }
 
@@ -452,12 +282,12 @@ fn plan_batch_table() {
 /// links, the rows and the head do not depend on where a batch is cut.
 #[test]
 fn plan_batch_chains_across_batches() {
-    let current: HashMap<&str, StoredRow> = [
+    let rows = [
         stored("a", Some(json!({"n": 1})), Some(1)),
         stored("b", None, Some(1)),
-    ]
-    .into_iter()
-    .collect();
+    ];
+    let current: HashMap<&str, StoredRow> =
+        rows.iter().map(|(k, r)| (k.as_str(), r.clone())).collect();
     let writes = vec![
         put("a", json!({"n": 2}), Some(2)),
         put("b", json!({"n": 2}), Some(2)),
