@@ -5,6 +5,7 @@
 //! - [`canonical`]: canonical JSON, record hashes, buckets, bucket digests (pure).
 //! - [`patch`]: JSON merge patch and pointer helpers (pure).
 //! - [`state`]: the state machines, one transition table each.
+//! - [`entity`]: entity writes, the version rule, batch plans, the `changes` chain (pure).
 //! - [`metrics`]: the Prometheus families, created once and passed down.
 //! - [`store`]: SQLite and PostgreSQL behind one type; the only module with SQL.
 //! - [`keyframe`]: pulling snapshots, comparing digests, classifying drift.
@@ -29,6 +30,7 @@ pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod entity;
 pub mod ingest;
 pub mod keyframe;
 pub mod metrics;

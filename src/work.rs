@@ -16,14 +16,12 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::canonical::{RecordHash, RecordHasher};
 use crate::config::{Action, ProducerConfig};
+use crate::entity::{Change, EntityWrite, Source, WriteRule};
 use crate::keyframe::compare::DriftKind;
 use crate::metrics::Metrics;
 use crate::redact::{redact_url, request_error};
 use crate::state::WorkState;
-use crate::store::{
-    now_ms, Change, DriftRow, Emitted, EntityWrite, NewWork, Ordering, Source, Store, StoreError,
-    WorkRow,
-};
+use crate::store::{now_ms, DriftRow, Emitted, NewWork, Store, StoreError, WorkRow};
 
 /// The JSON spec of a work item (`work.spec`). Applications that take items
 /// themselves (`action = "none"`) or receive them over HTTP read this.
@@ -178,7 +176,7 @@ pub async fn mirror_done(store: &Store, p: &ProducerConfig) -> Result<usize, Sto
             .mirror_work(&p.name, p.bucket_bits, &hasher, &writes, &nothing)
             .await?;
         debug!(producer = %p.name, items = items.len(),
-            applied = outcomes.iter().filter(|(_, o)| *o == crate::store::WriteOutcome::Applied).count(),
+            applied = outcomes.iter().filter(|(_, o)| *o == crate::entity::WriteOutcome::Applied).count(),
             "done work written into the mirror");
         handled += items.len();
         if (items.len() as i64) < MIRROR_BATCH {
@@ -287,7 +285,7 @@ fn correction(spec: &WorkSpec) -> Result<EntityWrite, Failure> {
         change,
         version: spec.version,
         source: Source::Keyframe,
-        ordering: Ordering::Correct { seen },
+        rule: WriteRule::Correct { seen },
     })
 }
 

@@ -19,7 +19,7 @@ mod feed;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,12 +32,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use driftd::app::App;
 use driftd::canonical::RecordHasher;
 use driftd::config::{Config, ProducerConfig};
+use driftd::entity::{Change, EntityWrite, Source, WriteRule};
 use driftd::ingest::signature;
 use driftd::keyframe::fetch;
 use driftd::keyframe::run::Keyframer;
 use driftd::metrics::Metrics;
 use driftd::state::WorkState;
-use driftd::store::{now_ms, Change, EntityWrite, NewWork, Ordering, Source, Store};
+use driftd::store::{now_ms, NewWork, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::any::AnyPoolOptions;
@@ -499,7 +500,7 @@ impl BenchDb {
                 let name = format!(
                     "driftd_bench_{tag}_{}_{}",
                     std::process::id(),
-                    N.fetch_add(1, AtomicOrdering::Relaxed)
+                    N.fetch_add(1, Ordering::Relaxed)
                 );
                 let admin = sqlx::PgPool::connect(&pg_admin_url())
                     .await
@@ -713,7 +714,7 @@ async fn seed(url: &str, records: u64) -> Result<f64> {
                     change: Change::Replace(serde_json::from_str(&record_json(j, 0))?),
                     version: None,
                     source: Source::Webhook,
-                    ordering: Ordering::IfNewer,
+                    rule: WriteRule::IfNewer,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -963,7 +964,7 @@ where
                 if tokio::time::Instant::now() >= deadline {
                     break;
                 }
-                let n = seq.fetch_add(1, AtomicOrdering::Relaxed);
+                let n = seq.fetch_add(1, Ordering::Relaxed);
                 if n >= max_total {
                     break;
                 }
@@ -1118,7 +1119,7 @@ async fn ingest_scenarios(backend: BackendArg, k: &IngestKnobs) -> Result<Ingest
                 let client = client.clone();
                 let hook_url = hook_url.clone();
                 let wcfg = wcfg.clone();
-                let side = format!("d{}", run_id.load(AtomicOrdering::Relaxed));
+                let side = format!("d{}", run_id.load(Ordering::Relaxed));
                 async move {
                     let body = delta_body(seq, &side);
                     let id = format!("msg-{side}-{seq}");
@@ -1143,7 +1144,7 @@ async fn ingest_scenarios(backend: BackendArg, k: &IngestKnobs) -> Result<Ingest
             let run_id = run_id.clone();
             move |seq: u64| {
                 let pool = pool.clone();
-                let side = format!("b{}", run_id.load(AtomicOrdering::Relaxed));
+                let side = format!("b{}", run_id.load(Ordering::Relaxed));
                 async move {
                     let body = delta_body(seq, &side);
                     sqlx::query(
@@ -1165,7 +1166,7 @@ async fn ingest_scenarios(backend: BackendArg, k: &IngestKnobs) -> Result<Ingest
 
         let mut levels = Vec::new();
         for &clients in &k.clients {
-            run_id.fetch_add(1, AtomicOrdering::Relaxed);
+            run_id.fetch_add(1, Ordering::Relaxed);
             let insert_baseline =
                 load(clients, dur, k.ingest_max, None, insert_call.clone()).await;
             let driftd = load(clients, dur, k.ingest_max, None, webhook_call.clone()).await;
@@ -1184,7 +1185,7 @@ async fn ingest_scenarios(backend: BackendArg, k: &IngestKnobs) -> Result<Ingest
             .max_by(|a, b| a.driftd.per_sec.total_cmp(&b.driftd.per_sec))
         {
             Some(best) if best.driftd.per_sec > 0.0 => {
-                run_id.fetch_add(1, AtomicOrdering::Relaxed);
+                run_id.fetch_add(1, Ordering::Relaxed);
                 let target = best.driftd.per_sec * 0.8;
                 // Open loop: as many client slots as the largest level, so the
                 // clients never cap the offered rate.
@@ -1263,7 +1264,7 @@ async fn work_scenarios(backend: BackendArg, k: &WorkKnobs) -> Result<WorkReport
             let batch = k.work_batch;
             set.spawn(async move {
                 let worker = format!("bench-{w}");
-                while Instant::now() < deadline && done.load(AtomicOrdering::Relaxed) < max {
+                while Instant::now() < deadline && done.load(Ordering::Relaxed) < max {
                     let claimed = store
                         .claim_work(producer, &worker, batch, 60_000, now_ms())
                         .await?;
@@ -1275,7 +1276,7 @@ async fn work_scenarios(backend: BackendArg, k: &WorkKnobs) -> Result<WorkReport
                             .finish_work(item.id, &worker, WorkState::Done, now_ms(), None)
                             .await?
                         {
-                            done.fetch_add(1, AtomicOrdering::Relaxed);
+                            done.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -1286,7 +1287,7 @@ async fn work_scenarios(backend: BackendArg, k: &WorkKnobs) -> Result<WorkReport
             r??;
         }
         let secs = clock.elapsed().as_secs_f64();
-        let n = done.load(AtomicOrdering::Relaxed);
+        let n = done.load(Ordering::Relaxed);
         let driftd = QueueRun {
             items: n,
             secs,
@@ -1348,7 +1349,7 @@ async fn work_scenarios(backend: BackendArg, k: &WorkKnobs) -> Result<WorkReport
             let batch = k.work_batch;
             set.spawn(async move {
                 let worker = format!("raw-{w}");
-                while Instant::now() < deadline && done.load(AtomicOrdering::Relaxed) < max {
+                while Instant::now() < deadline && done.load(Ordering::Relaxed) < max {
                     let ids: Vec<i64> = sqlx::query(claim)
                         .bind(&worker)
                         .bind(i64::from(batch))
@@ -1368,7 +1369,7 @@ async fn work_scenarios(backend: BackendArg, k: &WorkKnobs) -> Result<WorkReport
                         .bind(&worker)
                         .execute(&pool)
                         .await?;
-                        done.fetch_add(1, AtomicOrdering::Relaxed);
+                        done.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 anyhow::Ok(())
@@ -1378,7 +1379,7 @@ async fn work_scenarios(backend: BackendArg, k: &WorkKnobs) -> Result<WorkReport
             r??;
         }
         let secs = clock.elapsed().as_secs_f64();
-        let n = done.load(AtomicOrdering::Relaxed);
+        let n = done.load(Ordering::Relaxed);
         let raw_sql = QueueRun {
             items: n,
             secs,

@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use crate::canonical::{key_string, version_value};
 use crate::config::{SignatureScheme, WebhookConfig};
+use crate::entity::{Change, EntityWrite, Source, WriteRule};
 use crate::ingest::email::{self, RuleMatch, Rules};
-use crate::store::{Change, EntityWrite, Ordering, Source};
 
 /// Longest accepted entity key, in bytes (keys are indexed).
 pub const MAX_KEY_BYTES: usize = 512;
@@ -115,7 +115,7 @@ fn record_write(
         change,
         version,
         source,
-        ordering: Ordering::IfNewer,
+        rule: WriteRule::IfNewer,
     })
 }
 
@@ -137,7 +137,7 @@ pub fn email_plan(rules: &Rules, raw: &[u8], source: Source) -> (Plan, Option<St
                 change: Change::MergePatch(patch),
                 version,
                 source,
-                ordering: Ordering::IfNewer,
+                rule: WriteRule::IfNewer,
             }]),
             Err(reason) => Plan::Rejected(reason),
         },
@@ -286,7 +286,7 @@ mod tests {
             change: Change::Replace(doc),
             version,
             source: Source::Webhook,
-            ordering: Ordering::IfNewer,
+            rule: WriteRule::IfNewer,
         }
     }
 
@@ -576,7 +576,7 @@ mod tests {
                 change: Change::MergePatch(json!({"status": "shipped"})),
                 version: None,
                 source: Source::Email,
-                ordering: Ordering::IfNewer,
+                rule: WriteRule::IfNewer,
             }])
         );
         assert_eq!(id.as_deref(), Some("m1@x"));

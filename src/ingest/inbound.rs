@@ -8,8 +8,9 @@ use tracing::warn;
 
 use super::apply::{dedup_key, kept_headers};
 use super::{receipt, IngestError};
+use crate::entity::Source;
 use crate::server::AppState;
-use crate::store::{now_ms, Channel, InboxEntry, Source};
+use crate::store::{now_ms, Channel, InboxEntry};
 
 pub(super) async fn receive(
     State(state): State<AppState>,

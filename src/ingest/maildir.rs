@@ -18,7 +18,8 @@ use tracing::{debug, warn};
 
 use super::apply::{dedup_key, Plan};
 use super::pipeline::Pipeline;
-use crate::store::{now_ms, Channel, InboxEntry, InboxOutcome, Source};
+use crate::entity::Source;
+use crate::store::{now_ms, Channel, InboxEntry, InboxOutcome};
 
 /// How often `new/` is scanned.
 const SCAN_EVERY: Duration = Duration::from_millis(500);

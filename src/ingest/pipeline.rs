@@ -21,10 +21,11 @@ use super::apply::{email_plan, webhook_plan, Plan};
 use super::email::Rules;
 use crate::canonical::RecordHasher;
 use crate::config::{Config, ProducerConfig};
+use crate::entity::Source;
 use crate::metrics::Metrics;
 use crate::store::{
     Channel, InboxEffect, InboxEntry, InboxFilter, InboxOutcome, InboxRow, SettleMode, Settled,
-    Source, Store, StoreError,
+    Store, StoreError,
 };
 
 /// Most deltas committed in one transaction.

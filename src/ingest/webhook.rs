@@ -9,8 +9,9 @@ use tracing::warn;
 use super::apply::{kept_headers, webhook_dedup_key, webhook_plan};
 use super::signature;
 use super::{receipt, IngestError};
+use crate::entity::Source;
 use crate::server::AppState;
-use crate::store::{now_ms, Channel, InboxEntry, Source};
+use crate::store::{now_ms, Channel, InboxEntry};
 
 /// `Bytes` honours the router's `DefaultBodyLimit`: a larger body is a 413.
 pub(super) async fn receive(

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::canonical::{Digest, RecordHash};
-use crate::store::LocalRow;
+use crate::entity::LocalRow;
 
 /// One record of the producer's snapshot, as the compare needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,9 @@
 //! Every write transaction of a producer first locks that producer's row in
 //! `chain_heads`. That one lock serializes the producer's writers, which keeps
 //! the read-modify-write of an entity, its bucket digest and the chain exact
-//! under concurrency on both backends.
+//! under concurrency on both backends. Which write wins, what a batch does
+//! and how the chain links is `entity::plan_batch`'s to decide: this file
+//! reads the rows it needs and flushes the plan.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -14,71 +16,9 @@ use sqlx::{Any, Row, Transaction};
 
 use super::{db, now_ms, placeholders, Store, StoreError};
 use crate::canonical::{bucket_of, Digest, RecordHash, RecordHasher};
-use crate::patch::merge_patch;
-
-/// What a write does to an entity.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    /// The full record.
-    Replace(Value),
-    /// An RFC 7396 merge patch applied to the stored record (or to `{}`).
-    MergePatch(Value),
-    Delete,
-}
-
-/// Where a write came from; stored on the entity and in `changes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Webhook,
-    Email,
-    /// A corrective `apply` work item from a keyframe.
-    Keyframe,
-    Replay,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Webhook => "webhook",
-            Self::Email => "email",
-            Self::Keyframe => "keyframe",
-            Self::Replay => "replay",
-        }
-    }
-}
-
-/// Whether a write must be newer than what is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ordering {
-    /// Deltas: applied only when the version is newer than the stored one
-    /// (without versions on either side, arrival order decides).
-    IfNewer,
-    /// Corrections from a keyframe: applied only while the local row is still
-    /// what the keyframe saw (`seen`: its hash, `None` for absent), so a delta
-    /// that landed since is never overwritten and a second run is a no-op.
-    Correct { seen: Option<RecordHash> },
-}
-
-/// One write of one entity.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EntityWrite {
-    pub key: String,
-    pub change: Change,
-    pub version: Option<i64>,
-    pub source: Source,
-    pub ordering: Ordering,
-}
-
-/// What a write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// The row changed.
-    Applied,
-    /// Same content as stored (a version bump may have been recorded).
-    Unchanged,
-    /// Older than (or as old as) the stored version: nothing changed.
-    Stale,
-}
+use crate::entity::{
+    plan_batch, ChainHead, ChangeLink, EntityWrite, LocalRow, RowWrite, StoredRow, WriteOutcome,
+};
 
 /// A stored entity. A deleted entity is kept as a tombstone (no doc, no hash)
 /// so its version still orders later deltas; tombstones are not in any digest.
@@ -91,16 +31,6 @@ pub struct Entity {
     pub version: Option<i64>,
     pub deleted: bool,
     pub source: String,
-    pub updated_at: i64,
-}
-
-/// What a keyframe needs of a local row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalRow {
-    pub key: String,
-    pub hash: Option<RecordHash>,
-    pub version: Option<i64>,
-    pub deleted: bool,
     pub updated_at: i64,
 }
 
@@ -133,28 +63,6 @@ pub struct ChainBreak {
     pub reason: String,
 }
 
-#[derive(Clone)]
-struct Current {
-    doc: Option<Value>,
-    hash: Option<RecordHash>,
-    bucket: u32,
-    version: Option<i64>,
-    deleted: bool,
-}
-
-const ZERO_CHAIN: [u8; 32] = [0; 32];
-
-/// A `changes` row about to be inserted.
-struct NewLink {
-    key: String,
-    seq: i64,
-    op: &'static str,
-    hash: Option<RecordHash>,
-    version: Option<i64>,
-    source: Source,
-    chain: [u8; 32],
-}
-
 impl Store {
     /// Applies `writes` to one producer's entities in one transaction.
     pub async fn write_entities(
@@ -181,12 +89,12 @@ impl Store {
         &self,
         tx: &mut Transaction<'static, Any>,
         producer: &str,
-    ) -> Result<(i64, [u8; 32]), StoreError> {
+    ) -> Result<ChainHead, StoreError> {
         sqlx::query(
             "INSERT INTO chain_heads (producer, seq, chain) VALUES ($1, 0, $2) ON CONFLICT (producer) DO NOTHING",
         )
         .bind(producer)
-        .bind(ZERO_CHAIN.to_vec())
+        .bind(ChainHead::GENESIS.chain.to_vec())
         .execute(&mut **tx)
         .await
         .map_err(db("create a chain head"))?;
@@ -204,7 +112,7 @@ impl Store {
             table: "chain_heads",
             reason: format!("chain of producer {producer:?} is not 32 bytes"),
         })?;
-        Ok((seq, chain))
+        Ok(ChainHead { seq, chain })
     }
 
     /// Makes the stored rows of `producer` follow its layout: bucket numbers
@@ -360,7 +268,7 @@ impl Store {
         writes: &[EntityWrite],
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         let now = now_ms();
-        let (mut seq, mut chain) = self.lock_producer(tx, producer).await?;
+        let head = self.lock_producer(tx, producer).await?;
         // The first write of a producer records the layout its bucket numbers
         // and hashes use.
         sqlx::query(
@@ -374,79 +282,18 @@ impl Store {
         .await
         .map_err(db("record the bucket layout"))?;
 
-        // Read every touched row once, decide each write in order against the
-        // state earlier writes of the batch left, then flush with multi-row
-        // statements: a batch costs a handful of round trips, not a few per row.
+        // Read every touched row once, let the plan decide each write in
+        // order, then flush it with multi-row statements: a batch costs a
+        // handful of round trips, not a few per row.
         let keys: Vec<&str> = {
             let mut k: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
             k.sort_unstable();
             k.dedup();
             k
         };
-        let mut state = self.current_many(tx, producer, &keys).await?;
-        let mut outcomes = Vec::with_capacity(writes.len());
-        let mut buckets: BTreeMap<u32, Digest> = BTreeMap::new();
-        let mut rows: BTreeMap<&str, (&Current, Source)> = BTreeMap::new();
-        let mut links: Vec<NewLink> = Vec::new();
-        let mut written: Vec<(usize, Current)> = Vec::new();
-        for (n, w) in writes.iter().enumerate() {
-            let current = state.get(w.key.as_str()).and_then(Option::as_ref);
-            let (outcome, next) = decide(current, w, hasher)?;
-            outcomes.push(outcome);
-            let Some(next) = next else { continue };
-            if let Some(Current {
-                hash: Some(h),
-                bucket,
-                ..
-            }) = current
-            {
-                buckets.entry(*bucket).or_default().remove(&w.key, h);
-            }
-            let bucket = bucket_of(&w.key, bucket_bits);
-            let (doc, hash) = match next {
-                Next::Put { doc, hash } => {
-                    buckets.entry(bucket).or_default().add(&w.key, &hash);
-                    (Some(doc), Some(hash))
-                }
-                Next::Tombstone => (None, None),
-            };
-            let version = w.version.or(current.and_then(|c| c.version));
-            seq += 1;
-            let op = if hash.is_some() { "put" } else { "delete" };
-            chain = ChangeLink {
-                producer,
-                seq,
-                key: &w.key,
-                op,
-                hash: hash.as_ref(),
-                version,
-                source: w.source.as_str(),
-                at: now,
-            }
-            .chain(&chain);
-            links.push(NewLink {
-                key: w.key.clone(),
-                seq,
-                op,
-                hash,
-                version,
-                source: w.source,
-                chain,
-            });
-            let next_state = Current {
-                deleted: hash.is_none(),
-                doc,
-                hash,
-                bucket,
-                version,
-            };
-            state.insert(w.key.as_str(), Some(next_state.clone()));
-            written.push((n, next_state));
-        }
-        for (n, row) in &written {
-            rows.insert(writes[*n].key.as_str(), (row, writes[*n].source));
-        }
-        for chunk in rows.iter().collect::<Vec<_>>().chunks(500) {
+        let current = self.current_many(tx, producer, &keys).await?;
+        let plan = plan_batch(current, writes, hasher, bucket_bits, producer, head, now);
+        for chunk in plan.rows.chunks(500) {
             let sql = format!(
                 "INSERT INTO entities (producer, key, doc, hash, bucket, version, deleted, source, updated_at)
                  VALUES {} ON CONFLICT (producer, key) DO UPDATE SET doc = excluded.doc, hash = excluded.hash,
@@ -455,9 +302,9 @@ impl Store {
                 placeholders(chunk.len(), 3, "($1, ?, ?, ?, ?, ?, ?, ?, $2)")
             );
             let mut q = sqlx::query(&sql).bind(producer).bind(now);
-            for (key, (row, source)) in chunk {
+            for RowWrite { key, row, source } in chunk {
                 q = q
-                    .bind(**key)
+                    .bind(*key)
                     .bind(row.doc.as_ref().map(Value::to_string))
                     .bind(row.hash.map(|h| h.0.to_vec()))
                     .bind(i64::from(row.bucket))
@@ -467,8 +314,8 @@ impl Store {
             }
             q.execute(&mut **tx).await.map_err(db("write entities"))?;
         }
-        self.add_to_buckets(tx, producer, &buckets).await?;
-        for chunk in links.chunks(500) {
+        self.add_to_buckets(tx, producer, &plan.buckets).await?;
+        for chunk in plan.links.chunks(500) {
             let sql = format!(
                 "INSERT INTO changes (producer, seq, key, op, hash, version, source, at, chain) VALUES {}",
                 placeholders(chunk.len(), 3, "($1, ?, ?, ?, ?, ?, ?, $2, ?)")
@@ -477,7 +324,7 @@ impl Store {
             for l in chunk {
                 q = q
                     .bind(l.seq)
-                    .bind(l.key.as_str())
+                    .bind(l.key)
                     .bind(l.op)
                     .bind(l.hash.map(|h| h.0.to_vec()))
                     .bind(l.version)
@@ -488,7 +335,7 @@ impl Store {
                 .await
                 .map_err(db("append to the changes log"))?;
         }
-        if !links.is_empty() && self.backend == super::Backend::Postgres {
+        if !plan.links.is_empty() && self.backend == super::Backend::Postgres {
             // Delivered at commit, to every replica's change-feed listener.
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(super::feed::CHANNEL)
@@ -499,22 +346,22 @@ impl Store {
         }
         sqlx::query("UPDATE chain_heads SET seq = $2, chain = $3 WHERE producer = $1")
             .bind(producer)
-            .bind(seq)
-            .bind(chain.to_vec())
+            .bind(plan.head.seq)
+            .bind(plan.head.chain.to_vec())
             .execute(&mut **tx)
             .await
             .map_err(db("advance the chain head"))?;
-        Ok(outcomes)
+        Ok(plan.outcomes)
     }
 
-    /// The stored rows of `keys` (sorted, unique); absent keys map to `None`.
+    /// The stored rows of `keys` (sorted, unique); absent keys are left out.
     async fn current_many<'k>(
         &self,
         tx: &mut Transaction<'static, Any>,
         producer: &str,
         keys: &[&'k str],
-    ) -> Result<HashMap<&'k str, Option<Current>>, StoreError> {
-        let mut out: HashMap<&'k str, Option<Current>> = keys.iter().map(|k| (*k, None)).collect();
+    ) -> Result<HashMap<&'k str, StoredRow>, StoreError> {
+        let mut out: HashMap<&'k str, StoredRow> = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(500) {
             let sql = format!(
                 "SELECT key, doc, hash, bucket, version, deleted FROM entities
@@ -536,7 +383,7 @@ impl Store {
                         table: "entities",
                         reason: format!("doc of key {key:?} is not JSON: {err}"),
                     })?;
-                let current = Current {
+                let current = StoredRow {
                     doc,
                     hash: hash_col(&row, 2)?,
                     bucket: row.try_get::<i64, _>(3).map_err(e)? as u32,
@@ -544,7 +391,7 @@ impl Store {
                     deleted: row.try_get::<i64, _>(5).map_err(e)? != 0,
                 };
                 if let Some(slot) = chunk.iter().find(|k| **k == key) {
-                    out.insert(slot, Some(current));
+                    out.insert(slot, current);
                 }
             }
         }
@@ -742,7 +589,7 @@ impl Store {
                     }
                     walked.push(name);
                 }
-                walk = Some((p.clone(), None, 0, ZERO_CHAIN));
+                walk = Some((p.clone(), None, 0, ChainHead::GENESIS.chain));
             }
             let (_, last_id, last_seq, prev) = walk.as_mut().expect("set above");
             if heads.get(&p).is_some_and(|(head, _)| seq > *head) {
@@ -854,68 +701,6 @@ fn end_at_head(
     }
 }
 
-enum Next {
-    Put { doc: Value, hash: RecordHash },
-    Tombstone,
-}
-
-/// Decides what a write does given the stored row: the version rule lives here.
-fn decide(
-    current: Option<&Current>,
-    w: &EntityWrite,
-    hasher: &RecordHasher,
-) -> Result<(WriteOutcome, Option<Next>), StoreError> {
-    if let Ordering::Correct { seen } = w.ordering {
-        let now = current.filter(|c| !c.deleted).and_then(|c| c.hash);
-        if now != seen {
-            return Ok((WriteOutcome::Stale, None));
-        }
-    }
-    if w.ordering == Ordering::IfNewer {
-        if let (Some(stored), Some(incoming)) = (current.and_then(|c| c.version), w.version) {
-            if incoming <= stored {
-                return Ok((WriteOutcome::Stale, None));
-            }
-        }
-    }
-    let live = current.filter(|c| !c.deleted);
-    let next = match &w.change {
-        Change::Delete => {
-            if live.is_none() {
-                // Already absent: record a newer version on an existing tombstone only.
-                let newer = current.is_some_and(|c| w.version > c.version);
-                if current.is_none() && w.version.is_none() {
-                    return Ok((WriteOutcome::Unchanged, None));
-                }
-                if current.is_some() && !newer {
-                    return Ok((WriteOutcome::Unchanged, None));
-                }
-            }
-            Next::Tombstone
-        }
-        Change::Replace(doc) => Next::Put {
-            hash: hasher.hash(doc),
-            doc: doc.clone(),
-        },
-        Change::MergePatch(patch) => {
-            let mut doc = live
-                .and_then(|c| c.doc.clone())
-                .unwrap_or_else(|| Value::Object(Default::default()));
-            merge_patch(&mut doc, patch);
-            Next::Put {
-                hash: hasher.hash(&doc),
-                doc,
-            }
-        }
-    };
-    if let (Next::Put { hash, .. }, Some(c)) = (&next, live) {
-        if c.hash == Some(*hash) && (w.version.is_none() || w.version == c.version) {
-            return Ok((WriteOutcome::Unchanged, None));
-        }
-    }
-    Ok((WriteOutcome::Applied, Some(next)))
-}
-
 fn hash_col(row: &AnyRow, i: usize) -> Result<Option<RecordHash>, StoreError> {
     let bytes: Option<Vec<u8>> = row.try_get(i).map_err(db("read a hash"))?;
     bytes
@@ -948,167 +733,4 @@ fn entity_from_row(r: &AnyRow) -> Result<Entity, StoreError> {
         updated_at: r.try_get(7).map_err(db("read an entity"))?,
         key,
     })
-}
-
-/// One `changes` row as it is chained: `chain = blake3(prev_chain || json)`.
-struct ChangeLink<'a> {
-    producer: &'a str,
-    seq: i64,
-    key: &'a str,
-    op: &'a str,
-    hash: Option<&'a RecordHash>,
-    version: Option<i64>,
-    source: &'a str,
-    at: i64,
-}
-
-impl ChangeLink<'_> {
-    fn chain(&self, prev: &[u8; 32]) -> [u8; 32] {
-        let body = serde_json::json!([
-            self.producer,
-            self.seq,
-            self.key,
-            self.op,
-            self.hash.map(|h| h.to_hex()),
-            self.version,
-            self.source,
-            self.at
-        ]);
-        let mut h = blake3::Hasher::new();
-        h.update(prev);
-        h.update(body.to_string().as_bytes());
-        *h.finalize().as_bytes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn cur(version: Option<i64>, deleted: bool) -> Current {
-        let doc = json!({"a": 1});
-        Current {
-            hash: (!deleted).then(|| RecordHasher::default().hash(&doc)),
-            doc: (!deleted).then_some(doc),
-            bucket: 0,
-            version,
-            deleted,
-        }
-    }
-
-    fn write(change: Change, version: Option<i64>, ordering: Ordering) -> EntityWrite {
-        EntityWrite {
-            key: "k".into(),
-            change,
-            version,
-            source: Source::Webhook,
-            ordering,
-        }
-    }
-
-    #[test]
-    fn version_rule_table() {
-        use WriteOutcome::*;
-        let h = RecordHasher::default();
-        let put = |v| write(Change::Replace(json!({"a": 2})), v, Ordering::IfNewer);
-        let same = |v| write(Change::Replace(json!({"a": 1})), v, Ordering::IfNewer);
-        let del = |v| write(Change::Delete, v, Ordering::IfNewer);
-        let cases: Vec<(&str, Option<Current>, EntityWrite, WriteOutcome)> = vec![
-            ("new row", None, put(Some(1)), Applied),
-            (
-                "newer version",
-                Some(cur(Some(1), false)),
-                put(Some(2)),
-                Applied,
-            ),
-            (
-                "older version",
-                Some(cur(Some(5), false)),
-                put(Some(2)),
-                Stale,
-            ),
-            (
-                "same version",
-                Some(cur(Some(5), false)),
-                put(Some(5)),
-                Stale,
-            ),
-            (
-                "no versions: arrival order",
-                Some(cur(None, false)),
-                put(None),
-                Applied,
-            ),
-            (
-                "same content",
-                Some(cur(None, false)),
-                same(None),
-                Unchanged,
-            ),
-            (
-                "same content, newer version",
-                Some(cur(Some(1), false)),
-                same(Some(2)),
-                Applied,
-            ),
-            (
-                "delete live row",
-                Some(cur(Some(1), false)),
-                del(Some(2)),
-                Applied,
-            ),
-            ("delete absent row", None, del(None), Unchanged),
-            (
-                "older put after delete",
-                Some(cur(Some(5), true)),
-                put(Some(4)),
-                Stale,
-            ),
-            (
-                "newer put after delete",
-                Some(cur(Some(5), true)),
-                put(Some(6)),
-                Applied,
-            ),
-            (
-                "correction of the row the keyframe saw",
-                Some(cur(Some(5), false)),
-                write(
-                    Change::Replace(json!({"a": 2})),
-                    Some(3),
-                    Ordering::Correct {
-                        seen: Some(h.hash(&json!({"a": 1}))),
-                    },
-                ),
-                Applied,
-            ),
-            (
-                "correction after the row moved on",
-                Some(cur(Some(5), false)),
-                write(
-                    Change::Replace(json!({"a": 2})),
-                    Some(6),
-                    Ordering::Correct {
-                        seen: Some(h.hash(&json!({"a": 9}))),
-                    },
-                ),
-                Stale,
-            ),
-            (
-                "correction creating a missing row",
-                None,
-                write(
-                    Change::Replace(json!({"a": 2})),
-                    None,
-                    Ordering::Correct { seen: None },
-                ),
-                Applied,
-            ),
-        ];
-        for (name, current, w, expected) in cases {
-            let (got, _) = decide(current.as_ref(), &w, &h).unwrap();
-            assert_eq!(got, expected, "{name}");
-        }
-    }
 }

@@ -16,8 +16,9 @@ use std::borrow::Cow;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::{db, now_ms, EntityWrite, Store, StoreError, WriteOutcome};
+use super::{db, now_ms, Store, StoreError};
 use crate::canonical::RecordHasher;
+use crate::entity::{EntityWrite, WriteOutcome};
 
 /// How a delta arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

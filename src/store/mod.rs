@@ -37,9 +37,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 use tracing::warn;
 
-pub use entities::{
-    ChainBreak, Change, Entity, EntityWrite, LocalRow, Ordering, Relayout, Source, WriteOutcome,
-};
+pub use entities::{ChainBreak, Entity, Relayout};
 pub use feed::FeedChange;
 pub use inbox::{
     Channel, InboxEffect, InboxEntry, InboxFilter, InboxOutcome, InboxRow, SettleMode, Settled,

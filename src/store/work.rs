@@ -382,13 +382,14 @@ impl Store {
         bucket_bits: u8,
         hasher: &crate::canonical::RecordHasher,
         worker: &str,
-        items: &[(i64, crate::store::EntityWrite)],
-    ) -> Result<Vec<(i64, crate::store::WriteOutcome)>, StoreError> {
+        items: &[(i64, crate::entity::EntityWrite)],
+    ) -> Result<Vec<(i64, crate::entity::WriteOutcome)>, StoreError> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.begin_write().await?;
-        let writes: Vec<crate::store::EntityWrite> = items.iter().map(|(_, w)| w.clone()).collect();
+        let writes: Vec<crate::entity::EntityWrite> =
+            items.iter().map(|(_, w)| w.clone()).collect();
         let outcomes = self
             .write_entities_in(&mut tx, producer, bucket_bits, hasher, &writes)
             .await?;
@@ -420,7 +421,7 @@ impl Store {
             )));
         }
         tx.commit().await.map_err(db("commit apply items"))?;
-        if outcomes.contains(&crate::store::WriteOutcome::Applied) {
+        if outcomes.contains(&crate::entity::WriteOutcome::Applied) {
             self.changes_committed(producer);
         }
         Ok(items.iter().map(|(id, _)| *id).zip(outcomes).collect())
@@ -456,14 +457,15 @@ impl Store {
         producer: &str,
         bucket_bits: u8,
         hasher: &crate::canonical::RecordHasher,
-        items: &[(i64, crate::store::EntityWrite)],
+        items: &[(i64, crate::entity::EntityWrite)],
         nothing_to_write: &[i64],
-    ) -> Result<Vec<(i64, crate::store::WriteOutcome)>, StoreError> {
+    ) -> Result<Vec<(i64, crate::entity::WriteOutcome)>, StoreError> {
         if items.is_empty() && nothing_to_write.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.begin_write().await?;
-        let writes: Vec<crate::store::EntityWrite> = items.iter().map(|(_, w)| w.clone()).collect();
+        let writes: Vec<crate::entity::EntityWrite> =
+            items.iter().map(|(_, w)| w.clone()).collect();
         let outcomes = self
             .write_entities_in(&mut tx, producer, bucket_bits, hasher, &writes)
             .await?;
@@ -486,7 +488,7 @@ impl Store {
                 .map_err(db("mark work mirrored"))?;
         }
         tx.commit().await.map_err(db("commit mirrored work"))?;
-        if outcomes.contains(&crate::store::WriteOutcome::Applied) {
+        if outcomes.contains(&crate::entity::WriteOutcome::Applied) {
             self.changes_committed(producer);
         }
         Ok(items.iter().map(|(id, _)| *id).zip(outcomes).collect())

@@ -72,12 +72,12 @@ async fn verify_fails_naming_the_altered_row() {
     let store = db.store().await;
     let hasher = driftd::canonical::RecordHasher::default();
     let writes: Vec<_> = (0..4)
-        .map(|i| driftd::store::EntityWrite {
+        .map(|i| driftd::entity::EntityWrite {
             key: format!("k{i}"),
-            change: driftd::store::Change::Replace(serde_json::json!({"i": i})),
+            change: driftd::entity::Change::Replace(serde_json::json!({"i": i})),
             version: None,
-            source: driftd::store::Source::Webhook,
-            ordering: driftd::store::Ordering::IfNewer,
+            source: driftd::entity::Source::Webhook,
+            rule: driftd::entity::WriteRule::IfNewer,
         })
         .collect();
     store

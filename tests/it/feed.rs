@@ -509,12 +509,12 @@ async fn tail_follows_and_resumes(db: &TestDb) {
     use tokio::io::AsyncBufReadExt;
     let store = db.store().await;
     let hasher = driftd::canonical::RecordHasher::default();
-    let put = |k: String| driftd::store::EntityWrite {
+    let put = |k: String| driftd::entity::EntityWrite {
         key: k.clone(),
-        change: driftd::store::Change::Replace(json!({"id": k})),
+        change: driftd::entity::Change::Replace(json!({"id": k})),
         version: None,
-        source: driftd::store::Source::Webhook,
-        ordering: driftd::store::Ordering::IfNewer,
+        source: driftd::entity::Source::Webhook,
+        rule: driftd::entity::WriteRule::IfNewer,
     };
     let batch =
         |from: usize, to: usize| (from..to).map(|i| put(format!("k{i}"))).collect::<Vec<_>>();

@@ -1,16 +1,17 @@
 //! Keyframes end to end against loopback vendors: exact drift per pagination style, ignored fields, failures, the guard, the race rule, and corrective work.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use driftd::canonical::RecordHasher;
 use driftd::config::{Config, ProducerConfig};
+use driftd::entity::{Change, EntityWrite, Source, WriteRule};
 use driftd::keyframe::run::{Keyframer, Summary};
 use driftd::metrics::Metrics;
 use driftd::state::{RunState, WorkState};
-use driftd::store::{Change, EntityWrite, Ordering, Source, Store};
+use driftd::store::Store;
 use driftd::work::Workers;
 use serde_json::Value;
 
@@ -39,7 +40,7 @@ pub async fn seed(store: &Store, p: &ProducerConfig, records: &BTreeMap<String, 
             change: Change::Replace(d.clone()),
             version: None,
             source: Source::Webhook,
-            ordering: Ordering::IfNewer,
+            rule: WriteRule::IfNewer,
         })
         .collect();
     for chunk in writes.chunks(500) {
@@ -195,7 +196,7 @@ async fn ignored_fields_and_member_order_are_not_drift(db: &TestDb) {
         "",
     );
     seed(&store, &p, &vendor.snapshot()).await;
-    vendor.scramble.store(true, AtomicOrdering::Relaxed);
+    vendor.scramble.store(true, Ordering::Relaxed);
     let s = keyframe(&store, &p).await;
     assert_eq!(
         (s.state, s.missing + s.extra + s.changed),
@@ -281,7 +282,7 @@ async fn a_newer_delta_during_a_slow_pull_is_not_drift(db: &TestDb) {
         "",
     );
     seed(&store, &p, &vendor.snapshot()).await;
-    vendor.delay_ms.store(150, AtomicOrdering::Relaxed);
+    vendor.delay_ms.store(150, Ordering::Relaxed);
     let k = keyframer(&store);
     let pull = tokio::spawn({
         let p = p.clone();
@@ -290,7 +291,7 @@ async fn a_newer_delta_during_a_slow_pull_is_not_drift(db: &TestDb) {
     // Once the first page (holding ord-00000) is served, the vendor changes that
     // record and its webhook lands locally, with a newer version than the snapshot's.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while vendor.pages_served.load(AtomicOrdering::Relaxed) < 2 {
+    while vendor.pages_served.load(Ordering::Relaxed) < 2 {
         assert!(Instant::now() < deadline, "the pull never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -312,7 +313,7 @@ async fn a_newer_delta_during_a_slow_pull_is_not_drift(db: &TestDb) {
                 change: Change::Replace(doc),
                 version: Some(1),
                 source: Source::Webhook,
-                ordering: Ordering::IfNewer,
+                rule: WriteRule::IfNewer,
             }],
         )
         .await
@@ -326,7 +327,7 @@ async fn a_newer_delta_during_a_slow_pull_is_not_drift(db: &TestDb) {
     );
     assert_eq!(s.skipped_races, 1, "{s:?}");
     // The next keyframe sees the vendor's new state, equal to the local row.
-    vendor.delay_ms.store(0, AtomicOrdering::Relaxed);
+    vendor.delay_ms.store(0, Ordering::Relaxed);
     let s = keyframe(&store, &p).await;
     assert_eq!(
         (s.missing + s.extra + s.changed, s.skipped_races),
@@ -378,7 +379,7 @@ async fn lost_deltas_are_corrected_by_apply_work(db: &TestDb) {
                 change: Change::Replace(vendor_doc),
                 version: None,
                 source: Source::Webhook,
-                ordering: Ordering::IfNewer,
+                rule: WriteRule::IfNewer,
             }],
         )
         .await
@@ -682,7 +683,7 @@ async fn changing_ignore_rehashes_stored_rows_without_false_drift(db: &TestDb) {
         .collect();
     seed(&store, &before, &local).await;
     // The vendor serves a different fetched_at on every pull; the operator ignores it.
-    vendor.scramble.store(true, AtomicOrdering::Relaxed);
+    vendor.scramble.store(true, Ordering::Relaxed);
     let after = producer(&format!("{snapshot}\nignore = [\"/fetched_at\"]"), "");
     let s = keyframe(&store, &after).await;
     assert_eq!(
@@ -718,14 +719,14 @@ async fn changing_ignore_rehashes_stored_rows_without_false_drift(db: &TestDb) {
 
 /// Waits until the newest run of `orders` is `running` and the vendor served a page; returns its id.
 async fn wait_for_running_run(store: &Store, vendor: &Vendor) -> i64 {
-    let served = vendor.pages_served.load(AtomicOrdering::Relaxed);
+    let served = vendor.pages_served.load(Ordering::Relaxed);
     crate::support::wait_for("a keyframe run under way", 30, || {
         let store = store.clone();
         let vendor = vendor.clone();
         async move {
             let runs = store.runs("orders", 1).await.unwrap();
             runs.first().is_some_and(|r| r.state == RunState::Running)
-                && vendor.pages_served.load(AtomicOrdering::Relaxed) > served
+                && vendor.pages_served.load(Ordering::Relaxed) > served
         }
     })
     .await;
@@ -745,7 +746,7 @@ async fn slow_vendor(store: &Store) -> (Vendor, String, ProducerConfig) {
     let snapshot = crate::support::snapshot_toml("cursor", addr);
     let p = producer(&snapshot, "");
     seed(store, &p, &vendor.snapshot()).await;
-    vendor.delay_ms.store(500, AtomicOrdering::Relaxed);
+    vendor.delay_ms.store(500, Ordering::Relaxed);
     (vendor, snapshot, p)
 }
 
@@ -793,7 +794,7 @@ async fn an_interrupted_keyframe_command_is_recorded_failed_and_frees_its_lease(
         );
         assert!(store.drifts_of_run(id).await.unwrap().is_empty());
     }
-    vendor.delay_ms.store(0, AtomicOrdering::Relaxed);
+    vendor.delay_ms.store(0, Ordering::Relaxed);
     let s = keyframe(&store, &p).await;
     assert_eq!((s.state, s.drift()), (RunState::Ok, 0), "{s:?}");
 }
@@ -843,7 +844,7 @@ async fn sigterm_to_the_daemon_mid_pull_records_the_run_failed(db: &TestDb) {
         "{runs:?}"
     );
     assert_eq!(lease_count(&store).await, 0, "the lease is released");
-    vendor.delay_ms.store(0, AtomicOrdering::Relaxed);
+    vendor.delay_ms.store(0, Ordering::Relaxed);
     let s = keyframe(&store, &p).await;
     assert_eq!((s.state, s.drift()), (RunState::Ok, 0), "{s:?}");
 }
@@ -876,7 +877,7 @@ async fn a_killed_keyframe_is_closed_by_the_next_lease_holder(db: &TestDb) {
         "the killed process still holds the lease"
     );
 
-    vendor.delay_ms.store(0, AtomicOrdering::Relaxed);
+    vendor.delay_ms.store(0, Ordering::Relaxed);
     let s = keyframer(&store)
         .run(&p, false)
         .await
@@ -923,7 +924,7 @@ crate::limited_test! {
 /// followed (the pull fails on the 3xx), one within the origin is.
 async fn redirects_stay_on_the_producers_origin() {
     use axum::response::Redirect;
-    use std::sync::atomic::{AtomicUsize, Ordering as AO};
+    use std::sync::atomic::AtomicUsize;
     let seen = Arc::new(AtomicUsize::new(0));
     let other = {
         let seen = seen.clone();
@@ -932,7 +933,7 @@ async fn redirects_stay_on_the_producers_origin() {
             axum::routing::get(move || {
                 let seen = seen.clone();
                 async move {
-                    seen.fetch_add(1, AO::SeqCst);
+                    seen.fetch_add(1, Ordering::SeqCst);
                     axum::Json(serde_json::json!({"data": []}))
                 }
             }),
@@ -973,7 +974,7 @@ async fn redirects_stay_on_the_producers_origin() {
     let s = k.run(&away, true).await.unwrap();
     assert_eq!(s.state, RunState::Failed, "{s:?}");
     assert!(s.error.unwrap_or_default().contains("307"));
-    assert_eq!(seen.load(AO::SeqCst), 0, "the other origin was never asked");
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "the other origin was never asked");
     let moved = producer(
         &format!("url = \"{base}/moved\"\nitems = \"/data\"\n{headers}"),
         "",

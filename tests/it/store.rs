@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use driftd::canonical::{bucket_of, Digest, RecordHash, RecordHasher};
-use driftd::store::{Change, EntityWrite, Ordering, Source, Store, WriteOutcome};
+use driftd::entity::{Change, EntityWrite, Source, WriteOutcome, WriteRule};
+use driftd::store::Store;
 use serde_json::{json, Value};
 
 use crate::support::TestDb;
@@ -16,7 +17,7 @@ fn put(key: &str, doc: Value, version: Option<i64>) -> EntityWrite {
         change: Change::Replace(doc),
         version,
         source: Source::Webhook,
-        ordering: Ordering::IfNewer,
+        rule: WriteRule::IfNewer,
     }
 }
 
@@ -26,7 +27,7 @@ fn delete(key: &str, version: Option<i64>) -> EntityWrite {
         change: Change::Delete,
         version,
         source: Source::Webhook,
-        ordering: Ordering::IfNewer,
+        rule: WriteRule::IfNewer,
     }
 }
 
@@ -127,7 +128,7 @@ async fn versions_order_writes(db: &TestDb) {
     assert!(store.entity("p", "k").await.unwrap().unwrap().deleted);
     // A correction from a keyframe applies to the row the keyframe saw, whatever the versions.
     let forced = EntityWrite {
-        ordering: Ordering::Correct { seen: None },
+        rule: WriteRule::Correct { seen: None },
         source: Source::Keyframe,
         ..put("k", json!({"v": 3}), Some(3))
     };

@@ -1,6 +1,6 @@
 //! Corrective work end to end: the `http` action's retries and idempotency keys, dead items, operator retry, and convergence over random loss.
 
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ async fn start_app(script: Vec<u16>) -> (App, String) {
         post(move |headers: HeaderMap, body: axum::body::Bytes| {
             let s = state.clone();
             async move {
-                s.calls.fetch_add(1, AtomicOrdering::SeqCst);
+                s.calls.fetch_add(1, Ordering::SeqCst);
                 let key = headers
                     .get("idempotency-key")
                     .and_then(|v| v.to_str().ok())
@@ -122,7 +122,7 @@ async fn http_action_retries_with_one_idempotency_key(db: &TestDb) {
         (WorkState::Done, 3),
         "{done:?}"
     );
-    assert_eq!(app.calls.load(AtomicOrdering::SeqCst), 3);
+    assert_eq!(app.calls.load(Ordering::SeqCst), 3);
     let keys = app.keys.lock().unwrap().clone();
     assert_eq!(
         keys,
@@ -161,7 +161,7 @@ async fn http_client_errors_are_dead_at_once(db: &TestDb) {
     );
     let err = dead.last_error.clone().unwrap_or_default();
     assert!(err.contains("400") && err.contains("answer 400"), "{err}");
-    assert_eq!(app.calls.load(AtomicOrdering::SeqCst), 1);
+    assert_eq!(app.calls.load(Ordering::SeqCst), 1);
     // An operator retry puts it back; the application now accepts it.
     let retried = store
         .set_work_state(dead.id, WorkState::Pending)
@@ -231,7 +231,7 @@ async fn expired_leases_are_retried(db: &TestDb) {
 /// always end, after one keyframe and its work, with zero drift.
 async fn convergence_over_random_loss(db: &TestDb) {
     use driftd::canonical::RecordHasher;
-    use driftd::store::{Change, EntityWrite, Ordering, Source};
+    use driftd::entity::{Change, EntityWrite, Source, WriteRule};
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(200).await;
     let p = producer(
@@ -266,7 +266,7 @@ async fn convergence_over_random_loss(db: &TestDb) {
                         change: Change::Delete,
                         version: Some(rev as i64),
                         source: Source::Webhook,
-                        ordering: Ordering::IfNewer,
+                        rule: WriteRule::IfNewer,
                     });
                 }
             } else {
@@ -278,7 +278,7 @@ async fn convergence_over_random_loss(db: &TestDb) {
                     change: Change::Replace(doc),
                     version: Some(rev as i64),
                     source: Source::Webhook,
-                    ordering: Ordering::IfNewer,
+                    rule: WriteRule::IfNewer,
                 });
             }
         }
@@ -331,7 +331,7 @@ async fn convergence_over_random_loss(db: &TestDb) {
 /// if the worker lost a lease meanwhile, nothing of the batch is written.
 async fn apply_batches_are_all_or_nothing(db: &TestDb) {
     use driftd::canonical::RecordHasher;
-    use driftd::store::{Change, EntityWrite, Ordering, Source};
+    use driftd::entity::{Change, EntityWrite, Source, WriteRule};
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(30).await;
     let p = producer(&crate::support::snapshot_toml("none", addr), "");
@@ -357,7 +357,7 @@ async fn apply_batches_are_all_or_nothing(db: &TestDb) {
                     change: Change::Replace(spec.record.unwrap()),
                     version: None,
                     source: Source::Keyframe,
-                    ordering: Ordering::Correct { seen },
+                    rule: WriteRule::Correct { seen },
                 },
             )
         })
@@ -491,7 +491,7 @@ async fn a_failing_application_reaches_dead_despite_keyframes(db: &TestDb) {
     let dead = dead.expect("the item never died: every keyframe reset its attempts");
     assert_eq!(dead.attempts, 3, "{dead:?}");
     assert!(dead.last_error.unwrap_or_default().contains("503"));
-    assert_eq!(app.calls.load(AtomicOrdering::SeqCst), 3);
+    assert_eq!(app.calls.load(Ordering::SeqCst), 3);
 }
 
 /// An application that answers after a delay, recording when each call ran.
@@ -512,12 +512,12 @@ async fn start_slow_app(delay: fn(&str) -> Duration) -> (SlowApp, String) {
             let s = state.clone();
             async move {
                 let started = Instant::now();
-                let now = s.in_flight.fetch_add(1, AtomicOrdering::SeqCst) + 1;
-                s.max_in_flight.fetch_max(now, AtomicOrdering::SeqCst);
+                let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                s.max_in_flight.fetch_max(now, Ordering::SeqCst);
                 let spec: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 let key = spec["key"].as_str().unwrap_or("").to_string();
                 tokio::time::sleep(delay(&key)).await;
-                s.in_flight.fetch_sub(1, AtomicOrdering::SeqCst);
+                s.in_flight.fetch_sub(1, Ordering::SeqCst);
                 s.calls.lock().unwrap().push((key, started, Instant::now()));
                 StatusCode::OK
             }
@@ -700,7 +700,7 @@ async fn http_concurrency_is_a_pool(db: &TestDb) {
         calls.iter().map(|c| &c.0).collect::<Vec<_>>()
     );
     assert_eq!(
-        app.max_in_flight.load(AtomicOrdering::SeqCst),
+        app.max_in_flight.load(Ordering::SeqCst),
         4,
         "concurrency calls in flight, never more"
     );

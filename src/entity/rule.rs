@@ -1,0 +1,215 @@
+//! The version rule: what one write does to the row stored under its key.
+
+use serde_json::Value;
+
+use super::{Change, EntityWrite, WriteOutcome, WriteRule};
+use crate::canonical::{RecordHash, RecordHasher};
+use crate::patch::merge_patch;
+
+/// What a write needs of the row stored under its key. A tombstone
+/// (`deleted`) has no doc and no hash but keeps its version.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StoredRow {
+    pub(crate) doc: Option<Value>,
+    pub(crate) hash: Option<RecordHash>,
+    pub(crate) bucket: u32,
+    pub(crate) version: Option<i64>,
+    pub(crate) deleted: bool,
+}
+
+/// The row a write leaves behind.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Next {
+    Put { doc: Value, hash: RecordHash },
+    Tombstone,
+}
+
+/// Decides what a write does given the stored row (`None`: no row).
+pub(crate) fn decide(
+    current: Option<&StoredRow>,
+    w: &EntityWrite,
+    hasher: &RecordHasher,
+) -> (WriteOutcome, Option<Next>) {
+    if let WriteRule::Correct { seen } = w.rule {
+        let now = current.filter(|c| !c.deleted).and_then(|c| c.hash);
+        if now != seen {
+            return (WriteOutcome::Stale, None);
+        }
+    }
+    if w.rule == WriteRule::IfNewer {
+        if let (Some(stored), Some(incoming)) = (current.and_then(|c| c.version), w.version) {
+            if incoming <= stored {
+                return (WriteOutcome::Stale, None);
+            }
+        }
+    }
+    let live = current.filter(|c| !c.deleted);
+    let next = match &w.change {
+        Change::Delete => {
+            if live.is_none() {
+                // Already absent: record a newer version on an existing tombstone only.
+                let newer = current.is_some_and(|c| w.version > c.version);
+                if current.is_none() && w.version.is_none() {
+                    return (WriteOutcome::Unchanged, None);
+                }
+                if current.is_some() && !newer {
+                    return (WriteOutcome::Unchanged, None);
+                }
+            }
+            Next::Tombstone
+        }
+        Change::Replace(doc) => Next::Put {
+            hash: hasher.hash(doc),
+            doc: doc.clone(),
+        },
+        Change::MergePatch(patch) => {
+            let mut doc = live
+                .and_then(|c| c.doc.clone())
+                .unwrap_or_else(|| Value::Object(Default::default()));
+            merge_patch(&mut doc, patch);
+            Next::Put {
+                hash: hasher.hash(&doc),
+                doc,
+            }
+        }
+    };
+    if let (Next::Put { hash, .. }, Some(c)) = (&next, live) {
+        if c.hash == Some(*hash) && (w.version.is_none() || w.version == c.version) {
+            return (WriteOutcome::Unchanged, None);
+        }
+    }
+    (WriteOutcome::Applied, Some(next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entity::Source;
+    use serde_json::json;
+
+    fn cur(version: Option<i64>, deleted: bool) -> StoredRow {
+        let doc = json!({"a": 1});
+        StoredRow {
+            hash: (!deleted).then(|| RecordHasher::default().hash(&doc)),
+            doc: (!deleted).then_some(doc),
+            bucket: 0,
+            version,
+            deleted,
+        }
+    }
+
+    fn write(change: Change, version: Option<i64>, rule: WriteRule) -> EntityWrite {
+        EntityWrite {
+            key: "k".into(),
+            change,
+            version,
+            source: Source::Webhook,
+            rule,
+        }
+    }
+
+    #[test]
+    fn version_rule_table() {
+        use WriteOutcome::*;
+        let h = RecordHasher::default();
+        let put = |v| write(Change::Replace(json!({"a": 2})), v, WriteRule::IfNewer);
+        let same = |v| write(Change::Replace(json!({"a": 1})), v, WriteRule::IfNewer);
+        let del = |v| write(Change::Delete, v, WriteRule::IfNewer);
+        let cases: Vec<(&str, Option<StoredRow>, EntityWrite, WriteOutcome)> = vec![
+            ("new row", None, put(Some(1)), Applied),
+            (
+                "newer version",
+                Some(cur(Some(1), false)),
+                put(Some(2)),
+                Applied,
+            ),
+            (
+                "older version",
+                Some(cur(Some(5), false)),
+                put(Some(2)),
+                Stale,
+            ),
+            (
+                "same version",
+                Some(cur(Some(5), false)),
+                put(Some(5)),
+                Stale,
+            ),
+            (
+                "no versions: arrival order",
+                Some(cur(None, false)),
+                put(None),
+                Applied,
+            ),
+            (
+                "same content",
+                Some(cur(None, false)),
+                same(None),
+                Unchanged,
+            ),
+            (
+                "same content, newer version",
+                Some(cur(Some(1), false)),
+                same(Some(2)),
+                Applied,
+            ),
+            (
+                "delete live row",
+                Some(cur(Some(1), false)),
+                del(Some(2)),
+                Applied,
+            ),
+            ("delete absent row", None, del(None), Unchanged),
+            (
+                "older put after delete",
+                Some(cur(Some(5), true)),
+                put(Some(4)),
+                Stale,
+            ),
+            (
+                "newer put after delete",
+                Some(cur(Some(5), true)),
+                put(Some(6)),
+                Applied,
+            ),
+            (
+                "correction of the row the keyframe saw",
+                Some(cur(Some(5), false)),
+                write(
+                    Change::Replace(json!({"a": 2})),
+                    Some(3),
+                    WriteRule::Correct {
+                        seen: Some(h.hash(&json!({"a": 1}))),
+                    },
+                ),
+                Applied,
+            ),
+            (
+                "correction after the row moved on",
+                Some(cur(Some(5), false)),
+                write(
+                    Change::Replace(json!({"a": 2})),
+                    Some(6),
+                    WriteRule::Correct {
+                        seen: Some(h.hash(&json!({"a": 9}))),
+                    },
+                ),
+                Stale,
+            ),
+            (
+                "correction creating a missing row",
+                None,
+                write(
+                    Change::Replace(json!({"a": 2})),
+                    None,
+                    WriteRule::Correct { seen: None },
+                ),
+                Applied,
+            ),
+        ];
+        for (name, current, w, expected) in cases {
+            let (got, _) = decide(current.as_ref(), &w, &h);
+            assert_eq!(got, expected, "{name}");
+        }
+    }
+}
