@@ -54,7 +54,7 @@ impl App {
         store: &Store,
         listener: Option<TcpListener>,
     ) -> anyhow::Result<(TcpListener, reqwest::Client)> {
-        let client = crate::cli::http_client()?;
+        let client = crate::client::http_client()?;
         let listener = match listener {
             Some(l) => l,
             None => TcpListener::bind(&config.server.listen)

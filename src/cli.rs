@@ -217,7 +217,7 @@ pub fn main() -> ExitCode {
             // SIGINT/SIGTERM interrupt the run: it is recorded `failed` and
             // its lease released before the process exits.
             let shutdown = tokio_util::sync::CancellationToken::new();
-            let keyframer = Keyframer::new(store, http_client()?, Metrics::new())
+            let keyframer = Keyframer::new(store, crate::client::http_client()?, Metrics::new())
                 .with_shutdown(shutdown.clone());
             let run = keyframer.run(p, dry_run);
             tokio::pin!(run);
@@ -241,7 +241,8 @@ pub fn main() -> ExitCode {
         }),
         Command::Approve { config, run_id } => {
             with_store(&config.config, move |loaded, store| async move {
-                let keyframer = Keyframer::new(store, http_client()?, Metrics::new());
+                let keyframer =
+                    Keyframer::new(store, crate::client::http_client()?, Metrics::new());
                 let a = keyframer.approve(&loaded.config, run_id).await?;
                 println!(
                     "approved keyframe run {run_id} of {:?}: {} work items emitted",
@@ -421,28 +422,6 @@ fn producer_names(c: &Config) -> String {
         .map(|p| p.name.as_str())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The HTTP client for producers and applications.
-///
-/// Redirects are followed only within the same origin (at most 5): request
-/// headers carry producers' secrets, which must not reach another host.
-pub fn http_client() -> anyhow::Result<reqwest::Client> {
-    let same_origin = reqwest::redirect::Policy::custom(|attempt| {
-        let from = attempt.previous().last().map(|u| u.origin());
-        if attempt.previous().len() > 5 {
-            attempt.error("more than 5 redirects")
-        } else if from.as_ref() == Some(&attempt.url().origin()) {
-            attempt.follow()
-        } else {
-            attempt.stop()
-        }
-    });
-    Ok(reqwest::Client::builder()
-        .user_agent(concat!("driftd/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .redirect(same_origin)
-        .build()?)
 }
 
 fn print_summary(s: &Summary) {
@@ -708,7 +687,7 @@ fn probe_producers(config: &Config) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let client = match http_client() {
+        let client = match crate::client::http_client() {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("cannot build the HTTP client: {e}");

@@ -967,7 +967,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     let app = App::build(loaded.config.clone(), Some(listener)).await?;
     let store = app.store().clone();
     let metrics = app.metrics().clone();
-    let client = crate::cli::http_client()?;
+    let client = crate::client::http_client()?;
     let mut reporter = Reporter {
         console,
         store: store.clone(),

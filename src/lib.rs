@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML file, `${VAR}` substitution, whole-file validation.
+//! - [`client`]: the HTTP client for producers and applications.
 //! - [`canonical`]: canonical JSON, record hashes, buckets, bucket digests (pure).
 //! - [`patch`]: JSON merge patch and pointer helpers (pure).
 //! - [`state`]: the state machines, one transition table each.
@@ -28,6 +29,7 @@ pub mod api;
 pub mod app;
 pub mod canonical;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod entity;

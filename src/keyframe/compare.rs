@@ -101,12 +101,6 @@ pub struct Classified {
     pub skipped_races: Vec<String>,
 }
 
-impl Classified {
-    pub fn count(&self, kind: DriftKind) -> u64 {
-        self.drifts.iter().filter(|d| d.kind == kind).count() as u64
-    }
-}
-
 /// Classifies the rows of the mismatched buckets.
 ///
 /// `remote` and `local` hold only rows of those buckets. `pull_started_ms` is

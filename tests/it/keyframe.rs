@@ -963,7 +963,7 @@ async fn redirects_stay_on_the_producers_origin() {
     let store = db.store().await;
     let k = Keyframer::new(
         store.clone(),
-        driftd::cli::http_client().unwrap(),
+        driftd::client::http_client().unwrap(),
         Metrics::new(),
     );
     let headers = "headers = { Authorization = \"Bearer s3cret\" }";
