@@ -11,9 +11,8 @@
 //!
 //! The baselines hold raw SQL on purpose (they are what driftd is compared
 //! with); driftd's own side goes through `Store`, `Keyframer` and `App` only.
-//! The change-feed scenario lives in `bench/feed.rs`.
+//! The change-feed scenario lives in `feed.rs`.
 
-#[path = "bench/feed.rs"]
 mod feed;
 
 use std::collections::HashMap;
