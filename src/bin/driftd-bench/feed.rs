@@ -47,7 +47,10 @@ use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
-use super::{note, pg_admin_url, with_db, BackendArg, PG_POOL, WEBHOOK_SECRET};
+use crate::cli::BackendArg;
+use crate::db::{pg_admin_url, with_db, PG_POOL};
+use crate::ingest::WEBHOOK_SECRET;
+use crate::report::note;
 
 const READ_TOKEN: &str = "bench-read-t0ken";
 /// Longest a run waits for every consumer to connect, and then to receive every change.
