@@ -25,11 +25,11 @@ pub(super) enum Cmd {
     /// Keyframe vs fetch-only vs naive on one backend (seeds, then one child per measurement).
     Keyframe(KeyframeArgs),
     /// Durable webhook ingest through the daemon vs single-row INSERTs, on one backend.
-    Ingest(IngestArgs),
+    Ingest(OneBackend<IngestKnobs>),
     /// Work queue claim/finish vs a raw SQL claim loop, on one backend.
-    Work(WorkArgs),
+    Work(OneBackend<WorkKnobs>),
     /// Change feed: commit-to-delivery latency to waiting consumers and what idle consumers cost, on one backend.
-    Feed(FeedArgs),
+    Feed(OneBackend<FeedKnobs>),
     /// (internal) One measurement against an already seeded database; prints one JSON line.
     #[command(hide = true)]
     Probe(ProbeArgs),
@@ -87,32 +87,13 @@ pub(super) struct KeyframeArgs {
     pub(super) json: Option<std::path::PathBuf>,
 }
 
+/// The arguments of a scenario run on one backend: its knobs `K`.
 #[derive(Args, Clone)]
-pub(super) struct IngestArgs {
+pub(super) struct OneBackend<K: Args> {
     #[arg(long, value_enum, default_value = "sqlite")]
     pub(super) backend: BackendArg,
     #[command(flatten)]
-    pub(super) knobs: IngestKnobs,
-    #[arg(long)]
-    pub(super) json: Option<std::path::PathBuf>,
-}
-
-#[derive(Args, Clone)]
-pub(super) struct WorkArgs {
-    #[arg(long, value_enum, default_value = "sqlite")]
-    pub(super) backend: BackendArg,
-    #[command(flatten)]
-    pub(super) knobs: WorkKnobs,
-    #[arg(long)]
-    pub(super) json: Option<std::path::PathBuf>,
-}
-
-#[derive(Args, Clone)]
-pub(super) struct FeedArgs {
-    #[arg(long, value_enum, default_value = "sqlite")]
-    pub(super) backend: BackendArg,
-    #[command(flatten)]
-    pub(super) knobs: FeedKnobs,
+    pub(super) knobs: K,
     #[arg(long)]
     pub(super) json: Option<std::path::PathBuf>,
 }
