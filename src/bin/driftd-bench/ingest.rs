@@ -19,7 +19,7 @@ use crate::load::{load, Load};
 use crate::report::{note, ratio};
 
 /// The webhook secret of the ingest and feed producers.
-pub(super) const WEBHOOK_SECRET: &str = "bench-webhook-s3cret";
+const WEBHOOK_SECRET: &str = "bench-webhook-s3cret";
 
 #[derive(Args, Clone)]
 pub(super) struct IngestKnobs {
@@ -63,8 +63,22 @@ listen = "127.0.0.1:0"
 [database]
 url = "{url}"
 max_connections = {PG_POOL}
+{}"#,
+        webhook_producer("hooks")
+    );
+    let _ = backend;
+    Ok(Config::parse("bench.toml", &text, &|_| None)
+        .map_err(|e| anyhow!("{e}"))?
+        .config)
+}
+
+/// A producer named `name` that takes webhooks signed with HMAC-SHA256 and
+/// [`WEBHOOK_SECRET`] and never pulls, as TOML.
+pub(super) fn webhook_producer(name: &str) -> String {
+    format!(
+        r#"
 [[producer]]
-name = "hooks"
+name = "{name}"
 schedule = "0 0 0 1 1 *"
 [producer.snapshot]
 url = "http://127.0.0.1:9/unused"
@@ -78,11 +92,7 @@ version = "/version"
 [producer.work]
 action = "none"
 "#
-    );
-    let _ = backend;
-    Ok(Config::parse("bench.toml", &text, &|_| None)
-        .map_err(|e| anyhow!("{e}"))?
-        .config)
+    )
 }
 
 fn delta_body(seq: u64, side: &str) -> Vec<u8> {
