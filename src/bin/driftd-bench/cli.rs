@@ -23,7 +23,7 @@ pub(super) enum Cmd {
     /// Every scenario on both backends; prints a table and writes JSON.
     All(AllArgs),
     /// Keyframe vs fetch-only vs naive on one backend (seeds, then one child per measurement).
-    Keyframe(KeyframeArgs),
+    Keyframe(OneBackend<KeyframeRun>),
     /// Durable webhook ingest through the daemon vs single-row INSERTs, on one backend.
     Ingest(OneBackend<IngestKnobs>),
     /// Work queue claim/finish vs a raw SQL claim loop, on one backend.
@@ -75,16 +75,13 @@ pub(super) struct AllArgs {
     pub(super) feed: FeedKnobs,
 }
 
+/// `keyframe`'s knobs: the records to seed, then the knobs `all` has too.
 #[derive(Args, Clone)]
-pub(super) struct KeyframeArgs {
-    #[arg(long, value_enum, default_value = "sqlite")]
-    pub(super) backend: BackendArg,
+pub(super) struct KeyframeRun {
     #[arg(long, default_value_t = 1_000_000)]
     pub(super) records: u64,
     #[command(flatten)]
     pub(super) kf: KeyframeKnobs,
-    #[arg(long)]
-    pub(super) json: Option<std::path::PathBuf>,
 }
 
 /// The arguments of a scenario run on one backend: its knobs `K`.

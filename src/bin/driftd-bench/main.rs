@@ -60,7 +60,7 @@ fn main() -> Result<()> {
             Cmd::Keyframe(a) => {
                 let mut r = Results::new();
                 r.keyframe
-                    .push(keyframe::scenario(a.backend, a.records, &a.kf).await?);
+                    .push(keyframe::scenario(a.backend, a.knobs.records, &a.knobs.kf).await?);
                 r.finish(a.json.as_deref())
             }
             Cmd::Ingest(a) => {
