@@ -47,7 +47,10 @@ use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
-use super::{note, pg_admin_url, with_db, BackendArg, PG_POOL, WEBHOOK_SECRET};
+use crate::cli::BackendArg;
+use crate::db::{pg_admin_url, with_db, PG_POOL};
+use crate::ingest::webhook_producer;
+use crate::report::note;
 
 const READ_TOKEN: &str = "bench-read-t0ken";
 /// Longest a run waits for every consumer to connect, and then to receive every change.
@@ -319,25 +322,7 @@ fn config(url: &str, consumers: &[usize]) -> Result<Config> {
          [database]\nurl = \"{url}\"\nmax_connections = {PG_POOL}\n"
     );
     for n in consumers {
-        text.push_str(&format!(
-            r#"
-[[producer]]
-name = "{}"
-schedule = "0 0 0 1 1 *"
-[producer.snapshot]
-url = "http://127.0.0.1:9/unused"
-[producer.webhook]
-scheme = "hmac-sha256"
-secret = "{WEBHOOK_SECRET}"
-header = "X-Signature"
-prefix = "sha256="
-key = "/id"
-version = "/version"
-[producer.work]
-action = "none"
-"#,
-            producer_name(*n)
-        ));
+        text.push_str(&webhook_producer(&producer_name(*n)));
     }
     Ok(Config::parse("bench.toml", &text, &|_| None)
         .map_err(|e| anyhow!("{e}"))?
