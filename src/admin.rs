@@ -14,7 +14,7 @@ use crate::server::AppState;
 use crate::store::{Store, StoreError};
 
 /// Per producer: health, the guarded run awaiting approval, entities, open drift, the last runs; and the work queue by state.
-pub async fn status_report(config: &Config, store: &Store) -> Result<Value, StoreError> {
+pub(crate) async fn status_report(config: &Config, store: &Store) -> Result<Value, StoreError> {
     let health = store.producer_health().await?;
     let open = store.open_work_by_producer().await?;
     let guarded = store.guarded_runs().await?;
@@ -38,7 +38,7 @@ pub async fn status_report(config: &Config, store: &Store) -> Result<Value, Stor
     Ok(json!({ "producers": producers, "work": store.work_counts().await? }))
 }
 
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/admin/status", get(status))
         .route("/admin/keyframe/{producer}", post(keyframe))

@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 
 /// Applies an RFC 7396 merge patch to `target` in place.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
+pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
         *target = patch.clone();
         return;
@@ -24,7 +24,10 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 /// Builds the merge patch that sets `value` at `pointer` (`/a/b` → `{"a":{"b":value}}`).
-pub fn patch_at(pointer: &str, value: Value) -> Result<Value, crate::canonical::PointerError> {
+pub(crate) fn patch_at(
+    pointer: &str,
+    value: Value,
+) -> Result<Value, crate::canonical::PointerError> {
     let tokens = crate::canonical::parse_pointer(pointer)?;
     Ok(tokens.into_iter().rev().fold(value, |inner, token| {
         let mut m = Map::new();

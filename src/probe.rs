@@ -12,7 +12,7 @@ use crate::redact::{redact_url, request_error};
 
 /// One thing the probe found, good or bad.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
+pub(crate) struct Finding {
     /// The TOML path the finding is about.
     pub path: String,
     pub level: Level,
@@ -20,7 +20,7 @@ pub struct Finding {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
+pub(crate) enum Level {
     Ok,
     Warning,
     Problem,
@@ -38,7 +38,11 @@ impl std::fmt::Display for Finding {
 }
 
 /// Fetches the first page of producer `index` and checks the pointers against it.
-pub async fn probe(client: &reqwest::Client, index: usize, p: &ProducerConfig) -> Vec<Finding> {
+pub(crate) async fn probe(
+    client: &reqwest::Client,
+    index: usize,
+    p: &ProducerConfig,
+) -> Vec<Finding> {
     let at = format!("producer[{index}].snapshot");
     let s = &p.snapshot;
     let mut out = Vec::new();

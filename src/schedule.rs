@@ -17,7 +17,11 @@ use crate::config::{parse_cron, ProducerConfig};
 use crate::keyframe::run::{KeyframeError, Keyframer};
 
 /// The first fire time of `cron` strictly after `after`, read in `tz`, on a whole second.
-pub fn next_fire(cron: &croner::Cron, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub(crate) fn next_fire(
+    cron: &croner::Cron,
+    tz: Tz,
+    after: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     let second = TimeDelta::seconds(1);
     // From the whole second: croner keeps the sub-second part of its start,
     // which would give each replica its own phase.
@@ -32,7 +36,11 @@ pub fn next_fire(cron: &croner::Cron, tz: Tz, after: DateTime<Utc>) -> Option<Da
 /// Runs `p`'s keyframes on its schedule until `cancel`. A run under way when
 /// `cancel` fires is interrupted by the keyframer (recorded `failed`, its
 /// lease released), not dropped.
-pub async fn run_schedule(keyframer: Keyframer, p: ProducerConfig, cancel: CancellationToken) {
+pub(crate) async fn run_schedule(
+    keyframer: Keyframer,
+    p: ProducerConfig,
+    cancel: CancellationToken,
+) {
     let cron = match parse_cron(&p.schedule) {
         Ok(c) => c,
         Err(e) => {

@@ -33,7 +33,7 @@ pub struct AppState {
 }
 
 /// The router with every route, body limit and request timeout applied.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let limit = state.config.server.body_limit_bytes;
     let timeout = Duration::from_secs(state.config.server.request_timeout_secs);
     Router::new()
@@ -101,7 +101,10 @@ async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 /// Whether `Authorization: Bearer <token>` carries `secret`, compared in constant time (over digests).
-pub fn bearer_matches(headers: &axum::http::HeaderMap, secret: &crate::config::Secret) -> bool {
+pub(crate) fn bearer_matches(
+    headers: &axum::http::HeaderMap,
+    secret: &crate::config::Secret,
+) -> bool {
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
         return false;
     };

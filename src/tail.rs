@@ -42,7 +42,7 @@ impl std::str::FromStr for From {
 }
 
 /// One line of output: JSON, or columns for a person.
-pub fn line(c: &FeedChange, json: bool) -> String {
+pub(crate) fn line(c: &FeedChange, json: bool) -> String {
     if json {
         return serde_json::to_string(c).expect("a change serializes");
     }
@@ -62,7 +62,7 @@ pub fn line(c: &FeedChange, json: bool) -> String {
 }
 
 /// Prints `producers`' changes from `from` on, until `cancel`.
-pub async fn follow(
+pub(crate) async fn follow(
     store: &Store,
     producers: &[String],
     from: From,
@@ -93,7 +93,7 @@ pub async fn follow(
         let mut caught_up = true;
         for (i, p) in producers.iter().enumerate() {
             let found = store.changes_after(p, positions[i], PAGE, false).await?;
-            if found.len() as i64 == PAGE {
+            if i64::try_from(found.len()).unwrap_or(i64::MAX) == PAGE {
                 caught_up = false;
             }
             for c in &found {

@@ -179,7 +179,7 @@ pub async fn mirror_done(store: &Store, p: &ProducerConfig) -> Result<usize, Sto
             applied = outcomes.iter().filter(|(_, o)| *o == crate::entity::WriteOutcome::Applied).count(),
             "done work written into the mirror");
         handled += items.len();
-        if (items.len() as i64) < MIRROR_BATCH {
+        if i64::try_from(items.len()).unwrap_or(i64::MAX) < MIRROR_BATCH {
             return Ok(handled);
         }
     }
@@ -350,7 +350,7 @@ const POLL: Duration = Duration::from_millis(500);
 
 /// The lease of one claim, in milliseconds.
 fn lease_ms(p: &ProducerConfig) -> i64 {
-    (p.work.lease_secs * 1000) as i64
+    i64::try_from(p.work.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// How often a held item's lease is renewed: three times per lease, so one

@@ -154,7 +154,7 @@ impl Feed {
                 .await
             {
                 Ok(found) => {
-                    self.caught_up = (found.len() as i64) < self.limit;
+                    self.caught_up = i64::try_from(found.len()).unwrap_or(i64::MAX) < self.limit;
                     self.buffered.extend(found);
                 }
                 Err(e) => {

@@ -69,7 +69,7 @@ pub(super) async fn list(
     let page = s.store.entity_page(producer, after, limit).await?;
     let keys: Vec<&str> = page.iter().map(|e| e.key.as_str()).collect();
     let open = s.store.open_work_states(producer, &keys).await?;
-    let next = if page.len() as i64 == limit {
+    let next = if i64::try_from(page.len()).unwrap_or(i64::MAX) == limit {
         page.last().map(|e| e.key.clone())
     } else {
         None

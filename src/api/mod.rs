@@ -22,7 +22,7 @@ use crate::store::StoreError;
 
 /// The `/v1` routes. They are mounted outside the request timeout: a long
 /// poll and an event stream outlive it by design and bound themselves.
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/changes", get(changes::changes))
         .route("/v1/entities/{producer}", get(entities::list))

@@ -17,7 +17,7 @@ use crate::entity::{Change, EntityWrite, Source, WriteRule};
 use crate::ingest::email::{self, RuleMatch, Rules};
 
 /// Longest accepted entity key, in bytes (keys are indexed).
-pub const MAX_KEY_BYTES: usize = 512;
+pub(crate) const MAX_KEY_BYTES: usize = 512;
 /// Dedup keys longer than this are stored as their blake3 digest.
 const MAX_DEDUP_BYTES: usize = 200;
 /// Longest reason kept for a rejected or unmatched delta.
@@ -37,7 +37,7 @@ pub enum Plan {
 }
 
 /// The entity writes a webhook body asks for under `w`'s mapping.
-pub fn webhook_plan(w: &WebhookConfig, body: &[u8], source: Source) -> Plan {
+pub(crate) fn webhook_plan(w: &WebhookConfig, body: &[u8], source: Source) -> Plan {
     match webhook_writes(w, body, source) {
         Ok(writes) => Plan::Writes(writes),
         Err(reason) => Plan::Rejected(bounded(reason)),
@@ -120,7 +120,7 @@ fn record_write(
 }
 
 /// The write a raw email asks for under `rules`, and its `Message-ID`.
-pub fn email_plan(rules: &Rules, raw: &[u8], source: Source) -> (Plan, Option<String>) {
+pub(crate) fn email_plan(rules: &Rules, raw: &[u8], source: Source) -> (Plan, Option<String>) {
     let parsed = match email::parse(raw) {
         Ok(p) => p,
         Err(e) => return (Plan::Rejected(e.to_string()), None),
@@ -186,7 +186,11 @@ fn bounded(reason: String) -> String {
 
 /// The delivery id of a webhook: the `dedup_header` value, else the value at
 /// `dedup_pointer` in the body, else (`standard-webhooks`) the `webhook-id`.
-pub fn webhook_dedup_key(w: &WebhookConfig, headers: &HeaderMap, body: &[u8]) -> Option<String> {
+pub(crate) fn webhook_dedup_key(
+    w: &WebhookConfig,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<String> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -211,7 +215,7 @@ pub fn webhook_dedup_key(w: &WebhookConfig, headers: &HeaderMap, body: &[u8]) ->
 
 /// A delivery id as stored: trimmed; `None` when empty; a long or odd one
 /// (over 200 bytes, control characters) as `b3:` and its blake3 digest.
-pub fn dedup_key(raw: &str) -> Option<String> {
+pub(crate) fn dedup_key(raw: &str) -> Option<String> {
     let k = raw.trim();
     if k.is_empty() {
         None
@@ -240,7 +244,7 @@ fn is_secret_header(name: &str, w: Option<&WebhookConfig>) -> bool {
 /// The headers kept with a delta, as a JSON object: content type, user agent,
 /// and the delivery id headers (`dedup_header`, `webhook-id`); never a
 /// signature or a credential.
-pub fn kept_headers(headers: &HeaderMap, w: Option<&WebhookConfig>) -> String {
+pub(crate) fn kept_headers(headers: &HeaderMap, w: Option<&WebhookConfig>) -> String {
     let mut names: Vec<String> = vec!["content-type".into(), "user-agent".into()];
     if let Some(w) = w {
         if let Some(h) = &w.dedup_header {

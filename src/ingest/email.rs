@@ -20,7 +20,7 @@ use crate::patch::{merge_patch, patch_at};
 
 /// What the rules need from an email.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParsedEmail {
+pub(crate) struct ParsedEmail {
     /// The first `From` address, lowercased.
     pub from: Option<String>,
     /// The decoded subject; empty when absent.
@@ -33,7 +33,7 @@ pub struct ParsedEmail {
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum EmailError {
+pub(crate) enum EmailError {
     #[error("not an email: no header found in {len} bytes")]
     NotAnEmail { len: usize },
     #[error("rule {rule:?}: invalid {field} regex {pattern:?}: {source}")]
@@ -54,7 +54,7 @@ pub enum EmailError {
 }
 
 /// Parses a raw RFC 5322 message.
-pub fn parse(raw: &[u8]) -> Result<ParsedEmail, EmailError> {
+pub(crate) fn parse(raw: &[u8]) -> Result<ParsedEmail, EmailError> {
     let message = MessageParser::default()
         .parse(raw)
         .ok_or(EmailError::NotAnEmail { len: raw.len() })?;
@@ -80,7 +80,7 @@ pub fn parse(raw: &[u8]) -> Result<ParsedEmail, EmailError> {
 
 /// The outcome of [`Rules::apply`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum RuleMatch {
+pub(crate) enum RuleMatch {
     /// The first rule that matched, and the delta it extracted.
     Matched {
         rule: String,
@@ -96,7 +96,7 @@ pub enum RuleMatch {
 
 /// The compiled email rules of a producer, tried in order.
 #[derive(Debug, Clone)]
-pub struct Rules {
+pub(crate) struct Rules {
     rules: Vec<Rule>,
 }
 
@@ -115,13 +115,13 @@ struct Rule {
 
 impl Rules {
     /// Compiles the rules, checking their regexes, groups and pointers.
-    pub fn new(cfg: &EmailConfig) -> Result<Rules, EmailError> {
+    pub(crate) fn new(cfg: &EmailConfig) -> Result<Rules, EmailError> {
         let rules = cfg.rule.iter().map(Rule::new).collect::<Result<_, _>>()?;
         Ok(Rules { rules })
     }
 
     /// The first rule that matches `email`, with what it extracted.
-    pub fn apply(&self, email: &ParsedEmail) -> RuleMatch {
+    pub(crate) fn apply(&self, email: &ParsedEmail) -> RuleMatch {
         if self.rules.is_empty() {
             return RuleMatch::Unmatched {
                 reason: "no rules configured".into(),

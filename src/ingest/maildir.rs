@@ -28,7 +28,7 @@ const PER_SCAN: usize = 64;
 
 /// Maildir problems; each names the path.
 #[derive(Debug, thiserror::Error)]
-pub enum MaildirError {
+pub(crate) enum MaildirError {
     #[error("cannot prepare maildir {path}: {source}")]
     Prepare { path: PathBuf, source: io::Error },
     #[error("cannot list {path}: {source}")]
@@ -42,7 +42,7 @@ pub enum MaildirError {
 }
 
 /// Watches `root` for `producer` until `cancel`.
-pub async fn watch(
+pub(crate) async fn watch(
     pipeline: Pipeline,
     producer: String,
     root: PathBuf,

@@ -12,10 +12,10 @@
 //! A delta is acknowledged (2xx) only after its raw body is committed to the
 //! inbox; an email file leaves `new/` only after its commit.
 
-pub mod apply;
-pub mod email;
+pub(crate) mod apply;
+pub(crate) mod email;
 mod inbound;
-pub mod maildir;
+pub(crate) mod maildir;
 pub mod pipeline;
 pub mod signature;
 mod webhook;

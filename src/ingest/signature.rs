@@ -614,7 +614,7 @@ mod tests {
             ) {
                 continue;
             }
-            let tol = c.tolerance_secs as i64;
+            let tol = i64::try_from(c.tolerance_secs).unwrap();
             assert_eq!(tol, 300, "default tolerance");
             let cases = [
                 (NOW - tol, Ok(())),

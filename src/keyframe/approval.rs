@@ -29,12 +29,13 @@ pub enum Refusal {
 }
 
 /// The states of a run that compared the producer with the local rows.
-pub const COMPARED: [RunState; 3] = [RunState::Ok, RunState::Guarded, RunState::Approved];
+#[allow(dead_code)]
+pub(crate) const COMPARED: [RunState; 3] = [RunState::Ok, RunState::Guarded, RunState::Approved];
 
 /// Decides whether `run` may be approved now. `newer` is the producer's
 /// latest run after it that compared (see [`COMPARED`]), if any;
 /// `retention_days` 0 means runs never expire.
-pub fn check(
+pub(crate) fn check(
     run: &RunRow,
     newer: Option<(i64, RunState)>,
     now_ms: i64,

@@ -11,7 +11,7 @@ use crate::entity::LocalRow;
 
 /// One record of the producer's snapshot, as the compare needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Remote<'a> {
+pub(crate) struct Remote<'a> {
     pub key: &'a str,
     pub bucket: u32,
     pub hash: RecordHash,
@@ -21,7 +21,7 @@ pub struct Remote<'a> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum DriftKind {
+pub(crate) enum DriftKind {
     /// The producer has it, the local copy doesn't.
     Missing,
     /// The local copy has it, the producer doesn't.
@@ -31,7 +31,7 @@ pub enum DriftKind {
 }
 
 impl DriftKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Missing => "missing",
             Self::Extra => "extra",
@@ -39,7 +39,7 @@ impl DriftKind {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "missing" => Some(Self::Missing),
             "extra" => Some(Self::Extra),
@@ -51,7 +51,7 @@ impl DriftKind {
 
 /// One drifted entity.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Drift {
+pub(crate) struct Drift {
     pub key: String,
     pub kind: DriftKind,
     pub remote_hash: Option<RecordHash>,
@@ -61,7 +61,9 @@ pub struct Drift {
 }
 
 /// Builds per-bucket digests from snapshot records, exactly as the store builds local ones.
-pub fn remote_digests<'a>(records: impl IntoIterator<Item = Remote<'a>>) -> BTreeMap<u32, Digest> {
+pub(crate) fn remote_digests<'a>(
+    records: impl IntoIterator<Item = Remote<'a>>,
+) -> BTreeMap<u32, Digest> {
     let mut out: BTreeMap<u32, Digest> = BTreeMap::new();
     for r in records {
         out.entry(r.bucket).or_default().add(r.key, &r.hash);
@@ -70,7 +72,7 @@ pub fn remote_digests<'a>(records: impl IntoIterator<Item = Remote<'a>>) -> BTre
 }
 
 /// Buckets whose digests differ (a bucket absent on one side counts as empty).
-pub fn mismatched_buckets(
+pub(crate) fn mismatched_buckets(
     remote: &BTreeMap<u32, Digest>,
     local: &BTreeMap<u32, Digest>,
 ) -> Vec<u32> {
@@ -88,14 +90,17 @@ pub fn mismatched_buckets(
 
 /// Buckets compared: every bucket either side holds (the union), so it is
 /// never less than the mismatched buckets.
-pub fn compared_buckets(remote: &BTreeMap<u32, Digest>, local: &BTreeMap<u32, Digest>) -> u64 {
+pub(crate) fn compared_buckets(
+    remote: &BTreeMap<u32, Digest>,
+    local: &BTreeMap<u32, Digest>,
+) -> u64 {
     let only_local = local.keys().filter(|b| !remote.contains_key(b)).count();
     (remote.len() + only_local) as u64
 }
 
 /// What classifying found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Classified {
+pub(crate) struct Classified {
     pub drifts: Vec<Drift>,
     /// Keys left for the next keyframe because a newer local change raced the pull.
     pub skipped_races: Vec<String>,
@@ -109,7 +114,7 @@ pub struct Classified {
 /// whose version is newer than the snapshot's record, if it was written since
 /// `previous_pull_ms` (the previous keyframe's start): a race lasts one
 /// keyframe, so a producer whose versions went backwards still converges.
-pub fn classify(
+pub(crate) fn classify(
     remote: &[Remote<'_>],
     local: &[LocalRow],
     pull_started_ms: i64,
@@ -177,7 +182,7 @@ pub fn classify(
 /// rows are additions that lose nothing, so a table seeded by a few deltas
 /// before its first keyframe still fills without an approval, while a partial
 /// or empty snapshot against a full table (many `extra`) is held.
-pub fn guard_trips(
+pub(crate) fn guard_trips(
     extra: u64,
     changed: u64,
     local_rows: u64,

@@ -1,7 +1,7 @@
 //! Keyframes: pull a producer's full state, compare bucket digests, classify drift.
 
-pub mod approval;
-pub mod compare;
+pub(crate) mod approval;
+pub(crate) mod compare;
 pub mod fetch;
 mod holder;
 pub mod run;

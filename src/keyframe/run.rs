@@ -607,7 +607,7 @@ impl Keyframer {
         if succeeded {
             m.keyframe_records
                 .with_label_values(&[&p.name])
-                .set(summary.records as i64);
+                .set(i64::try_from(summary.records).unwrap_or(i64::MAX));
             for (kind, n) in [
                 ("missing", summary.missing),
                 ("extra", summary.extra),

@@ -168,7 +168,7 @@ impl Store {
             .state
             .check(state)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let i = |v: u64| v as i64;
+        let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         sqlx::query(
             "UPDATE keyframe_runs SET state = $2, finished_at = $3, records = $4, buckets_compared = $5,
                buckets_mismatched = $6, rows_read = $7, missing = $8, extra = $9, changed = $10,

@@ -1,5 +1,14 @@
 //! Integration tests, one binary: store conformance on both backends, the CLI, ingest, keyframes end to end, the demo.
 
+#![allow(
+    unreachable_pub,
+    reason = "a test binary has no public surface: `pub` here only shares helpers between its modules"
+)]
+#![allow(
+    clippy::cast_possible_wrap,
+    reason = "test counts and versions are small; a cast here cannot wrap"
+)]
+
 mod admin;
 mod cli;
 mod converge;
