@@ -77,6 +77,11 @@ state_machine! {
     }
 }
 
+impl RunState {
+    /// The states of a run that compared the producer with the local rows.
+    pub const COMPARED: [RunState; 3] = [RunState::Ok, RunState::Guarded, RunState::Approved];
+}
+
 state_machine! {
     /// A work item. A retry goes back to `pending` with a later `run_at`.
     /// `dead → done`: a call that outlived its lease answered 2xx after the

@@ -28,12 +28,8 @@ pub enum Refusal {
     Expired { days: u32 },
 }
 
-/// The states of a run that compared the producer with the local rows.
-#[allow(dead_code)]
-pub(crate) const COMPARED: [RunState; 3] = [RunState::Ok, RunState::Guarded, RunState::Approved];
-
 /// Decides whether `run` may be approved now. `newer` is the producer's
-/// latest run after it that compared (see [`COMPARED`]), if any;
+/// latest run after it that compared (see [`RunState::COMPARED`]), if any;
 /// `retention_days` 0 means runs never expire.
 pub(crate) fn check(
     run: &RunRow,

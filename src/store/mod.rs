@@ -146,6 +146,12 @@ pub(crate) fn db(op: &'static str) -> impl Fn(sqlx::Error) -> StoreError + Copy 
 /// on (fixed ones such as `$1` stay as written), joined by `, `.
 /// `placeholders(2, 3, "($1, ?, ?)")` is `($1, $3, $4), ($1, $5, $6)`;
 /// `placeholders(3, 2, "?")` is `$2, $3, $4`, for an `IN (...)` list.
+/// `('a', 'b')`: states as an SQL list, spelled by their enum so the two cannot disagree.
+pub(crate) fn sql_list(states: impl IntoIterator<Item = &'static str>) -> String {
+    let quoted: Vec<String> = states.into_iter().map(|s| format!("'{s}'")).collect();
+    format!("({})", quoted.join(", "))
+}
+
 pub(crate) fn placeholders(rows: usize, first: usize, template: &str) -> String {
     let mut next = first;
     let mut out = String::new();
@@ -471,7 +477,16 @@ async fn applied_migrations(conn: &mut sqlx::AnyConnection) -> Result<i64, sqlx:
 
 #[cfg(test)]
 mod tests {
-    use super::{placeholders, sqlite_path};
+    use super::{placeholders, sql_list, sqlite_path};
+    use crate::state::RunState;
+
+    #[test]
+    fn sql_lists_spell_the_states() {
+        assert_eq!(
+            sql_list(RunState::COMPARED.map(RunState::as_str)),
+            "('ok', 'guarded', 'approved')"
+        );
+    }
 
     #[test]
     fn sqlite_paths() {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{db, now_ms, placeholders, Store, StoreError};
+use super::{db, now_ms, placeholders, sql_list, Store, StoreError};
 use crate::canonical::RecordHash;
 use crate::state::RunState;
 
@@ -227,10 +227,11 @@ impl Store {
         producer: &str,
         before_ms: i64,
     ) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar(
+        sqlx::query_scalar(&format!(
             "SELECT MAX(started_at) FROM keyframe_runs
-             WHERE producer = $1 AND started_at < $2 AND state IN ('ok', 'guarded', 'approved')",
-        )
+             WHERE producer = $1 AND started_at < $2 AND state IN {}",
+            compared()
+        ))
         .bind(producer)
         .bind(before_ms)
         .fetch_one(&self.pool)
@@ -241,11 +242,13 @@ impl Store {
     /// Per producer, the run awaiting approval: the producer's latest run that
     /// compared (`ok`, `guarded` or `approved`), when that run is `guarded`.
     pub async fn guarded_runs(&self) -> Result<BTreeMap<String, i64>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT r.producer, r.id FROM keyframe_runs r WHERE r.state = 'guarded'
+        let rows = sqlx::query(&format!(
+            "SELECT r.producer, r.id FROM keyframe_runs r WHERE r.state = '{}'
              AND r.id = (SELECT MAX(n.id) FROM keyframe_runs n
-                         WHERE n.producer = r.producer AND n.state IN ('ok', 'guarded', 'approved'))",
-        )
+                         WHERE n.producer = r.producer AND n.state IN {})",
+            RunState::Guarded.as_str(),
+            compared()
+        ))
         .fetch_all(&self.pool)
         .await
         .map_err(db("find guarded keyframe runs"))?;
@@ -263,11 +266,12 @@ impl Store {
         producer: &str,
         id: i64,
     ) -> Result<Option<(i64, RunState)>, StoreError> {
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "SELECT id, state FROM keyframe_runs WHERE producer = $1 AND id > $2
-               AND state IN ('ok', 'guarded', 'approved')
+               AND state IN {}
              ORDER BY id DESC LIMIT 1",
-        )
+            compared()
+        ))
         .bind(producer)
         .bind(id)
         .fetch_optional(&self.pool)
@@ -493,4 +497,9 @@ impl Store {
             .map_err(db("release a lease"))?;
         Ok(())
     }
+}
+
+/// [`RunState::COMPARED`] as an SQL list.
+fn compared() -> String {
+    sql_list(RunState::COMPARED.map(RunState::as_str))
 }
