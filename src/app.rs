@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::keyframe::run::Keyframer;
 use crate::metrics::Metrics;
 use crate::server::{router, AppState};
-use crate::state::Health;
+use crate::state::{Health, WorkState};
 use crate::store::{Backend, Store};
 use crate::work::Workers;
 
@@ -321,11 +321,11 @@ pub async fn refresh_once(store: &Store, metrics: &Metrics, config: &Config) -> 
         }
     }
     let counts = store.work_counts().await?;
-    for state in ["pending", "running", "dead"] {
+    for state in [WorkState::Pending, WorkState::Running, WorkState::Dead] {
         metrics
             .work_items
-            .with_label_values(&[state])
-            .set(counts.get(state).copied().unwrap_or(0));
+            .with_label_values(&[state.as_str()])
+            .set(counts.get(state.as_str()).copied().unwrap_or(0));
     }
     Ok(())
 }
