@@ -292,7 +292,11 @@ async fn refresh_gauges(
     }
 }
 
-pub async fn refresh_once(store: &Store, metrics: &Metrics, config: &Config) -> anyhow::Result<()> {
+pub(crate) async fn refresh_once(
+    store: &Store,
+    metrics: &Metrics,
+    config: &Config,
+) -> anyhow::Result<()> {
     let open = store.open_work_by_producer().await?;
     let health = store.producer_health().await?;
     let guarded = store.guarded_runs().await?;

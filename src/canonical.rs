@@ -21,7 +21,7 @@ use serde_json::Value;
 pub struct RecordHash(pub [u8; 32]);
 
 impl RecordHash {
-    pub fn to_hex(&self) -> String {
+    pub(crate) fn to_hex(self) -> String {
         hex::encode(self.0)
     }
 
@@ -73,7 +73,7 @@ impl RecordHasher {
     /// A fingerprint of the hashing rules: the canonical form's version and
     /// the ignored pointers (in any order). Stored hashes computed under another
     /// fingerprint must be recomputed before they are compared.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         let mut pointers: Vec<&Vec<String>> = self.ignore.iter().collect();
         pointers.sort();
         pointers.dedup();
@@ -104,7 +104,7 @@ impl RecordHasher {
 pub struct PointerError(pub String);
 
 /// Splits an RFC 6901 pointer into unescaped tokens.
-pub fn parse_pointer(pointer: &str) -> Result<Vec<String>, PointerError> {
+pub(crate) fn parse_pointer(pointer: &str) -> Result<Vec<String>, PointerError> {
     if pointer.is_empty() {
         return Ok(Vec::new());
     }
@@ -118,7 +118,7 @@ pub fn parse_pointer(pointer: &str) -> Result<Vec<String>, PointerError> {
 }
 
 /// Checks that `pointer` is a valid RFC 6901 pointer.
-pub fn check_pointer(pointer: &str) -> Result<(), PointerError> {
+pub(crate) fn check_pointer(pointer: &str) -> Result<(), PointerError> {
     parse_pointer(pointer).map(|_| ())
 }
 
@@ -214,7 +214,7 @@ fn write_number<W: Write>(n: &serde_json::Number, out: &mut W) -> io::Result<()>
 }
 
 /// The key of a record as stored: a string as is, an integer in decimal.
-pub fn key_string(v: &Value) -> Option<String> {
+pub(crate) fn key_string(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
@@ -259,7 +259,7 @@ pub fn bucket_of(key: &str, bits: u8) -> u32 {
 /// The per-row leaf folded into a bucket digest: blake3(key, 0, hash) as four
 /// 32-bit lanes. The key is part of the leaf so two rows that swap documents
 /// still change the digest.
-pub fn leaf(key: &str, hash: &RecordHash) -> [i64; 4] {
+pub(crate) fn leaf(key: &str, hash: &RecordHash) -> [i64; 4] {
     let mut h = blake3::Hasher::new();
     h.update(key.as_bytes());
     h.update(&[0]);
@@ -277,7 +277,7 @@ pub fn leaf(key: &str, hash: &RecordHash) -> [i64; 4] {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Digest {
     pub rows: i64,
-    pub lanes: [i64; 4],
+    pub(crate) lanes: [i64; 4],
 }
 
 impl Digest {

@@ -12,7 +12,7 @@ use crate::state::{RunState, WorkState};
 use crate::store::{now_ms, Store};
 
 /// Exit status for a command-line or config error (EX_USAGE).
-pub const EXIT_USAGE: u8 = 64;
+pub(crate) const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,13 +28,13 @@ pub struct Cli {
         env = "DRIFTD_LOG_FORMAT",
         default_value = "human"
     )]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Human,
     Json,
 }

@@ -14,21 +14,21 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     pub keyframe_runs: IntCounterVec,
-    pub keyframe_duration: HistogramVec,
-    pub keyframe_records: IntGaugeVec,
-    pub keyframe_last_success: GaugeVec,
+    pub(crate) keyframe_duration: HistogramVec,
+    pub(crate) keyframe_records: IntGaugeVec,
+    pub(crate) keyframe_last_success: GaugeVec,
     pub keyframe_guarded: IntGaugeVec,
-    pub drift_detected: IntCounterVec,
+    pub(crate) drift_detected: IntCounterVec,
     pub drift_open: IntGaugeVec,
     pub deltas: IntCounterVec,
-    pub signature_failures: IntCounterVec,
+    pub(crate) signature_failures: IntCounterVec,
     pub entities: IntGaugeVec,
     pub work_items: IntGaugeVec,
-    pub work_completed: IntCounterVec,
-    pub work_duration: HistogramVec,
-    pub producer_state: IntGaugeVec,
-    pub delta_loss_ratio: GaugeVec,
-    pub build_info: Gauge,
+    pub(crate) work_completed: IntCounterVec,
+    pub(crate) work_duration: HistogramVec,
+    pub(crate) producer_state: IntGaugeVec,
+    pub(crate) delta_loss_ratio: GaugeVec,
+    pub(crate) build_info: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -203,7 +203,7 @@ impl Metrics {
     }
 
     /// Creates the work series of an action at zero (`apply`, `http`).
-    pub fn init_action(&self, action: &str) {
+    pub(crate) fn init_action(&self, action: &str) {
         for outcome in ["done", "retry", "dead"] {
             self.work_completed.with_label_values(&[action, outcome]);
         }

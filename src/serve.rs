@@ -36,7 +36,7 @@ use crate::config::ServerConfig;
 /// The connection limits, from `[server]`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
 }

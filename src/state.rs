@@ -27,7 +27,9 @@ macro_rules! state_machine {
         pub enum $name { $($variant),+ }
 
         impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// Every state; the transition tests walk it for each machine.
+            #[allow(dead_code, reason = "generated for every machine; some use it only in tests")]
+            pub(crate) const ALL: &'static [$name] = &[$($name::$variant),+];
 
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text),+ }
@@ -38,7 +40,7 @@ macro_rules! state_machine {
             }
 
             /// The transition table.
-            pub fn can_become(self, next: Self) -> bool {
+            pub(crate) fn can_become(self, next: Self) -> bool {
                 match self { $($name::$from => [$($name::$to),*].contains(&next),)+ }
             }
 
@@ -79,7 +81,8 @@ state_machine! {
 
 impl RunState {
     /// The states of a run that compared the producer with the local rows.
-    pub const COMPARED: [RunState; 3] = [RunState::Ok, RunState::Guarded, RunState::Approved];
+    pub(crate) const COMPARED: [RunState; 3] =
+        [RunState::Ok, RunState::Guarded, RunState::Approved];
 }
 
 state_machine! {
@@ -132,7 +135,11 @@ state_machine! {
 
 impl Health {
     /// The health after a keyframe, given the failures in a row including this one.
-    pub fn after_keyframe(succeeded: bool, failures_in_a_row: u32, unhealthy_after: u32) -> Self {
+    pub(crate) fn after_keyframe(
+        succeeded: bool,
+        failures_in_a_row: u32,
+        unhealthy_after: u32,
+    ) -> Self {
         if succeeded {
             Self::Healthy
         } else if failures_in_a_row >= unhealthy_after {

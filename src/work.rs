@@ -34,7 +34,7 @@ pub struct WorkSpec {
     /// `missing` (producer has it, local doesn't), `extra` (local only) or `changed`.
     pub kind: String,
     /// blake3 of the producer's record (canonical JSON, hex); null for `extra`.
-    pub expected_hash: Option<String>,
+    pub(crate) expected_hash: Option<String>,
     /// blake3 of the local row the keyframe saw (hex); null for `missing`.
     pub local_hash: Option<String>,
     /// The keyframe run that found the drift.
@@ -49,7 +49,7 @@ pub struct WorkSpec {
 
 impl WorkSpec {
     /// The idempotency key: the same drift to the same content always has the same key.
-    pub fn idempotency_key(&self) -> String {
+    pub(crate) fn idempotency_key(&self) -> String {
         let mut h = blake3::Hasher::new();
         for part in [
             self.producer.as_str(),
@@ -144,7 +144,7 @@ const MIRROR_BATCH: i64 = 200;
 /// compare-and-set on the local row the keyframe saw. So every action
 /// closes its drift, and the next keyframe finds none for that entity
 /// unless the producer changed again. Returns the items handled.
-pub async fn mirror_done(store: &Store, p: &ProducerConfig) -> Result<usize, StoreError> {
+pub(crate) async fn mirror_done(store: &Store, p: &ProducerConfig) -> Result<usize, StoreError> {
     let mut handled = 0;
     loop {
         let items = store.done_unmirrored(&p.name, MIRROR_BATCH).await?;
@@ -187,7 +187,7 @@ pub async fn mirror_done(store: &Store, p: &ProducerConfig) -> Result<usize, Sto
 
 /// Marks item `id` done by operator or application request (`driftd work
 /// done`, `POST /v1/work/{id}/done`) and writes its record into the mirror.
-pub async fn finish_by_hand(
+pub(crate) async fn finish_by_hand(
     store: &Store,
     config: &crate::config::Config,
     id: i64,
@@ -209,7 +209,7 @@ pub async fn finish_by_hand(
 
 /// Why an attempt failed, and whether trying again can help.
 #[derive(Debug)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// Timeouts, connection errors, 429, 5xx, a busy database.
     Transient(String),
     /// Other 4xx, an invalid spec: retrying cannot help.
@@ -217,7 +217,7 @@ pub enum Failure {
 }
 
 /// The single retry policy: what state and `run_at` follow a failed attempt.
-pub fn after_failure(
+pub(crate) fn after_failure(
     failure: &Failure,
     attempts: i64,
     max_attempts: i64,

@@ -29,7 +29,7 @@ pub(crate) struct ParsedEmail {
     /// HTML-only mails are converted to text.
     pub text: String,
     /// The `Message-ID`, without angle brackets.
-    pub message_id: Option<String>,
+    pub(crate) message_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -34,7 +34,7 @@ use crate::server::AppState;
 use crate::store::{InboxOutcome, Settled};
 
 /// The delta endpoints (`/hooks/{producer}`, `/inbound-email/{producer}`).
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/hooks/{producer}", post(webhook::receive))
         .route("/inbound-email/{producer}", post(inbound::receive))

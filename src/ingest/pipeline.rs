@@ -29,7 +29,7 @@ use crate::store::{
 };
 
 /// Most deltas committed in one transaction.
-pub const MAX_BATCH: usize = 128;
+pub(crate) const MAX_BATCH: usize = 128;
 /// How often the sweeper looks for `pending` rows.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Pending rows settled per sweep.
@@ -74,7 +74,7 @@ impl Compiled {
     }
 
     /// The plan of a raw email under this producer's rules, and its `Message-ID`.
-    pub fn email_plan(&self, raw: &[u8], source: Source) -> (Plan, Option<String>) {
+    pub(crate) fn email_plan(&self, raw: &[u8], source: Source) -> (Plan, Option<String>) {
         match &self.rules {
             Some(Ok(rules)) => email_plan(rules, raw, source),
             Some(Err(e)) => (Plan::Rejected(e.clone()), None),
@@ -125,7 +125,7 @@ impl Producers {
     }
 
     /// The effect of a stored row, planned again from its body.
-    pub fn effect_of(&self, row: &InboxRow, source: Source) -> InboxEffect {
+    pub(crate) fn effect_of(&self, row: &InboxRow, source: Source) -> InboxEffect {
         match self.get(&row.producer) {
             Some(p) => p.effect(p.plan_of(row.channel, &row.body, source)),
             None => InboxEffect::Settle {
@@ -139,7 +139,7 @@ impl Producers {
 /// The inbox could not take a delta; nothing was acknowledged.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the inbox is unavailable")]
-pub struct Unavailable;
+pub(crate) struct Unavailable;
 
 type Reply = oneshot::Sender<Result<Settled, Unavailable>>;
 
@@ -187,7 +187,7 @@ impl Pipeline {
     /// request future dropped) cancels no commit, and the batch's other
     /// requests still get their answers. Its own delta is committed too,
     /// since its body was received in full.
-    pub async fn submit(
+    pub(crate) async fn submit(
         &self,
         entry: InboxEntry,
         effect: InboxEffect,
@@ -305,7 +305,7 @@ impl Pipeline {
     }
 
     /// Applies `pending` rows in id order, every second, until `cancel`.
-    pub async fn sweep(self, cancel: CancellationToken) {
+    pub(crate) async fn sweep(self, cancel: CancellationToken) {
         let mut failures: HashMap<i64, u32> = HashMap::new();
         loop {
             if let Err(e) = self.sweep_once(&mut failures, &cancel).await {
@@ -319,7 +319,7 @@ impl Pipeline {
     }
 
     /// One round of the sweeper; returns the rows settled.
-    pub async fn sweep_once(
+    pub(crate) async fn sweep_once(
         &self,
         failures: &mut HashMap<i64, u32>,
         cancel: &CancellationToken,

@@ -54,10 +54,10 @@ impl DriftKind {
 pub(crate) struct Drift {
     pub key: String,
     pub kind: DriftKind,
-    pub remote_hash: Option<RecordHash>,
+    pub(crate) remote_hash: Option<RecordHash>,
     pub local_hash: Option<RecordHash>,
     /// Snapshot index of the producer's record (`missing`, `changed`).
-    pub remote_index: Option<usize>,
+    pub(crate) remote_index: Option<usize>,
 }
 
 /// Builds per-bucket digests from snapshot records, exactly as the store builds local ones.

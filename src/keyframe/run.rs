@@ -125,14 +125,14 @@ impl Keyframer {
     }
 
     /// Wakes `wake`'s waiters whenever a run emits work (in-process workers).
-    pub fn with_wake(mut self, wake: std::sync::Arc<tokio::sync::Notify>) -> Self {
+    pub(crate) fn with_wake(mut self, wake: std::sync::Arc<tokio::sync::Notify>) -> Self {
         self.wake = Some(wake);
         self
     }
 
     /// Interrupts runs when `shutdown` is cancelled: the run under way stops
     /// at its next step, is recorded `failed` and releases its lease.
-    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+    pub(crate) fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
         self.shutdown = shutdown;
         self
     }
@@ -145,7 +145,7 @@ impl Keyframer {
     /// Runs the keyframe of schedule tick `tick` (ms), unless another replica
     /// already served it ([`KeyframeError::TickServed`]) or is running one
     /// ([`KeyframeError::Busy`]).
-    pub async fn run_scheduled(
+    pub(crate) async fn run_scheduled(
         &self,
         p: &ProducerConfig,
         tick: i64,
@@ -658,7 +658,7 @@ impl Keyframer {
 }
 
 /// Says what [`Store::ensure_layout`] rebuilt, if anything.
-pub fn log_relayout(producer: &str, r: crate::store::Relayout) {
+pub(crate) fn log_relayout(producer: &str, r: crate::store::Relayout) {
     if r.rebuilt() {
         info!(
             producer,

@@ -460,7 +460,7 @@ impl Store {
     }
 
     /// A page of live entities in key order, after `after` (keyset paging).
-    pub async fn entity_page(
+    pub(crate) async fn entity_page(
         &self,
         producer: &str,
         after: Option<&str>,

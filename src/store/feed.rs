@@ -99,7 +99,7 @@ impl Store {
     /// `producer`'s log (in this process, or on PostgreSQL in any replica
     /// while [`Store::listen_changes`] runs). Subscribe before reading, then
     /// wait for `changed()`, and no commit is missed.
-    pub fn subscribe_changes(&self, producer: &str) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe_changes(&self, producer: &str) -> watch::Receiver<u64> {
         self.signals.sender(producer).subscribe()
     }
 
@@ -171,7 +171,7 @@ impl Store {
     }
 
     /// The position of `producer`'s newest change (0 before the first).
-    pub async fn feed_head(&self, producer: &str) -> Result<i64, StoreError> {
+    pub(crate) async fn feed_head(&self, producer: &str) -> Result<i64, StoreError> {
         let seq: Option<i64> = sqlx::query("SELECT seq FROM chain_heads WHERE producer = $1")
             .bind(producer)
             .fetch_optional(&self.pool)
@@ -186,7 +186,7 @@ impl Store {
     /// The sync state of each of `keys` that has an open work item:
     /// `pending` is drifted, `running` is being corrected. Keys without an
     /// open item are in sync and absent from the map.
-    pub async fn open_work_states(
+    pub(crate) async fn open_work_states(
         &self,
         producer: &str,
         keys: &[&str],
@@ -223,7 +223,7 @@ impl Store {
     /// connection and then wakes every consumer once, so a notification lost
     /// meanwhile costs one read, not a missed change. Returns at once on SQLite
     /// (one process owns the file).
-    pub async fn listen_changes(&self, cancel: CancellationToken) {
+    pub(crate) async fn listen_changes(&self, cancel: CancellationToken) {
         if self.backend != super::Backend::Postgres {
             return;
         }

@@ -62,7 +62,7 @@ pub enum InboxOutcome {
 }
 
 impl InboxOutcome {
-    pub const ALL: &'static [InboxOutcome] = &[
+    pub(crate) const ALL: &'static [InboxOutcome] = &[
         Self::Pending,
         Self::Applied,
         Self::Stale,
@@ -166,7 +166,7 @@ pub struct InboxFilter {
 
 /// Which rows [`Store::settle_delta`] touches and records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SettleMode {
+pub(crate) enum SettleMode {
     /// The sweeper: only a row still `pending`; anything else is left alone.
     Pending,
     /// `driftd replay`: any row but a duplicate is applied again; the outcome
@@ -293,7 +293,7 @@ impl Store {
     /// updated since the delta was received: without versions, arrival order
     /// decides, and a later delta (or a keyframe correction) already came
     /// after this one. That makes settling late, and replaying, idempotent.
-    pub async fn settle_delta(
+    pub(crate) async fn settle_delta(
         &self,
         id: i64,
         effect: &InboxEffect,

@@ -39,9 +39,8 @@ use tracing::warn;
 
 pub use entities::{ChainBreak, Entity, Relayout};
 pub use feed::FeedChange;
-pub use inbox::{
-    Channel, InboxEffect, InboxEntry, InboxFilter, InboxOutcome, InboxRow, SettleMode, Settled,
-};
+pub(crate) use inbox::SettleMode;
+pub use inbox::{Channel, InboxEffect, InboxEntry, InboxFilter, InboxOutcome, InboxRow, Settled};
 pub use runs::{DriftRow, Pruned, RunCounts, RunRow};
 pub use work::{Emitted, NewWork, WorkRow};
 
@@ -53,7 +52,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn from_url(url: &str) -> Option<Self> {
+    pub(crate) fn from_url(url: &str) -> Option<Self> {
         if url.starts_with("sqlite:") {
             Some(Self::Sqlite)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -124,7 +123,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether retrying later may succeed (connection trouble, pool exhaustion).
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             Self::Connect { .. } => true,
             Self::Db { source, .. } => matches!(
@@ -279,7 +278,7 @@ impl Store {
     /// created and migrated; creates and migrates nothing. Every command other
     /// than those two opens the store this way, so a mistyped path is an
     /// error instead of a new, empty database.
-    pub async fn open_existing(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    pub(crate) async fn open_existing(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         if Backend::from_url(url) == Some(Backend::Sqlite) {
             let path = sqlite_path(url);
             if !path.is_empty() && path != ":memory:" && !std::path::Path::new(path).exists() {

@@ -33,7 +33,7 @@ pub struct RunRow {
     #[serde(flatten)]
     pub counts: RunCounts,
     pub error: Option<String>,
-    pub approved_at: Option<i64>,
+    pub(crate) approved_at: Option<i64>,
     /// The schedule tick the run served; `None` for a keyframe started by hand.
     pub scheduled_for: Option<i64>,
 }
@@ -52,7 +52,7 @@ pub struct Pruned {
 pub struct DriftRow {
     pub key: String,
     pub kind: String,
-    pub remote_hash: Option<RecordHash>,
+    pub(crate) remote_hash: Option<RecordHash>,
     pub local_hash: Option<RecordHash>,
     pub doc: Option<String>,
 }
@@ -116,7 +116,11 @@ impl Store {
     /// Fails every `running` run of `producer` with `error`. Called by the
     /// holder of the producer's keyframe lease: no other run can be under way,
     /// so these were left by a process that stopped. Returns the runs closed.
-    pub async fn fail_running_runs(&self, producer: &str, error: &str) -> Result<u64, StoreError> {
+    pub(crate) async fn fail_running_runs(
+        &self,
+        producer: &str,
+        error: &str,
+    ) -> Result<u64, StoreError> {
         RunState::Running
             .check(RunState::Failed)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -138,7 +142,7 @@ impl Store {
     /// Claims schedule tick `tick` (ms) of `producer`: true if no run served
     /// it or a later tick yet. One conditional statement, so exactly one
     /// replica claims each tick.
-    pub async fn claim_tick(&self, producer: &str, tick: i64) -> Result<bool, StoreError> {
+    pub(crate) async fn claim_tick(&self, producer: &str, tick: i64) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "INSERT INTO schedule_ticks (producer, tick) VALUES ($1, $2)
              ON CONFLICT (producer) DO UPDATE SET tick = excluded.tick
@@ -153,7 +157,7 @@ impl Store {
     }
 
     /// Moves a run to its final state with its counts; refuses an invalid transition.
-    pub async fn finish_run(
+    pub(crate) async fn finish_run(
         &self,
         id: i64,
         state: RunState,
@@ -222,7 +226,7 @@ impl Store {
     }
 
     /// When the producer's latest completed (not failed) keyframe before `before_ms` began.
-    pub async fn previous_pull_started(
+    pub(crate) async fn previous_pull_started(
         &self,
         producer: &str,
         before_ms: i64,
@@ -261,7 +265,7 @@ impl Store {
     }
 
     /// The producer's latest run after `id` that compared (`ok`, `guarded` or `approved`), if any.
-    pub async fn newer_compared_run(
+    pub(crate) async fn newer_compared_run(
         &self,
         producer: &str,
         id: i64,
@@ -320,7 +324,7 @@ impl Store {
     }
 
     /// Stores a run's drift list, in multi-row batches.
-    pub async fn insert_drifts(
+    pub(crate) async fn insert_drifts(
         &self,
         run_id: i64,
         producer: &str,
@@ -352,7 +356,7 @@ impl Store {
     }
 
     /// Up to `limit` drifts of a run with keys after `after` (`""` from the start), in key order.
-    pub async fn drifts_page(
+    pub(crate) async fn drifts_page(
         &self,
         run_id: i64,
         after: &str,

@@ -28,9 +28,9 @@ pub struct Emitted {
     pub inserted: u64,
     pub updated: u64,
     /// Drifts whose entity already has a running item (re-checked next keyframe).
-    pub skipped_running: u64,
+    pub(crate) skipped_running: u64,
     /// Drifts whose content an item already delivered (see [`Store::emit_work`]).
-    pub skipped_delivered: u64,
+    pub(crate) skipped_delivered: u64,
 }
 
 /// One row of `work`.
@@ -214,7 +214,7 @@ impl Store {
 
     /// Closes (as done, with `note`) the pending items of `producer` whose
     /// entity is not in the drift list of `run_id`: a late delta fixed them.
-    pub async fn close_vanished_work(
+    pub(crate) async fn close_vanished_work(
         &self,
         producer: &str,
         run_id: i64,
@@ -301,7 +301,7 @@ impl Store {
     /// worker still holds that claim (`claim.attempts` tells one claim from
     /// the next); returns false when the claim is gone (reclaimed, cancelled,
     /// or claimed again).
-    pub async fn renew_work_lease(
+    pub(crate) async fn renew_work_lease(
         &self,
         claim: &WorkRow,
         worker: &str,
@@ -350,7 +350,7 @@ impl Store {
 
     /// Returns a claim `worker` gives up without an outcome (shutdown) to
     /// `pending`, due at once, so the next worker need not wait for its lease.
-    pub async fn release_work(
+    pub(crate) async fn release_work(
         &self,
         claim: &WorkRow,
         worker: &str,
@@ -429,7 +429,7 @@ impl Store {
 
     /// Done items of `producer` whose correction the mirror does not carry
     /// yet (finished over HTTP, by an application's worker, or by hand), oldest first.
-    pub async fn done_unmirrored(
+    pub(crate) async fn done_unmirrored(
         &self,
         producer: &str,
         limit: i64,
@@ -452,7 +452,7 @@ impl Store {
     /// compare-and-set on the row the keyframe saw, so a delta that landed
     /// since wins and a second run writes nothing) and marks them, and the
     /// items in `nothing_to_write`, mirrored, in one transaction.
-    pub async fn mirror_work(
+    pub(crate) async fn mirror_work(
         &self,
         producer: &str,
         bucket_bits: u8,
@@ -627,7 +627,7 @@ impl Store {
     }
 
     /// Records a keyframe outcome in the producer's health row and returns the new health.
-    pub async fn record_keyframe_health(
+    pub(crate) async fn record_keyframe_health(
         &self,
         producer: &str,
         succeeded: bool,
@@ -681,7 +681,9 @@ impl Store {
     }
 
     /// Health and the time it was entered, per producer.
-    pub async fn producer_health(&self) -> Result<BTreeMap<String, (Health, i64)>, StoreError> {
+    pub(crate) async fn producer_health(
+        &self,
+    ) -> Result<BTreeMap<String, (Health, i64)>, StoreError> {
         let mut out = BTreeMap::new();
         for r in sqlx::query("SELECT name, health, health_since FROM producers")
             .fetch_all(&self.pool)
@@ -698,7 +700,7 @@ impl Store {
     }
 
     /// Entity changes delivered by deltas since the producer's previous keyframe run began.
-    pub async fn delta_changes_since_previous_run(
+    pub(crate) async fn delta_changes_since_previous_run(
         &self,
         producer: &str,
         run_id: i64,

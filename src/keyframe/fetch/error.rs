@@ -114,9 +114,10 @@ pub enum PullError {
     Task { at: PageAt, message: String },
 }
 
+#[cfg(test)]
 impl PullError {
     /// Timeouts, connection errors, 429 and 5xx: worth trying again later.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             Self::Status { status, .. } => transient_status(*status),
             Self::Timeout { .. } => true,

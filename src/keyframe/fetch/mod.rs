@@ -73,8 +73,8 @@ pub struct RemoteRecord {
     pub hash: RecordHash,
     pub version: Option<i64>,
     /// Where the record's raw JSON starts in the spill file.
-    pub doc_offset: u64,
-    pub doc_len: u32,
+    pub(crate) doc_offset: u64,
+    pub(crate) doc_len: u32,
 }
 
 /// A producer's complete state as pulled.
@@ -87,7 +87,7 @@ pub struct Snapshot {
     /// HTTP requests sent, retries included.
     pub requests: u64,
     /// Wall clock (ms since the epoch) when the pull began.
-    pub started_at_ms: i64,
+    pub(crate) started_at_ms: i64,
     spill: File,
 }
 
