@@ -62,10 +62,11 @@ impl App {
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?,
         };
         for p in &config.producers {
-            let hasher = crate::canonical::RecordHasher::new(&p.snapshot.ignore)?;
             crate::keyframe::run::log_relayout(
                 &p.name,
-                store.ensure_layout(&p.name, p.bucket_bits, &hasher).await?,
+                store
+                    .ensure_layout(&p.name, p.bucket_bits, p.hasher())
+                    .await?,
             );
         }
         Ok((listener, client))

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
-use crate::config::{Config, ProducerConfig, WebhookConfig};
+use crate::config::{Config, Producer, WebhookConfig};
 use crate::keyframe::run::{KeyframeError, Keyframer, Summary};
 use crate::metrics::Metrics;
 use crate::state::RunState;
@@ -1070,7 +1070,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
 async fn bootstrap(
     r: &mut Reporter,
     keyframer: &Keyframer,
-    p: &ProducerConfig,
+    p: &Producer,
     client: &reqwest::Client,
 ) -> anyhow::Result<()> {
     r.console.say(
@@ -1128,7 +1128,7 @@ async fn bootstrap(
 async fn keyframe_now(
     r: &mut Reporter,
     keyframer: &Keyframer,
-    p: &ProducerConfig,
+    p: &Producer,
     kind: Kind,
 ) -> anyhow::Result<Summary> {
     let deadline = Instant::now() + KEYFRAME_TIMEOUT;
@@ -1249,7 +1249,7 @@ pub fn compare(local: &[(String, Option<Value>)], records: &BTreeMap<String, Val
 async fn finish(
     r: &mut Reporter,
     keyframer: &Keyframer,
-    p: &ProducerConfig,
+    p: &Producer,
     vendor: &Vendor,
     churn_task: JoinHandle<()>,
     churn_stop: &CancellationToken,

@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use crate::canonical::{key_string, version_value};
-use crate::config::{PaginationStyle, ProducerConfig};
+use crate::config::{PaginationStyle, Producer};
 use crate::redact::{redact_url, request_error};
 
 /// One thing the probe found, good or bad.
@@ -38,11 +38,7 @@ impl std::fmt::Display for Finding {
 }
 
 /// Fetches the first page of producer `index` and checks the pointers against it.
-pub(crate) async fn probe(
-    client: &reqwest::Client,
-    index: usize,
-    p: &ProducerConfig,
-) -> Vec<Finding> {
+pub(crate) async fn probe(client: &reqwest::Client, index: usize, p: &Producer) -> Vec<Finding> {
     let at = format!("producer[{index}].snapshot");
     let s = &p.snapshot;
     let mut out = Vec::new();

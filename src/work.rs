@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::canonical::{RecordHash, RecordHasher};
-use crate::config::{Action, ProducerConfig};
+use crate::canonical::RecordHash;
+use crate::config::{Action, Producer};
 use crate::entity::{Change, EntityWrite, Source, WriteRule};
 use crate::keyframe::compare::DriftKind;
 use crate::metrics::Metrics;
@@ -72,7 +72,7 @@ fn action_name(a: Action) -> &'static str {
 }
 
 /// Emits one work item per drift of run `run_id`; returns the items written.
-pub async fn emit_run(store: &Store, p: &ProducerConfig, run_id: i64) -> Result<u64, StoreError> {
+pub async fn emit_run(store: &Store, p: &Producer, run_id: i64) -> Result<u64, StoreError> {
     let pull_began = store
         .run(run_id)
         .await?
@@ -108,7 +108,7 @@ pub async fn emit_run(store: &Store, p: &ProducerConfig, run_id: i64) -> Result<
 }
 
 /// The work item of one drift: its documented spec and idempotency key.
-fn new_work(p: &ProducerConfig, run_id: i64, d: DriftRow) -> NewWork {
+fn new_work(p: &Producer, run_id: i64, d: DriftRow) -> NewWork {
     let record: Option<Value> = d.doc.as_deref().and_then(|s| serde_json::from_str(s).ok());
     let version = match (&p.snapshot.version, &record) {
         (Some(ptr), Some(doc)) => doc
@@ -144,19 +144,14 @@ const MIRROR_BATCH: i64 = 200;
 /// compare-and-set on the local row the keyframe saw. So every action
 /// closes its drift, and the next keyframe finds none for that entity
 /// unless the producer changed again. Returns the items handled.
-pub(crate) async fn mirror_done(store: &Store, p: &ProducerConfig) -> Result<usize, StoreError> {
+pub(crate) async fn mirror_done(store: &Store, p: &Producer) -> Result<usize, StoreError> {
     let mut handled = 0;
     loop {
         let items = store.done_unmirrored(&p.name, MIRROR_BATCH).await?;
         if items.is_empty() {
             return Ok(handled);
         }
-        let hasher = RecordHasher::new(&p.snapshot.ignore).map_err(|e| {
-            StoreError::Invalid(format!(
-                "producer {:?}: invalid snapshot.ignore pointer: {e}",
-                p.name
-            ))
-        })?;
+        let hasher = p.hasher();
         let mut writes = Vec::with_capacity(items.len());
         let mut nothing = Vec::new();
         for item in &items {
@@ -173,7 +168,7 @@ pub(crate) async fn mirror_done(store: &Store, p: &ProducerConfig) -> Result<usi
             }
         }
         let outcomes = store
-            .mirror_work(&p.name, p.bucket_bits, &hasher, &writes, &nothing)
+            .mirror_work(&p.name, p.bucket_bits, hasher, &writes, &nothing)
             .await?;
         debug!(producer = %p.name, items = items.len(),
             applied = outcomes.iter().filter(|(_, o)| *o == crate::entity::WriteOutcome::Applied).count(),
@@ -242,7 +237,7 @@ pub(crate) fn after_failure(
 /// Carries out one `http` item. Returns a note for the log on success.
 async fn perform(
     item: &WorkRow,
-    p: &ProducerConfig,
+    p: &Producer,
     client: &reqwest::Client,
 ) -> Result<&'static str, Failure> {
     let spec: WorkSpec = serde_json::from_str(&item.spec)
@@ -292,7 +287,7 @@ fn correction(spec: &WorkSpec) -> Result<EntityWrite, Failure> {
 async fn post(
     spec: &WorkSpec,
     item: &WorkRow,
-    p: &ProducerConfig,
+    p: &Producer,
     client: &reqwest::Client,
 ) -> Result<&'static str, Failure> {
     let url = p
@@ -349,13 +344,13 @@ const APPLY_BATCH: u32 = 200;
 const POLL: Duration = Duration::from_millis(500);
 
 /// The lease of one claim, in milliseconds.
-fn lease_ms(p: &ProducerConfig) -> i64 {
+fn lease_ms(p: &Producer) -> i64 {
     i64::try_from(p.work.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// How often a held item's lease is renewed: three times per lease, so one
 /// slow or failed renewal still leaves time for the next.
-fn renew_every(p: &ProducerConfig) -> Duration {
+fn renew_every(p: &Producer) -> Duration {
     Duration::from_millis((lease_ms(p) / 3).max(1) as u64)
 }
 
@@ -381,7 +376,7 @@ impl Calls {
         self.set.len()
     }
 
-    fn start(&mut self, workers: &Workers, p: &ProducerConfig, item: WorkRow) {
+    fn start(&mut self, workers: &Workers, p: &Producer, item: WorkRow) {
         let span =
             tracing::info_span!("work", producer = %p.name, work_id = item.id, key = %item.key);
         let (this, p, claim) = (workers.clone(), p.clone(), item.clone());
@@ -433,7 +428,7 @@ impl Calls {
 
 impl Workers {
     /// Runs one producer's worker loop until `cancel`.
-    pub async fn run_producer(&self, p: ProducerConfig, cancel: CancellationToken) {
+    pub async fn run_producer(&self, p: Producer, cancel: CancellationToken) {
         match p.work.action {
             Action::None => self.run_none(&p, &cancel).await,
             Action::Apply => self.run_apply(&p, &cancel).await,
@@ -443,7 +438,7 @@ impl Workers {
 
     /// `none`: the application's own workers carry items out; driftd writes
     /// the record of every item they finish into the mirror.
-    async fn run_none(&self, p: &ProducerConfig, cancel: &CancellationToken) {
+    async fn run_none(&self, p: &Producer, cancel: &CancellationToken) {
         while !cancel.is_cancelled() {
             if let Err(e) = mirror_done(&self.store, p).await {
                 warn!(producer = %p.name, error = %e, "work loop: database error; retrying");
@@ -457,7 +452,7 @@ impl Workers {
 
     /// `apply`: reclaim expired leases, claim a batch of due items, commit
     /// it, and wait for a wake-up or the poll interval when nothing was due.
-    async fn run_apply(&self, p: &ProducerConfig, cancel: &CancellationToken) {
+    async fn run_apply(&self, p: &Producer, cancel: &CancellationToken) {
         while !cancel.is_cancelled() {
             let claimed = match self.tick(p).await {
                 Ok(n) => n,
@@ -480,7 +475,7 @@ impl Workers {
     /// call ends its slot is refilled at once, so one slow call never holds
     /// back the others. On `cancel`, calls in flight are stopped and their
     /// items returned to the queue.
-    async fn run_http(&self, p: &ProducerConfig, cancel: &CancellationToken) {
+    async fn run_http(&self, p: &Producer, cancel: &CancellationToken) {
         let mut calls = Calls::default();
         let mut next_reclaim = Instant::now();
         while !cancel.is_cancelled() {
@@ -521,7 +516,7 @@ impl Workers {
     }
 
     /// Claims due `http` items into the free slots of `calls` and starts them.
-    async fn refill(&self, p: &ProducerConfig, calls: &mut Calls) -> Result<usize, StoreError> {
+    async fn refill(&self, p: &Producer, calls: &mut Calls) -> Result<usize, StoreError> {
         let room = (p.work.concurrency as usize).saturating_sub(calls.len());
         if room == 0 {
             return Ok(0);
@@ -541,7 +536,7 @@ impl Workers {
     /// expired leases, claim what is due (an `apply` batch, or up to
     /// `concurrency` `http` items), carry it out and wait for every outcome.
     /// Returns how many items were claimed.
-    pub async fn tick(&self, p: &ProducerConfig) -> Result<usize, StoreError> {
+    pub async fn tick(&self, p: &Producer) -> Result<usize, StoreError> {
         self.reclaim().await?;
         mirror_done(&self.store, p).await?;
         if p.work.action == Action::Apply {
@@ -565,7 +560,7 @@ impl Workers {
     /// item's completion commit in one transaction, so an item is done exactly
     /// when its effect is in place. An invalid spec is dead on its own; a
     /// database error returns the batch to the queue with backoff.
-    async fn apply_batch(&self, p: &ProducerConfig, items: Vec<WorkRow>) -> Result<(), StoreError> {
+    async fn apply_batch(&self, p: &Producer, items: Vec<WorkRow>) -> Result<(), StoreError> {
         let started = Instant::now();
         let now = now_ms();
         let mut batch = Vec::with_capacity(items.len());
@@ -578,19 +573,10 @@ impl Workers {
                 Err(f) => self.record_failure(p, item, &f, now).await?,
             }
         }
-        let hasher = match RecordHasher::new(&p.snapshot.ignore) {
-            Ok(h) => h,
-            Err(e) => {
-                let f = Failure::Intransient(format!("invalid ignore pointer: {e}"));
-                for item in &items {
-                    self.record_failure(p, item, &f, now).await?;
-                }
-                return Ok(());
-            }
-        };
+        let hasher = p.hasher();
         match self
             .store
-            .apply_work(&p.name, p.bucket_bits, &hasher, &self.id, &batch)
+            .apply_work(&p.name, p.bucket_bits, hasher, &self.id, &batch)
             .await
         {
             Ok(outcomes) => {
@@ -623,7 +609,7 @@ impl Workers {
 
     async fn record_failure(
         &self,
-        p: &ProducerConfig,
+        p: &Producer,
         item: &WorkRow,
         f: &Failure,
         now: i64,
@@ -664,7 +650,7 @@ impl Workers {
 
     /// Carries out one `http` item, renewing its lease while the call runs,
     /// and records the outcome. Errors are logged here, where they end.
-    async fn carry_out(&self, p: &ProducerConfig, item: WorkRow) {
+    async fn carry_out(&self, p: &Producer, item: WorkRow) {
         let action = action_name(p.work.action);
         let started = Instant::now();
         let result = tokio::select! {
@@ -702,7 +688,7 @@ impl Workers {
     /// Renews the lease of `item` every third of a lease until dropped (the
     /// call it guards has ended). A refused renewal means the claim is gone;
     /// the call still ends and [`Store::complete_work`] decides what counts.
-    async fn keep_leased(&self, p: &ProducerConfig, item: &WorkRow) {
+    async fn keep_leased(&self, p: &Producer, item: &WorkRow) {
         let every = renew_every(p);
         let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -27,7 +27,7 @@ const MAX_HEADER_CHARS: usize = 512;
 
 /// What a delta asks for.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Plan {
+pub(crate) enum Plan {
     /// Entity writes, in the body's order.
     Writes(Vec<EntityWrite>),
     /// Not a usable delta; the reason.

@@ -7,6 +7,7 @@ use axum::response::Response;
 use tracing::warn;
 
 use super::apply::{dedup_key, kept_headers};
+use super::pipeline::{effect, email_plan_of};
 use super::{receipt, IngestError};
 use crate::entity::Source;
 use crate::server::AppState;
@@ -24,19 +25,18 @@ pub(super) async fn receive(
         .get(&producer)
         .ok_or(IngestError::NotFound("inbound-email"))?;
     let secret = p
-        .config
         .email
         .as_ref()
         .and_then(|e| e.secret.as_ref())
         .filter(|s| !s.expose().is_empty())
         .ok_or(IngestError::NotFound("inbound-email"))?;
     if !crate::server::bearer_matches(&headers, secret) {
-        warn!(producer = %p.config.name, "inbound email refused: missing or wrong bearer token");
+        warn!(producer = %p.name, "inbound email refused: missing or wrong bearer token");
         return Err(IngestError::Unauthorized);
     }
-    let (plan, message_id) = p.email_plan(&body, Source::Email);
+    let (plan, message_id) = email_plan_of(p, &body, Source::Email);
     let entry = InboxEntry {
-        producer: p.config.name.clone(),
+        producer: p.name.clone(),
         channel: Channel::Email,
         received_at: now_ms(),
         dedup_key: message_id.as_deref().and_then(dedup_key),
@@ -44,7 +44,7 @@ pub(super) async fn receive(
         body: body.to_vec(),
     };
     let settled = pipeline
-        .submit(entry, p.effect(plan))
+        .submit(entry, effect(p, plan))
         .await
         .map_err(|_| IngestError::Unavailable)?;
     Ok(receipt(settled))

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::apply::{dedup_key, Plan};
-use super::pipeline::Pipeline;
+use super::pipeline::{effect, email_plan_of, Pipeline};
 use crate::entity::Source;
 use crate::store::{now_ms, Channel, InboxEntry, InboxOutcome};
 
@@ -116,8 +116,8 @@ impl Watcher {
             let path = new.join(&name);
             let (body, effect, message_id) = match read_message(&path, self.body_limit).await {
                 Ok(Message::Fits(raw)) => {
-                    let (plan, id) = p.email_plan(&raw, Source::Email);
-                    (raw, p.effect(plan), id)
+                    let (plan, id) = email_plan_of(p, &raw, Source::Email);
+                    (raw, effect(p, plan), id)
                 }
                 Ok(Message::TooLarge(len)) => {
                     let reason = format!(
@@ -125,7 +125,7 @@ impl Watcher {
                         self.body_limit,
                         self.root.join("cur").display()
                     );
-                    (Vec::new(), p.effect(Plan::Rejected(reason)), None)
+                    (Vec::new(), effect(p, Plan::Rejected(reason)), None)
                 }
                 // Taken away between the listing and the read.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

@@ -18,9 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::apply::{email_plan, webhook_plan, Plan};
-use super::email::Rules;
-use crate::canonical::RecordHasher;
-use crate::config::{Config, ProducerConfig};
+use crate::config::{Config, Producer};
 use crate::entity::Source;
 use crate::metrics::Metrics;
 use crate::store::{
@@ -37,76 +35,46 @@ const SWEEP_BATCH: i64 = 100;
 /// Failed attempts (other than transient ones) before a pending row is rejected.
 const SWEEP_ATTEMPTS: u32 = 5;
 
-/// A producer's ingest settings, compiled once.
-#[derive(Debug)]
-pub struct Compiled {
-    pub config: ProducerConfig,
-    hasher: Result<RecordHasher, String>,
-    rules: Option<Result<Rules, String>>,
+/// The effect of a plan: writes with `p`'s hasher and buckets.
+pub(crate) fn effect(p: &Producer, plan: Plan) -> InboxEffect {
+    let settle = |outcome, error| InboxEffect::Settle { outcome, error };
+    match plan {
+        Plan::Writes(writes) => InboxEffect::Write {
+            bucket_bits: p.bucket_bits,
+            hasher: p.hasher().clone(),
+            writes,
+        },
+        Plan::Rejected(r) => settle(InboxOutcome::Rejected, r),
+        Plan::Unmatched(r) => settle(InboxOutcome::Unmatched, r),
+    }
 }
 
-impl Compiled {
-    fn new(p: &ProducerConfig) -> Self {
-        Self {
-            config: p.clone(),
-            hasher: RecordHasher::new(&p.snapshot.ignore)
-                .map_err(|e| format!("invalid snapshot.ignore pointer: {e}")),
-            rules: p
-                .email
-                .as_ref()
-                .map(|e| Rules::new(e).map_err(|e| format!("invalid email rule: {e}"))),
-        }
+/// The plan of a raw email under `p`'s rules, and its `Message-ID`.
+pub(crate) fn email_plan_of(p: &Producer, raw: &[u8], source: Source) -> (Plan, Option<String>) {
+    match p.email_rules() {
+        Some(rules) => email_plan(rules, raw, source),
+        None => (
+            Plan::Rejected(format!("producer {:?} has no email config", p.name)),
+            None,
+        ),
     }
+}
 
-    /// The effect of a plan: writes with this producer's hasher and buckets.
-    pub fn effect(&self, plan: Plan) -> InboxEffect {
-        let settle = |outcome, error| InboxEffect::Settle { outcome, error };
-        match (plan, &self.hasher) {
-            (Plan::Writes(writes), Ok(hasher)) => InboxEffect::Write {
-                bucket_bits: self.config.bucket_bits,
-                hasher: hasher.clone(),
-                writes,
-            },
-            (Plan::Writes(_), Err(e)) => settle(InboxOutcome::Rejected, e.clone()),
-            (Plan::Rejected(r), _) => settle(InboxOutcome::Rejected, r),
-            (Plan::Unmatched(r), _) => settle(InboxOutcome::Unmatched, r),
-        }
-    }
-
-    /// The plan of a raw email under this producer's rules, and its `Message-ID`.
-    pub(crate) fn email_plan(&self, raw: &[u8], source: Source) -> (Plan, Option<String>) {
-        match &self.rules {
-            Some(Ok(rules)) => email_plan(rules, raw, source),
-            Some(Err(e)) => (Plan::Rejected(e.clone()), None),
-            None => (
-                Plan::Rejected(format!(
-                    "producer {:?} has no email config",
-                    self.config.name
-                )),
-                None,
-            ),
-        }
-    }
-
-    /// The plan of a stored delta's body, read again (sweeper, replay).
-    fn plan_of(&self, channel: Channel, body: &[u8], source: Source) -> Plan {
-        match channel {
-            Channel::Webhook => match &self.config.webhook {
-                Some(w) => webhook_plan(w, body, source),
-                None => Plan::Rejected(format!(
-                    "producer {:?} has no webhook config",
-                    self.config.name
-                )),
-            },
-            Channel::Email => self.email_plan(body, source).0,
-        }
+/// The plan of a stored delta's body, read again (sweeper, replay).
+fn plan_of(p: &Producer, channel: Channel, body: &[u8], source: Source) -> Plan {
+    match channel {
+        Channel::Webhook => match &p.webhook {
+            Some(w) => webhook_plan(w, body, source),
+            None => Plan::Rejected(format!("producer {:?} has no webhook config", p.name)),
+        },
+        Channel::Email => email_plan_of(p, body, source).0,
     }
 }
 
 /// Every configured producer, compiled.
 #[derive(Debug)]
 pub struct Producers {
-    by_name: HashMap<String, Compiled>,
+    by_name: HashMap<String, Producer>,
 }
 
 impl Producers {
@@ -115,19 +83,19 @@ impl Producers {
             by_name: config
                 .producers
                 .iter()
-                .map(|p| (p.name.clone(), Compiled::new(p)))
+                .map(|p| (p.name.clone(), p.clone()))
                 .collect(),
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Compiled> {
+    pub fn get(&self, name: &str) -> Option<&Producer> {
         self.by_name.get(name)
     }
 
     /// The effect of a stored row, planned again from its body.
     pub(crate) fn effect_of(&self, row: &InboxRow, source: Source) -> InboxEffect {
         match self.get(&row.producer) {
-            Some(p) => p.effect(p.plan_of(row.channel, &row.body, source)),
+            Some(p) => effect(p, plan_of(p, row.channel, &row.body, source)),
             None => InboxEffect::Settle {
                 outcome: InboxOutcome::Rejected,
                 error: format!("producer {:?} is not configured", row.producer),

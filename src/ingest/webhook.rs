@@ -7,6 +7,7 @@ use axum::response::Response;
 use tracing::warn;
 
 use super::apply::{kept_headers, webhook_dedup_key, webhook_plan};
+use super::pipeline::effect;
 use super::signature;
 use super::{receipt, IngestError};
 use crate::entity::Source;
@@ -25,33 +26,29 @@ pub(super) async fn receive(
         .producers
         .get(&producer)
         .ok_or(IngestError::NotFound("webhook"))?;
-    let w = p
-        .config
-        .webhook
-        .as_ref()
-        .ok_or(IngestError::NotFound("webhook"))?;
+    let w = p.webhook.as_ref().ok_or(IngestError::NotFound("webhook"))?;
     let now = chrono::Utc::now().timestamp();
     if let Err(e) = signature::verify(w, &headers, &body, now) {
         pipeline
             .metrics
             .signature_failures
-            .with_label_values(&[&p.config.name])
+            .with_label_values(&[&p.name])
             .inc();
         // SignatureError never shows a secret or a signature.
-        warn!(producer = %p.config.name, reason = %e, "webhook refused");
+        warn!(producer = %p.name, reason = %e, "webhook refused");
         return Err(IngestError::BadSignature);
     }
     let entry = InboxEntry {
-        producer: p.config.name.clone(),
+        producer: p.name.clone(),
         channel: Channel::Webhook,
         received_at: now_ms(),
         dedup_key: webhook_dedup_key(w, &headers, &body),
         headers: kept_headers(&headers, Some(w)),
         body: body.to_vec(),
     };
-    let effect = p.effect(webhook_plan(w, &body, Source::Webhook));
+    let planned = effect(p, webhook_plan(w, &body, Source::Webhook));
     let settled = pipeline
-        .submit(entry, effect)
+        .submit(entry, planned)
         .await
         .map_err(|_| IngestError::Unavailable)?;
     Ok(receipt(settled))

@@ -17,8 +17,7 @@ use super::approval::{self, Refusal};
 use super::compare::{self, Drift, DriftKind, Remote};
 use super::fetch::{self, Snapshot};
 use super::holder::Holder;
-use crate::canonical::RecordHasher;
-use crate::config::{Config, ProducerConfig};
+use crate::config::{Config, Producer};
 use crate::metrics::Metrics;
 use crate::state::{Health, RunState};
 use crate::store::{now_ms, DriftRow, RunCounts, Store, StoreError};
@@ -138,7 +137,7 @@ impl Keyframer {
     }
 
     /// Runs one keyframe of `p` now. `dry_run` pulls and compares but records and emits nothing.
-    pub async fn run(&self, p: &ProducerConfig, dry_run: bool) -> Result<Summary, KeyframeError> {
+    pub async fn run(&self, p: &Producer, dry_run: bool) -> Result<Summary, KeyframeError> {
         self.run_for(p, dry_run, None).await
     }
 
@@ -147,7 +146,7 @@ impl Keyframer {
     /// ([`KeyframeError::Busy`]).
     pub(crate) async fn run_scheduled(
         &self,
-        p: &ProducerConfig,
+        p: &Producer,
         tick: i64,
     ) -> Result<Summary, KeyframeError> {
         self.run_for(p, false, Some(tick)).await
@@ -155,7 +154,7 @@ impl Keyframer {
 
     async fn run_for(
         &self,
-        p: &ProducerConfig,
+        p: &Producer,
         dry_run: bool,
         tick: Option<i64>,
     ) -> Result<Summary, KeyframeError> {
@@ -195,7 +194,7 @@ impl Keyframer {
     /// Takes the keyframe lease of `p`: free or expired, or held by a process
     /// on this machine that stopped without releasing it. Then closes the runs
     /// such a process left `running`.
-    async fn take_lease(&self, p: &ProducerConfig) -> Result<Lease, KeyframeError> {
+    async fn take_lease(&self, p: &Producer) -> Result<Lease, KeyframeError> {
         let lease = Lease {
             name: format!("keyframe:{}", p.name),
             holder: self.holder.renewed().to_string(),
@@ -270,7 +269,7 @@ impl Keyframer {
 
     async fn approve_leased(
         &self,
-        p: &ProducerConfig,
+        p: &Producer,
         run_id: i64,
         retention_days: u32,
     ) -> Result<Approved, KeyframeError> {
@@ -338,20 +337,17 @@ impl Keyframer {
 
     async fn run_leased(
         &self,
-        p: &ProducerConfig,
+        p: &Producer,
         dry_run: bool,
         tick: Option<i64>,
         clock: Instant,
         stop: &CancellationToken,
     ) -> Result<Summary, KeyframeError> {
-        let hasher = RecordHasher::new(&p.snapshot.ignore).map_err(|e| KeyframeError::Config {
-            producer: p.name.clone(),
-            reason: e.to_string(),
-        })?;
+        let hasher = p.hasher();
         log_relayout(
             &p.name,
             self.store
-                .ensure_layout(&p.name, p.bucket_bits, &hasher)
+                .ensure_layout(&p.name, p.bucket_bits, hasher)
                 .await?,
         );
         if !dry_run {
@@ -388,7 +384,7 @@ impl Keyframer {
         // The pull and the compare only read: they stop at once when asked.
         // Storing the drift list and emitting work run to their end.
         let pulled = tokio::select! {
-            r = fetch::pull(&self.client, &p.snapshot, &hasher, p.bucket_bits) => Some(r),
+            r = fetch::pull(&self.client, &p.snapshot, hasher, p.bucket_bits) => Some(r),
             _ = stop.cancelled() => None,
         };
         let snapshot = match pulled {
@@ -449,7 +445,7 @@ impl Keyframer {
     /// health is left alone: the producer did nothing wrong.
     async fn interrupted(
         &self,
-        p: &ProducerConfig,
+        p: &Producer,
         mut summary: Summary,
         clock: Instant,
     ) -> Result<Summary, KeyframeError> {
@@ -474,7 +470,7 @@ impl Keyframer {
     /// Compares the snapshot with the store; returns the counts, the drift list and the live local rows.
     async fn compare(
         &self,
-        p: &ProducerConfig,
+        p: &Producer,
         snapshot: &Snapshot,
     ) -> Result<(RunCounts, Vec<Drift>, u64), KeyframeError> {
         let remote_digests = compare::remote_digests(snapshot.records.iter().map(|r| Remote {
@@ -544,7 +540,7 @@ impl Keyframer {
     /// Records the run, emits work for an `ok` run, updates health and metrics.
     async fn finish(
         &self,
-        p: &ProducerConfig,
+        p: &Producer,
         mut summary: Summary,
         clock: Instant,
         drifts: Option<(&Snapshot, &[Drift])>,
@@ -671,11 +667,7 @@ pub(crate) fn log_relayout(producer: &str, r: crate::store::Relayout) {
 }
 
 /// A drift as stored, with the producer's document read back from the spill file.
-fn drift_row(
-    p: &ProducerConfig,
-    snapshot: &Snapshot,
-    d: &Drift,
-) -> Result<DriftRow, KeyframeError> {
+fn drift_row(p: &Producer, snapshot: &Snapshot, d: &Drift) -> Result<DriftRow, KeyframeError> {
     let doc = match d.remote_index {
         Some(i) => Some(
             snapshot

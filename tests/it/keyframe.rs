@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use driftd::canonical::RecordHasher;
-use driftd::config::{Config, ProducerConfig};
+use driftd::config::{Config, Producer};
 use driftd::entity::{Change, EntityWrite, Source, WriteRule};
 use driftd::keyframe::run::{Keyframer, Summary};
 use driftd::metrics::Metrics;
@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::support::TestDb;
 use crate::support::{record, Fault, Vendor};
 
-pub fn producer(snapshot_toml: &str, extra: &str) -> ProducerConfig {
+pub fn producer(snapshot_toml: &str, extra: &str) -> Producer {
     let text = format!(
         "[[producer]]\nname = \"orders\"\nschedule = \"0 0 0 1 1 *\"\n{extra}\n[producer.snapshot]\n{snapshot_toml}\nretries = 1\nretry_backoff_ms = 1\ntimeout_secs = 5\n"
     );
@@ -31,8 +31,8 @@ pub fn keyframer(store: &Store) -> Keyframer {
 }
 
 /// Makes the local rows equal `records`, as if every delta had arrived.
-pub async fn seed(store: &Store, p: &ProducerConfig, records: &BTreeMap<String, Value>) {
-    let hasher = RecordHasher::new(&p.snapshot.ignore).unwrap();
+pub async fn seed(store: &Store, p: &Producer, records: &BTreeMap<String, Value>) {
+    let hasher = p.hasher();
     let writes: Vec<EntityWrite> = records
         .iter()
         .map(|(k, d)| EntityWrite {
@@ -45,7 +45,7 @@ pub async fn seed(store: &Store, p: &ProducerConfig, records: &BTreeMap<String, 
         .collect();
     for chunk in writes.chunks(500) {
         store
-            .write_entities(&p.name, p.bucket_bits, &hasher, chunk)
+            .write_entities(&p.name, p.bucket_bits, hasher, chunk)
             .await
             .unwrap();
     }
@@ -62,7 +62,7 @@ pub fn workers(store: &Store) -> Workers {
 }
 
 /// Runs the in-process workers until no item of `p` is pending or running (bounded by a deadline).
-pub async fn drain_work(store: &Store, p: &ProducerConfig) {
+pub async fn drain_work(store: &Store, p: &Producer) {
     let w = workers(store);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -76,7 +76,7 @@ pub async fn drain_work(store: &Store, p: &ProducerConfig) {
     }
 }
 
-async fn keyframe(store: &Store, p: &ProducerConfig) -> Summary {
+async fn keyframe(store: &Store, p: &Producer) -> Summary {
     keyframer(store).run(p, false).await.expect("keyframe runs")
 }
 
@@ -741,7 +741,7 @@ async fn lease_count(store: &Store) -> i64 {
 }
 
 /// A vendor of 2,000 records serving each of its 8 pages in 0.5 s, seeded locally.
-async fn slow_vendor(store: &Store) -> (Vendor, String, ProducerConfig) {
+async fn slow_vendor(store: &Store) -> (Vendor, String, Producer) {
     let (vendor, addr) = Vendor::start(2_000).await;
     let snapshot = crate::support::snapshot_toml("cursor", addr);
     let p = producer(&snapshot, "");

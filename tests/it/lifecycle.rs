@@ -180,10 +180,17 @@ async fn an_admin_keyframe_outlives_its_client(db: &TestDb) {
     let gave_up = impatient.post(&url).bearer_auth("adm1n").send().await;
     assert!(gave_up.is_err(), "the client hangs up before the answer");
 
-    wait_for("the abandoned keyframe run to finish", 20, || async {
-        let runs = daemon.store.runs("orders", 5).await.unwrap();
-        runs.len() == 1 && runs[0].finished_at.is_some()
-    })
+    // A run is recorded finished before it emits its work; its lease is
+    // released after that.
+    wait_for(
+        "the abandoned keyframe run to finish and free its lease",
+        20,
+        || async {
+            let runs = daemon.store.runs("orders", 5).await.unwrap();
+            let holder = daemon.store.lease_holder("keyframe:orders").await.unwrap();
+            runs.len() == 1 && runs[0].finished_at.is_some() && holder.is_none()
+        },
+    )
     .await;
     let runs = daemon.store.runs("orders", 5).await.unwrap();
     assert_eq!(runs[0].state.as_str(), "ok", "{:?}", runs[0]);

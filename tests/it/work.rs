@@ -86,7 +86,7 @@ async fn start_app(script: Vec<u16>) -> (App, String) {
 /// Runs workers until item `id` reaches a final state (bounded by a deadline).
 async fn until_final(
     db_store: &driftd::store::Store,
-    p: &driftd::config::ProducerConfig,
+    p: &driftd::config::Producer,
     id: i64,
 ) -> WorkRow {
     let w = workers(db_store);
@@ -532,7 +532,7 @@ async fn start_slow_app(delay: fn(&str) -> Duration) -> (SlowApp, String) {
 /// Runs a worker loop as `App::run` does, until the returned token is cancelled.
 fn run_workers(
     store: &driftd::store::Store,
-    p: &driftd::config::ProducerConfig,
+    p: &driftd::config::Producer,
     id: &str,
 ) -> (
     tokio_util::sync::CancellationToken,
@@ -564,7 +564,7 @@ async fn a_call_longer_than_the_lease_is_delivered_once(db: &TestDb) {
     let store = db.store().await;
     let (app, url) = start_slow_app(|_| Duration::from_millis(3_500)).await;
     let (vendor, addr) = Vendor::start(20).await;
-    let mut p = producer(
+    let p = producer(
         &crate::support::snapshot_toml("none", addr),
         &format!(
             "[producer.work]\naction = \"http\"\nurl = \"{url}\"\nlease_secs = 2\ntimeout_secs = 1"
@@ -572,7 +572,7 @@ async fn a_call_longer_than_the_lease_is_delivered_once(db: &TestDb) {
     );
     // Longer than the lease, as the lease could be outlasted by a slow
     // database too; `driftd check` refuses this in a config file.
-    p.work.timeout_secs = 10;
+    let p = p.with_unchecked(|c| c.work.timeout_secs = 10);
     seed(&store, &p, &vendor.snapshot()).await;
     change(&vendor, &keys(5..6), "paid");
     keyframer(&store).run(&p, false).await.unwrap();

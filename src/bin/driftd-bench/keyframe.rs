@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use driftd::canonical::RecordHasher;
-use driftd::config::{Config, ProducerConfig};
+use driftd::config::{Config, Producer};
 use driftd::entity::{Change, EntityWrite, Source, WriteRule};
 use driftd::keyframe::fetch;
 use driftd::keyframe::run::Keyframer;
@@ -68,7 +68,7 @@ pub(super) struct KeyframeReport {
 }
 
 /// The producer that pulls the vendor at `addr`.
-fn kf_producer(addr: SocketAddr) -> Result<ProducerConfig> {
+fn kf_producer(addr: SocketAddr) -> Result<Producer> {
     let text = format!(
         r#"
 [[producer]]
@@ -257,7 +257,7 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
     let addr = start_vendor(g, stop.clone()).await?;
     let p = kf_producer(addr)?;
     let client = reqwest::Client::new();
-    let hasher = RecordHasher::new(&p.snapshot.ignore).map_err(|e| anyhow!("{e}"))?;
+    let hasher = p.hasher();
     let store = match a.mode {
         ProbeMode::Fetch => None,
         _ => Some(Store::open(&a.url, PG_POOL).await?),
@@ -272,7 +272,7 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
     let clock = Instant::now();
     let (records, rows_read, drifted) = match (a.mode, &store) {
         (ProbeMode::Fetch, _) => {
-            let snap = fetch::pull(&client, &p.snapshot, &hasher, p.bucket_bits).await?;
+            let snap = fetch::pull(&client, &p.snapshot, hasher, p.bucket_bits).await?;
             (snap.records.len() as u64, 0, 0)
         }
         (ProbeMode::Keyframe, Some(store)) => {
@@ -283,7 +283,7 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
             }
             (s.records, s.rows_read, s.drift())
         }
-        (ProbeMode::Naive, Some(store)) => naive(store, &client, &p, &hasher).await?,
+        (ProbeMode::Naive, Some(store)) => naive(store, &client, &p, hasher).await?,
         _ => unreachable!("a store is opened for every mode but fetch"),
     };
     let wall_ms = clock.elapsed().as_secs_f64() * 1000.0;
@@ -304,7 +304,7 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
 async fn naive(
     store: &Store,
     client: &reqwest::Client,
-    p: &ProducerConfig,
+    p: &Producer,
     hasher: &RecordHasher,
 ) -> Result<(u64, u64, u64)> {
     let snap = fetch::pull(client, &p.snapshot, hasher, p.bucket_bits).await?;

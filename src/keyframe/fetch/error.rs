@@ -114,19 +114,6 @@ pub enum PullError {
     Task { at: PageAt, message: String },
 }
 
-#[cfg(test)]
-impl PullError {
-    /// Timeouts, connection errors, 429 and 5xx: worth trying again later.
-    pub(crate) fn is_transient(&self) -> bool {
-        match self {
-            Self::Status { status, .. } => transient_status(*status),
-            Self::Timeout { .. } => true,
-            Self::Request { transient, .. } => *transient,
-            _ => false,
-        }
-    }
-}
-
 fn attempts_text(n: &u32) -> String {
     if *n == 1 {
         "1 attempt".into()

@@ -1,0 +1,452 @@
+//! The config file's types: what each TOML table and key means, with its default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A string that must never be printed: `Debug` and `Display` show `***`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The file as written, before validation compiles its producers.
+#[derive(Debug, Clone, Deserialize)]
+pub(super) struct ConfigFile {
+    #[serde(default)]
+    pub(super) server: ServerConfig,
+    #[serde(default)]
+    pub(super) database: DatabaseConfig,
+    #[serde(default, rename = "producer")]
+    pub(super) producers: Vec<ProducerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerConfig {
+    /// Address the HTTP server binds (webhooks, inbound email, metrics, health).
+    #[serde(default = "defaults::listen")]
+    pub listen: String,
+    /// Bearer token for the admin endpoints; admin endpoints are off without one.
+    pub admin_token: Option<Secret>,
+    /// Bearer token for the application's `/v1` API (change feed, entities);
+    /// the API is off without one.
+    pub read_token: Option<Secret>,
+    #[serde(default = "defaults::body_limit_bytes")]
+    pub body_limit_bytes: usize,
+    #[serde(default = "defaults::request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// A request's headers must arrive within this many seconds from when the
+    /// server starts waiting for them (on connect, and between requests on a
+    /// kept-alive connection), or the connection is closed.
+    #[serde(default = "defaults::header_read_timeout_secs")]
+    pub header_read_timeout_secs: u64,
+    /// A connection on which no byte moves either way for this many seconds
+    /// (a stalled body, a client that stops reading its answer) is closed.
+    #[serde(default = "defaults::idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// Most connections open at once; beyond it new ones wait to be accepted.
+    #[serde(default = "defaults::server_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::listen(),
+            admin_token: None,
+            read_token: None,
+            body_limit_bytes: defaults::body_limit_bytes(),
+            request_timeout_secs: defaults::request_timeout_secs(),
+            header_read_timeout_secs: defaults::header_read_timeout_secs(),
+            idle_timeout_secs: defaults::idle_timeout_secs(),
+            max_connections: defaults::server_max_connections(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (created if missing) or `postgres://USER@HOST/DB`.
+    #[serde(default = "defaults::database_url")]
+    pub url: Secret,
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u32,
+    /// Days to keep settled inbox rows, finished work, and keyframe runs with
+    /// their drift lists (a guarded run older than this has expired and can no
+    /// longer be approved); 0 keeps everything. The `changes` log is never pruned.
+    #[serde(default = "defaults::retention_days")]
+    pub retention_days: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: defaults::database_url(),
+            max_connections: defaults::max_connections(),
+            retention_days: defaults::retention_days(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProducerConfig {
+    /// Lowercase letters, digits, `-` and `_`; used in URLs and metric labels.
+    pub name: String,
+    /// Keyframe schedule: cron with seconds (`sec min hour dom month dow`).
+    pub schedule: String,
+    /// IANA time zone the schedule is read in; UTC when absent.
+    pub timezone: Option<String>,
+    #[serde(default = "defaults::bucket_bits")]
+    pub bucket_bits: u8,
+    /// Deletions and overwrites (`extra` + `changed`) above this share of the
+    /// local rows trip the guard; additions (`missing`) never do.
+    #[serde(default = "defaults::max_drift_ratio")]
+    pub max_drift_ratio: f64,
+    /// Deletions and overwrites above this many rows trip the guard; no row limit when absent.
+    pub max_drift_rows: Option<u64>,
+    /// Failed keyframes in a row before the producer is `unavailable`.
+    #[serde(default = "defaults::unhealthy_after")]
+    pub unhealthy_after: u32,
+    pub snapshot: SnapshotConfig,
+    pub webhook: Option<WebhookConfig>,
+    pub email: Option<EmailConfig>,
+    #[serde(default)]
+    pub work: WorkConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SnapshotConfig {
+    /// First page of the producer's full state.
+    pub url: String,
+    /// JSON pointer to the array of records in a page; empty for a bare array.
+    #[serde(default)]
+    pub items: String,
+    /// JSON pointer to a record's key (string or integer).
+    #[serde(default = "defaults::key")]
+    pub key: String,
+    /// JSON pointer to a monotonically increasing version (integer or RFC 3339).
+    pub version: Option<String>,
+    /// JSON pointers left out of the hash (`*` matches any member or index).
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    /// Request headers; values may hold `${VAR}` secrets and are never logged.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    #[serde(default = "defaults::snapshot_timeout_secs")]
+    pub timeout_secs: u64,
+    #[serde(default = "defaults::max_pages")]
+    pub max_pages: u64,
+    /// Requests per second; unlimited when absent.
+    pub rate_limit: Option<f64>,
+    /// Retries of a page after a transient error (timeout, connection, 429, 5xx).
+    #[serde(default = "defaults::retries")]
+    pub retries: u32,
+    #[serde(default = "defaults::retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    #[serde(default)]
+    pub pagination: PaginationConfig,
+}
+
+impl SnapshotConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaginationStyle {
+    #[default]
+    None,
+    Cursor,
+    NextUrl,
+    LinkHeader,
+    Page,
+    Offset,
+    AfterKey,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PaginationConfig {
+    #[serde(default)]
+    pub style: PaginationStyle,
+    /// `cursor`: pointer to the next-page token in the body.
+    pub cursor: Option<String>,
+    /// `next_url`: pointer to the next page's URL in the body.
+    pub next: Option<String>,
+    /// Query parameter carrying the cursor, page number, offset or last key.
+    pub param: Option<String>,
+    /// Query parameter carrying the page size, sent with `limit`.
+    pub limit_param: Option<String>,
+    /// Page size to ask for (required by `offset`).
+    pub limit: Option<u64>,
+    /// `page`: pointer to the total number of pages; otherwise an empty page ends.
+    pub total_pages: Option<String>,
+    /// `page`: number of the first page.
+    pub start: Option<u64>,
+    /// `after_key`: pointer to the boolean saying more pages follow.
+    pub has_more: Option<String>,
+}
+
+impl PaginationConfig {
+    /// The query parameter name, defaulted per style.
+    pub fn param(&self) -> &str {
+        if let Some(p) = &self.param {
+            return p;
+        }
+        match self.style {
+            PaginationStyle::Cursor => "cursor",
+            PaginationStyle::Page => "page",
+            PaginationStyle::Offset => "offset",
+            PaginationStyle::AfterKey => "starting_after",
+            _ => "",
+        }
+    }
+
+    pub fn limit_param(&self) -> &str {
+        self.limit_param.as_deref().unwrap_or("limit")
+    }
+
+    pub fn has_more(&self) -> &str {
+        self.has_more.as_deref().unwrap_or("/has_more")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignatureScheme {
+    HmacSha256,
+    Github,
+    Stripe,
+    StandardWebhooks,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureEncoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeltaMode {
+    #[default]
+    Replace,
+    MergePatch,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookConfig {
+    pub scheme: SignatureScheme,
+    pub secret: Option<Secret>,
+    /// The old secret, still accepted while a rotation is under way.
+    pub previous_secret: Option<Secret>,
+    /// `hmac-sha256`: header carrying the signature.
+    pub header: Option<String>,
+    #[serde(default)]
+    pub encoding: SignatureEncoding,
+    /// `hmac-sha256`: prefix before the signature, such as `sha256=`.
+    pub prefix: Option<String>,
+    /// Largest accepted age of a signed timestamp.
+    #[serde(default = "defaults::tolerance_secs")]
+    pub tolerance_secs: u64,
+    /// Pointer to an array of records in the body; empty for one record per body.
+    #[serde(default)]
+    pub items: String,
+    #[serde(default = "defaults::key")]
+    pub key: String,
+    pub version: Option<String>,
+    #[serde(default)]
+    pub mode: DeltaMode,
+    /// Pointer to a boolean that marks the record deleted.
+    pub deleted: Option<String>,
+    /// Pointer to the event type in the body (see `delete_events`).
+    pub event: Option<String>,
+    /// Event types that turn the delta into a deletion.
+    #[serde(default)]
+    pub delete_events: Vec<String>,
+    /// Header whose value identifies a delivery (redeliveries are duplicates).
+    pub dedup_header: Option<String>,
+    /// Pointer to a delivery id in the body, when the header is absent.
+    pub dedup_pointer: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmailConfig {
+    /// Maildir whose `new/` is watched; messages move to `cur/` once committed.
+    pub maildir: Option<String>,
+    /// Shared secret the inbound-email endpoint requires (bearer token).
+    pub secret: Option<Secret>,
+    #[serde(default)]
+    pub rule: Vec<EmailRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmailRule {
+    pub name: String,
+    /// Allowed senders (addresses or `@domain`); any sender when empty.
+    #[serde(default)]
+    pub from: Vec<String>,
+    /// Regex over the subject, with named groups.
+    pub subject: Option<String>,
+    /// Regex over the text body, with named groups.
+    pub body: Option<String>,
+    /// Named group holding the entity key.
+    pub key: String,
+    /// Named group holding the version, if any.
+    pub version: Option<String>,
+    /// Merge patch to build: JSON pointer in the entity → named group.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    #[default]
+    Apply,
+    Http,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkConfig {
+    #[serde(default)]
+    pub action: Action,
+    /// `http`: where the spec is POSTed.
+    pub url: Option<String>,
+    /// `http`: key for our own HMAC-SHA256 signature (`X-Driftd-Signature`).
+    pub secret: Option<Secret>,
+    #[serde(default = "defaults::work_timeout_secs")]
+    pub timeout_secs: u64,
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "defaults::concurrency")]
+    pub concurrency: u32,
+    #[serde(default = "defaults::lease_secs")]
+    pub lease_secs: u64,
+    #[serde(default = "defaults::backoff_base_ms")]
+    pub backoff_base_ms: u64,
+    #[serde(default = "defaults::backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+impl Default for WorkConfig {
+    fn default() -> Self {
+        Self {
+            action: Action::default(),
+            url: None,
+            secret: None,
+            timeout_secs: defaults::work_timeout_secs(),
+            max_attempts: defaults::max_attempts(),
+            concurrency: defaults::concurrency(),
+            lease_secs: defaults::lease_secs(),
+            backoff_base_ms: defaults::backoff_base_ms(),
+            backoff_max_ms: defaults::backoff_max_ms(),
+        }
+    }
+}
+
+/// Every default in one place; `config/example.toml` documents the same values.
+pub mod defaults {
+    use super::Secret;
+
+    pub fn listen() -> String {
+        "127.0.0.1:7070".into()
+    }
+    pub fn body_limit_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn request_timeout_secs() -> u64 {
+        30
+    }
+    pub fn header_read_timeout_secs() -> u64 {
+        10
+    }
+    pub fn idle_timeout_secs() -> u64 {
+        60
+    }
+    pub fn server_max_connections() -> usize {
+        512
+    }
+    pub fn database_url() -> Secret {
+        Secret::new("sqlite://driftd.db")
+    }
+    pub fn max_connections() -> u32 {
+        10
+    }
+    pub fn retention_days() -> u32 {
+        30
+    }
+    pub fn bucket_bits() -> u8 {
+        16
+    }
+    pub fn max_drift_ratio() -> f64 {
+        0.5
+    }
+    pub fn unhealthy_after() -> u32 {
+        3
+    }
+    pub fn key() -> String {
+        "/id".into()
+    }
+    pub fn snapshot_timeout_secs() -> u64 {
+        30
+    }
+    pub fn max_pages() -> u64 {
+        100_000
+    }
+    pub fn retries() -> u32 {
+        3
+    }
+    pub fn retry_backoff_ms() -> u64 {
+        500
+    }
+    pub fn tolerance_secs() -> u64 {
+        300
+    }
+    pub fn work_timeout_secs() -> u64 {
+        10
+    }
+    pub fn max_attempts() -> u32 {
+        5
+    }
+    pub fn concurrency() -> u32 {
+        4
+    }
+    pub fn lease_secs() -> u64 {
+        60
+    }
+    pub fn backoff_base_ms() -> u64 {
+        1000
+    }
+    pub fn backoff_max_ms() -> u64 {
+        300_000
+    }
+}
