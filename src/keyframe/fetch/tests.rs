@@ -633,6 +633,10 @@ async fn connection_errors_are_transient() {
         "{msg}"
     );
     assert!(
+        msg.to_lowercase().contains("connection refused"),
+        "the cause is named: {msg}"
+    );
+    assert!(
         !msg.contains("qqq") && !format!("{err:?}").contains("qqq"),
         "{msg}"
     );
