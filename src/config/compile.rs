@@ -37,7 +37,7 @@ impl Producer {
     }
 
     /// When keyframes run.
-    pub fn schedule(&self) -> &Schedule {
+    pub(crate) fn schedule(&self) -> &Schedule {
         &self.0.schedule
     }
 

@@ -213,7 +213,7 @@ fn substitute_env(
 }
 
 /// Expands `${NAME}` references; returns the names that are unset.
-pub fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Vec<String>> {
+pub(super) fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Vec<String>> {
     let mut out = String::with_capacity(s.len());
     let mut missing = Vec::new();
     let mut rest = s;

@@ -24,8 +24,8 @@ mod types;
 mod validate;
 
 pub use compile::Producer;
-pub use load::{expand, ConfigError, Problem};
-pub use schedule::{parse_cron, Schedule};
+pub use load::{ConfigError, Problem};
+pub(crate) use schedule::{parse_cron, Schedule};
 pub use types::*;
 
 /// A validated config: the server and database settings, and the producers compiled.

@@ -9,7 +9,7 @@ use chrono_tz::Tz;
 
 /// A cron expression with seconds, read in an IANA time zone.
 #[derive(Debug, Clone)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     cron: croner::Cron,
     tz: Tz,
 }
@@ -23,7 +23,7 @@ impl Schedule {
     /// when the expression has no later time. Whole seconds give every
     /// replica the same instant (croner keeps the sub-second part of its
     /// start, which would give each replica its own phase).
-    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let second = TimeDelta::seconds(1);
         let after = after.duration_trunc(second).ok()?;
         let local = self.tz.from_utc_datetime(&after.naive_utc());
@@ -36,7 +36,7 @@ impl Schedule {
 }
 
 /// Parses a cron expression with seconds, as the scheduler reads it.
-pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+pub(crate) fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
     croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
         .build()

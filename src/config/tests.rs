@@ -1,5 +1,6 @@
 //! Tests of loading and validating config files.
 
+use super::load::expand;
 use super::*;
 
 fn env(name: &str) -> Option<String> {

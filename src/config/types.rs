@@ -374,79 +374,79 @@ impl Default for WorkConfig {
 }
 
 /// Every default in one place; `config/example.toml` documents the same values.
-pub mod defaults {
+pub(crate) mod defaults {
     use super::Secret;
 
-    pub fn listen() -> String {
+    pub(crate) fn listen() -> String {
         "127.0.0.1:7070".into()
     }
-    pub fn body_limit_bytes() -> usize {
+    pub(crate) fn body_limit_bytes() -> usize {
         1024 * 1024
     }
-    pub fn request_timeout_secs() -> u64 {
+    pub(crate) fn request_timeout_secs() -> u64 {
         30
     }
-    pub fn header_read_timeout_secs() -> u64 {
+    pub(crate) fn header_read_timeout_secs() -> u64 {
         10
     }
-    pub fn idle_timeout_secs() -> u64 {
+    pub(crate) fn idle_timeout_secs() -> u64 {
         60
     }
-    pub fn server_max_connections() -> usize {
+    pub(crate) fn server_max_connections() -> usize {
         512
     }
-    pub fn database_url() -> Secret {
+    pub(crate) fn database_url() -> Secret {
         Secret::new("sqlite://driftd.db")
     }
-    pub fn max_connections() -> u32 {
+    pub(crate) fn max_connections() -> u32 {
         10
     }
-    pub fn retention_days() -> u32 {
+    pub(crate) fn retention_days() -> u32 {
         30
     }
-    pub fn bucket_bits() -> u8 {
+    pub(crate) fn bucket_bits() -> u8 {
         16
     }
-    pub fn max_drift_ratio() -> f64 {
+    pub(crate) fn max_drift_ratio() -> f64 {
         0.5
     }
-    pub fn unhealthy_after() -> u32 {
+    pub(crate) fn unhealthy_after() -> u32 {
         3
     }
-    pub fn key() -> String {
+    pub(crate) fn key() -> String {
         "/id".into()
     }
-    pub fn snapshot_timeout_secs() -> u64 {
+    pub(crate) fn snapshot_timeout_secs() -> u64 {
         30
     }
-    pub fn max_pages() -> u64 {
+    pub(crate) fn max_pages() -> u64 {
         100_000
     }
-    pub fn retries() -> u32 {
+    pub(crate) fn retries() -> u32 {
         3
     }
-    pub fn retry_backoff_ms() -> u64 {
+    pub(crate) fn retry_backoff_ms() -> u64 {
         500
     }
-    pub fn tolerance_secs() -> u64 {
+    pub(crate) fn tolerance_secs() -> u64 {
         300
     }
-    pub fn work_timeout_secs() -> u64 {
+    pub(crate) fn work_timeout_secs() -> u64 {
         10
     }
-    pub fn max_attempts() -> u32 {
+    pub(crate) fn max_attempts() -> u32 {
         5
     }
-    pub fn concurrency() -> u32 {
+    pub(crate) fn concurrency() -> u32 {
         4
     }
-    pub fn lease_secs() -> u64 {
+    pub(crate) fn lease_secs() -> u64 {
         60
     }
-    pub fn backoff_base_ms() -> u64 {
+    pub(crate) fn backoff_base_ms() -> u64 {
         1000
     }
-    pub fn backoff_max_ms() -> u64 {
+    pub(crate) fn backoff_max_ms() -> u64 {
         300_000
     }
 }
