@@ -330,7 +330,7 @@ pub(crate) async fn refresh_once(
         metrics
             .work_items
             .with_label_values(&[state.as_str()])
-            .set(counts.get(state.as_str()).copied().unwrap_or(0));
+            .set(counts.get(&state).copied().unwrap_or(0));
     }
     Ok(())
 }

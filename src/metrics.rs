@@ -9,6 +9,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::state::WorkState;
+
 /// All metric families; cheap to clone (each family is an `Arc` inside).
 #[derive(Clone)]
 pub struct Metrics {
@@ -197,8 +199,8 @@ impl Metrics {
         self.keyframe_records.with_label_values(&[producer]);
         self.keyframe_guarded.with_label_values(&[producer]);
         self.delta_loss_ratio.with_label_values(&[producer]);
-        for state in ["pending", "running", "dead"] {
-            self.work_items.with_label_values(&[state]);
+        for state in [WorkState::Pending, WorkState::Running, WorkState::Dead] {
+            self.work_items.with_label_values(&[state.as_str()]);
         }
     }
 

@@ -22,7 +22,7 @@ macro_rules! state_machine {
         transitions { $($from:ident => [$($to:ident),*]),+ $(,)? }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
 

@@ -141,7 +141,7 @@ mod tests {
             op: "put".into(),
             version: Some(3),
             hash: Some("00112233445566778899".into()),
-            source: "webhook".into(),
+            source: crate::entity::Source::Webhook,
             at: 0,
             doc: None,
             superseded: false,

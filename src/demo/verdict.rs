@@ -14,7 +14,7 @@ use super::vendor::Vendor;
 use super::{DemoArgs, Outcome, FINAL_ROUNDS, FLUSH_TIMEOUT, PRODUCER};
 use crate::config::Producer;
 use crate::keyframe::run::Keyframer;
-use crate::state::RunState;
+use crate::state::{RunState, WorkState};
 
 /// Record-for-record comparison of local rows with the vendor's orders.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -175,8 +175,9 @@ pub(super) async fn finish(
     }
     out.push(format!(
         "  corrected   {done} apply work items done; {} open, {} dead",
-        work.get("pending").copied().unwrap_or(0) + work.get("running").copied().unwrap_or(0),
-        work.get("dead").copied().unwrap_or(0)
+        work.get(&WorkState::Pending).copied().unwrap_or(0)
+            + work.get(&WorkState::Running).copied().unwrap_or(0),
+        work.get(&WorkState::Dead).copied().unwrap_or(0)
     ));
     match final_drift {
         Some((d, id)) => out.push(format!("  final drift {d} (keyframe run {id})")),

@@ -32,7 +32,8 @@ pub enum Change {
 }
 
 /// Where a write came from; stored on the entity and in `changes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Source {
     Webhook,
     Email,
@@ -49,6 +50,18 @@ impl Source {
             Self::Keyframe => "keyframe",
             Self::Replay => "replay",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Webhook, Self::Email, Self::Keyframe, Self::Replay]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -17,7 +17,8 @@ use sqlx::{Any, Row, Transaction};
 use super::{db, now_ms, placeholders, Store, StoreError};
 use crate::canonical::{bucket_of, Digest, RecordHash, RecordHasher};
 use crate::entity::{
-    plan_batch, ChainHead, ChangeLink, EntityWrite, LocalRow, RowWrite, StoredRow, WriteOutcome,
+    plan_batch, ChainHead, ChangeLink, EntityWrite, LocalRow, RowWrite, Source, StoredRow,
+    WriteOutcome,
 };
 
 /// A stored entity. A deleted entity is kept as a tombstone (no doc, no hash)
@@ -30,7 +31,7 @@ pub struct Entity {
     pub bucket: u32,
     pub version: Option<i64>,
     pub deleted: bool,
-    pub source: String,
+    pub source: Source,
     pub updated_at: i64,
 }
 
@@ -729,8 +730,17 @@ fn entity_from_row(r: &AnyRow) -> Result<Entity, StoreError> {
         bucket: r.try_get::<i64, _>(3).map_err(db("read an entity"))? as u32,
         version: r.try_get(4).map_err(db("read an entity"))?,
         deleted: r.try_get::<i64, _>(5).map_err(db("read an entity"))? != 0,
-        source: r.try_get(6).map_err(db("read an entity"))?,
+        source: source_col(r, 6, "entities")?,
         updated_at: r.try_get(7).map_err(db("read an entity"))?,
         key,
+    })
+}
+
+/// A `source` column as the [`Source`] it spells.
+pub(super) fn source_col(r: &AnyRow, i: usize, table: &'static str) -> Result<Source, StoreError> {
+    let s: String = r.try_get(i).map_err(db("read a source"))?;
+    Source::parse(&s).ok_or_else(|| StoreError::Corrupt {
+        table,
+        reason: format!("unknown source {s:?}"),
     })
 }

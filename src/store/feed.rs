@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{db, Store, StoreError};
+use crate::entity::Source;
 use crate::state::WorkState;
 
 /// The PostgreSQL channel a commit that appended to `changes` notifies.
@@ -40,7 +41,7 @@ pub struct FeedChange {
     /// blake3 of the record's canonical JSON, hex; null for a deletion.
     pub hash: Option<String>,
     /// `webhook`, `email`, `keyframe` (a correction), `replay`.
-    pub source: String,
+    pub source: Source,
     /// Commit time, milliseconds since the Unix epoch.
     pub at: i64,
     /// The record, when asked for and while it is still the entity's current
@@ -160,7 +161,7 @@ impl Store {
                     op,
                     version: r.try_get(4).map_err(read)?,
                     hash: hash.map(hex::encode),
-                    source: r.try_get(5).map_err(read)?,
+                    source: super::entities::source_col(&r, 5, "changes")?,
                     at: r.try_get(6).map_err(read)?,
                     doc,
                     superseded,

@@ -543,17 +543,18 @@ impl Store {
     }
 
     /// Item counts by state (all states present, zero when none).
-    pub async fn work_counts(&self) -> Result<BTreeMap<String, i64>, StoreError> {
-        let mut out: BTreeMap<String, i64> = WorkState::ALL
-            .iter()
-            .map(|s| (s.as_str().to_string(), 0))
-            .collect();
+    pub async fn work_counts(&self) -> Result<BTreeMap<WorkState, i64>, StoreError> {
+        let mut out: BTreeMap<WorkState, i64> = WorkState::ALL.iter().map(|s| (*s, 0)).collect();
         for r in sqlx::query("SELECT state, COUNT(*) FROM work GROUP BY state")
             .fetch_all(&self.pool)
             .await
             .map_err(db("count work"))?
         {
             let state: String = r.try_get(0).map_err(db("count work"))?;
+            let state = WorkState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                table: "work",
+                reason: format!("unknown state {state:?}"),
+            })?;
             out.insert(state, r.try_get(1).map_err(db("count work"))?);
         }
         Ok(out)

@@ -1,9 +1,10 @@
 //! Every action closes its drift: corrections carried out over `http`, by the application's own workers through the README's SQL, by `driftd work done` and by `POST /v1/work/{id}/done` leave the mirror holding the producer's record, so later keyframes find no drift and nothing is sent twice.
 
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use driftd::config::Config;
+use driftd::state::WorkState;
 use serde_json::{json, Value};
 
 use crate::keyframe::seed;
@@ -34,7 +35,7 @@ async fn application() -> (Arc<AtomicUsize>, String) {
         axum::routing::post(move || {
             let counter = counter.clone();
             async move {
-                counter.fetch_add(1, AtomicOrdering::SeqCst);
+                counter.fetch_add(1, Ordering::SeqCst);
                 "ok"
             }
         }),
@@ -149,7 +150,7 @@ async fn http_corrections_close_their_drift(db: &TestDb) {
                 .work_counts()
                 .await
                 .unwrap()
-                .get("done")
+                .get(&WorkState::Done)
                 .copied()
                 .unwrap_or(0)
                 == k as i64
@@ -157,11 +158,7 @@ async fn http_corrections_close_their_drift(db: &TestDb) {
     )
     .await;
     quiet_keyframes(&client, &d).await;
-    assert_eq!(
-        posts.load(AtomicOrdering::SeqCst),
-        k,
-        "exactly one POST per edit"
-    );
+    assert_eq!(posts.load(Ordering::SeqCst), k, "exactly one POST per edit");
     let mirror = store.entities("orders").await.unwrap();
     for e in &mirror {
         assert_eq!(
@@ -181,7 +178,10 @@ async fn http_corrections_close_their_drift(db: &TestDb) {
         .changes_after("orders", 0, 10_000, false)
         .await
         .unwrap();
-    let corrections = feed.iter().filter(|c| c.source == "keyframe").count();
+    let corrections = feed
+        .iter()
+        .filter(|c| c.source == driftd::entity::Source::Keyframe)
+        .count();
     assert_eq!(corrections, k);
     store.close().await;
 }

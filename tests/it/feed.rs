@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use driftd::config::Config;
+use driftd::state::WorkState;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -201,7 +202,7 @@ async fn consumers_resume_exactly_once(db: &TestDb) {
                 .work_counts()
                 .await
                 .unwrap()
-                .get("pending")
+                .get(&WorkState::Pending)
                 .copied()
                 .unwrap_or(0)
                 == 0
@@ -209,7 +210,7 @@ async fn consumers_resume_exactly_once(db: &TestDb) {
                     .work_counts()
                     .await
                     .unwrap()
-                    .get("running")
+                    .get(&WorkState::Running)
                     .copied()
                     .unwrap_or(0)
                     == 0
@@ -251,7 +252,7 @@ async fn db_sources(db: &TestDb) -> Vec<String> {
         .await
         .unwrap()
         .into_iter()
-        .map(|c| c.source)
+        .map(|c| c.source.to_string())
         .collect();
     store.close().await;
     s.sort();

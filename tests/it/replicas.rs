@@ -172,7 +172,7 @@ crate::limited_test! {
 async fn a_worker_killed_mid_item_is_finished_by_another_once() {
     use axum::http::HeaderMap;
     use std::collections::BTreeSet;
-    use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
     // The application: the first call hangs (its worker will be killed mid-call);
@@ -190,7 +190,7 @@ async fn a_worker_killed_mid_item_is_finished_by_another_once() {
         axum::routing::post(move |headers: HeaderMap| {
             let s = state.clone();
             async move {
-                let n = s.calls.fetch_add(1, AtomicOrdering::SeqCst);
+                let n = s.calls.fetch_add(1, Ordering::SeqCst);
                 let key = headers
                     .get("idempotency-key")
                     .and_then(|v| v.to_str().ok())
@@ -236,7 +236,7 @@ async fn a_worker_killed_mid_item_is_finished_by_another_once() {
     let mut a = spawn_daemon_with(dir.path(), "a", &db.url, &snapshot, &work, yearly);
     crate::support::wait_for("daemon A to call the application", 30, || {
         let app = app.clone();
-        async move { app.calls.load(AtomicOrdering::SeqCst) >= 1 }
+        async move { app.calls.load(Ordering::SeqCst) >= 1 }
     })
     .await;
     let running = store.work_item(item.id).await.unwrap().unwrap();
@@ -254,7 +254,7 @@ async fn a_worker_killed_mid_item_is_finished_by_another_once() {
     .await;
     let done = store.work_item(item.id).await.unwrap().unwrap();
     assert_eq!(done.attempts, 2, "{done:?}");
-    assert_eq!(app.calls.load(AtomicOrdering::SeqCst), 2);
+    assert_eq!(app.calls.load(Ordering::SeqCst), 2);
     let keys = app.keys.lock().unwrap().clone();
     assert_eq!(
         keys,

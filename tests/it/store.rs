@@ -74,7 +74,7 @@ async fn put_read_delete(db: &TestDb) {
     assert_eq!(e.hash, Some(RecordHasher::default().hash(&doc)));
     assert_eq!(e.bucket, bucket_of("a1", BITS));
     assert_eq!(e.version, Some(3));
-    assert_eq!(e.source, "webhook");
+    assert_eq!(e.source, driftd::entity::Source::Webhook);
     assert!(!e.deleted);
     assert_eq!(store.count_entities("p").await.unwrap(), 1);
     assert_eq!(store.count_entities("other").await.unwrap(), 0);

@@ -1,7 +1,7 @@
 //! Throwaway databases (a SQLite file in a temp dir, or a PostgreSQL database dropped afterwards) and the baselines' raw `sqlx` pools.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -46,7 +46,7 @@ impl BenchDb {
                 let name = format!(
                     "driftd_bench_{tag}_{}_{}",
                     std::process::id(),
-                    N.fetch_add(1, AtomicOrdering::Relaxed)
+                    N.fetch_add(1, Ordering::Relaxed)
                 );
                 let admin = sqlx::PgPool::connect(&pg_admin_url())
                     .await

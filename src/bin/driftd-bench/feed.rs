@@ -29,7 +29,7 @@
 //! the exact measure, the totals the cross-check.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -208,25 +208,25 @@ impl<S: Subscriber> Layer<S> for StatementCounter {
     }
 
     fn enabled(&self, m: &Metadata<'_>, _: Context<'_, S>) -> bool {
-        m.target() == "sqlx::query" && COUNTING.load(AtomicOrdering::Relaxed)
+        m.target() == "sqlx::query" && COUNTING.load(Ordering::Relaxed)
     }
 
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        STATEMENTS.fetch_add(1, AtomicOrdering::Relaxed);
+        STATEMENTS.fetch_add(1, Ordering::Relaxed);
         let mut reads = ReadsChanges::default();
         event.record(&mut reads);
         if reads.0 {
-            FEED_READS.fetch_add(1, AtomicOrdering::Relaxed);
+            FEED_READS.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
 fn statements() -> u64 {
-    STATEMENTS.load(AtomicOrdering::Relaxed)
+    STATEMENTS.load(Ordering::Relaxed)
 }
 
 fn feed_reads() -> u64 {
-    FEED_READS.load(AtomicOrdering::Relaxed)
+    FEED_READS.load(Ordering::Relaxed)
 }
 
 /// Switches counting on until dropped.
@@ -234,14 +234,14 @@ struct Counting;
 
 impl Counting {
     fn on() -> Self {
-        COUNTING.store(true, AtomicOrdering::Relaxed);
+        COUNTING.store(true, Ordering::Relaxed);
         Counting
     }
 }
 
 impl Drop for Counting {
     fn drop(&mut self) {
-        COUNTING.store(false, AtomicOrdering::Relaxed);
+        COUNTING.store(false, Ordering::Relaxed);
     }
 }
 

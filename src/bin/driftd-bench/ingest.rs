@@ -1,6 +1,6 @@
 //! The ingest scenario: signed webhooks through the real daemon (`App`) against single-row durable `INSERT`s into an equivalent table, closed loop per client count, then open loop at 80% of the best rate.
 
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,7 +164,7 @@ pub(super) async fn scenario(backend: BackendArg, k: &IngestKnobs) -> Result<Ing
                 let client = client.clone();
                 let hook_url = hook_url.clone();
                 let wcfg = wcfg.clone();
-                let side = format!("d{}", run_id.load(AtomicOrdering::Relaxed));
+                let side = format!("d{}", run_id.load(Ordering::Relaxed));
                 async move {
                     let body = delta_body(seq, &side);
                     let id = format!("msg-{side}-{seq}");
@@ -189,7 +189,7 @@ pub(super) async fn scenario(backend: BackendArg, k: &IngestKnobs) -> Result<Ing
             let run_id = run_id.clone();
             move |seq: u64| {
                 let pool = pool.clone();
-                let side = format!("b{}", run_id.load(AtomicOrdering::Relaxed));
+                let side = format!("b{}", run_id.load(Ordering::Relaxed));
                 async move {
                     let body = delta_body(seq, &side);
                     sqlx::query(
@@ -211,7 +211,7 @@ pub(super) async fn scenario(backend: BackendArg, k: &IngestKnobs) -> Result<Ing
 
         let mut levels = Vec::new();
         for &clients in &k.clients {
-            run_id.fetch_add(1, AtomicOrdering::Relaxed);
+            run_id.fetch_add(1, Ordering::Relaxed);
             let insert_baseline =
                 load(clients, dur, k.ingest_max, None, insert_call.clone()).await;
             let driftd = load(clients, dur, k.ingest_max, None, webhook_call.clone()).await;
@@ -230,7 +230,7 @@ pub(super) async fn scenario(backend: BackendArg, k: &IngestKnobs) -> Result<Ing
             .max_by(|a, b| a.driftd.per_sec.total_cmp(&b.driftd.per_sec))
         {
             Some(best) if best.driftd.per_sec > 0.0 => {
-                run_id.fetch_add(1, AtomicOrdering::Relaxed);
+                run_id.fetch_add(1, Ordering::Relaxed);
                 let target = best.driftd.per_sec * 0.8;
                 // Open loop: as many client slots as the largest level, so the
                 // clients never cap the offered rate.

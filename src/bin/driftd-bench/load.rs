@@ -1,7 +1,7 @@
 //! The load generator: client loops calling a request until a count or a deadline, closed or open loop, and their latency quantiles.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,7 +63,7 @@ where
                 if tokio::time::Instant::now() >= deadline {
                     break;
                 }
-                let n = seq.fetch_add(1, AtomicOrdering::Relaxed);
+                let n = seq.fetch_add(1, Ordering::Relaxed);
                 if n >= max_total {
                     break;
                 }

@@ -1,6 +1,6 @@
 //! The work scenario: driftd's queue (`Store::claim_work`, `finish_work`) against the textbook raw SQL claim-and-complete loop on an equivalent table.
 
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,7 +87,7 @@ pub(super) async fn scenario(backend: BackendArg, k: &WorkKnobs) -> Result<WorkR
             let batch = k.work_batch;
             set.spawn(async move {
                 let worker = format!("bench-{w}");
-                while Instant::now() < deadline && done.load(AtomicOrdering::Relaxed) < max {
+                while Instant::now() < deadline && done.load(Ordering::Relaxed) < max {
                     let claimed = store
                         .claim_work(producer, &worker, batch, 60_000, now_ms())
                         .await?;
@@ -99,7 +99,7 @@ pub(super) async fn scenario(backend: BackendArg, k: &WorkKnobs) -> Result<WorkR
                             .finish_work(item.id, &worker, WorkState::Done, now_ms(), None)
                             .await?
                         {
-                            done.fetch_add(1, AtomicOrdering::Relaxed);
+                            done.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -110,7 +110,7 @@ pub(super) async fn scenario(backend: BackendArg, k: &WorkKnobs) -> Result<WorkR
             r??;
         }
         let secs = clock.elapsed().as_secs_f64();
-        let n = done.load(AtomicOrdering::Relaxed);
+        let n = done.load(Ordering::Relaxed);
         let driftd = QueueRun {
             items: n,
             secs,
@@ -172,7 +172,7 @@ pub(super) async fn scenario(backend: BackendArg, k: &WorkKnobs) -> Result<WorkR
             let batch = k.work_batch;
             set.spawn(async move {
                 let worker = format!("raw-{w}");
-                while Instant::now() < deadline && done.load(AtomicOrdering::Relaxed) < max {
+                while Instant::now() < deadline && done.load(Ordering::Relaxed) < max {
                     let ids: Vec<i64> = sqlx::query(claim)
                         .bind(&worker)
                         .bind(i64::from(batch))
@@ -192,7 +192,7 @@ pub(super) async fn scenario(backend: BackendArg, k: &WorkKnobs) -> Result<WorkR
                         .bind(&worker)
                         .execute(&pool)
                         .await?;
-                        done.fetch_add(1, AtomicOrdering::Relaxed);
+                        done.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 anyhow::Ok(())
@@ -202,7 +202,7 @@ pub(super) async fn scenario(backend: BackendArg, k: &WorkKnobs) -> Result<WorkR
             r??;
         }
         let secs = clock.elapsed().as_secs_f64();
-        let n = done.load(AtomicOrdering::Relaxed);
+        let n = done.load(Ordering::Relaxed);
         let raw_sql = QueueRun {
             items: n,
             secs,

@@ -1,7 +1,7 @@
 //! Crash safety: a `driftd run` killed mid-stream loses no acknowledged delta, and the vendor's retries converge.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,7 +61,7 @@ async fn acknowledged_deltas_survive_a_crash(db: &TestDb) {
             let (base, http, w) = (child.base.clone(), http.clone(), w.clone());
             tokio::spawn(async move {
                 loop {
-                    let i = next.fetch_add(1, AtomicOrdering::Relaxed);
+                    let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= TOTAL {
                         return;
                     }

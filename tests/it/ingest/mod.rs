@@ -198,7 +198,7 @@ async fn assert_fixture_entities(store: &Store) {
             .unwrap_or_else(|| panic!("{key} not stored"));
         assert_eq!(e.doc, Some(json!({ "status": status })), "{key}");
         assert_eq!(e.version, version, "{key}");
-        assert_eq!(e.source, "email", "{key}");
+        assert_eq!(e.source, driftd::entity::Source::Email, "{key}");
     }
     assert_eq!(store.entity("acme", "ORD-6006").await.unwrap(), None);
 }

@@ -1,6 +1,6 @@
 //! Version order: deliveries in any order, redelivered or concurrent, converge on the newest version; a deletion wins over an older update.
 
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
 
@@ -82,7 +82,7 @@ async fn concurrent_deliveries_in_any_order_converge_sqlite() {
     });
     let strategy = prop::collection::vec(1i64..=6, 1..12);
     let result = runner.run(&strategy, |versions| {
-        let key = format!("p{}", case.fetch_add(1, AtomicOrdering::Relaxed));
+        let key = format!("p{}", case.fetch_add(1, Ordering::Relaxed));
         tokio::task::block_in_place(|| {
             handle.block_on(async {
                 let d = &d;

@@ -224,7 +224,7 @@ async fn replay_is_idempotent(db: &TestDb) {
     let after = entities_of(&store).await;
     let r = after.iter().find(|e| e.key == "r").unwrap();
     assert_eq!((r.doc.as_ref(), r.version), (Some(&late), Some(4)));
-    assert_eq!(r.source, "replay");
+    assert_eq!(r.source, driftd::entity::Source::Replay);
     let unchanged: Vec<&Entity> = after.iter().filter(|e| e.key != "r").collect();
     let was: Vec<&Entity> = before.iter().filter(|e| e.key != "r").collect();
     assert_eq!(unchanged, was, "replay changed an applied delta's entity");

@@ -19,7 +19,7 @@ async fn signed_webhook_is_committed_and_applied(db: &TestDb) {
     let e = d.store.entity("orders", "ord-1").await.unwrap().unwrap();
     assert_eq!(e.doc.as_ref(), Some(&doc));
     assert_eq!(e.version, Some(3));
-    assert_eq!(e.source, "webhook");
+    assert_eq!(e.source, driftd::entity::Source::Webhook);
     // The same canonical hash as keyframes: the producer's ignore pointers apply.
     let hasher = RecordHasher::new(&["/fetched_at"]).unwrap();
     assert_eq!(e.hash, Some(hasher.hash(&doc)));
