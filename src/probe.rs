@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::canonical::{key_string, version_value};
+use crate::canonical::{key_string, type_name, version_value};
 use crate::config::{PaginationStyle, Producer};
 use crate::redact::{redact_url, request_error};
 
@@ -120,7 +120,7 @@ pub(crate) async fn probe(client: &reqwest::Client, index: usize, p: &Producer) 
         other => {
             let found = match other {
                 None => "nothing".to_string(),
-                Some(v) => format!("a {}", type_name(v)),
+                Some(v) => type_name(v).to_string(),
             };
             let arrays = array_pointers(&page);
             let hint = if arrays.is_empty() {
@@ -162,7 +162,7 @@ pub(crate) async fn probe(client: &reqwest::Client, index: usize, p: &Producer) 
                     format!("{at}.key"),
                     Level::Problem,
                     format!(
-                        "pointer {:?} finds a {}; keys must be strings or integers",
+                        "pointer {:?} finds {}; keys must be strings or integers",
                         s.key,
                         type_name(v)
                     ),
@@ -217,10 +217,7 @@ pub(crate) async fn probe(client: &reqwest::Client, index: usize, p: &Producer) 
                         "pointer {ptr:?} finds nothing on the first page: is there only one page?"
                     ),
                 ),
-                Some(v) => (
-                    Level::Ok,
-                    format!("pointer {ptr:?} finds a {}", type_name(v)),
-                ),
+                Some(v) => (Level::Ok, format!("pointer {ptr:?} finds {}", type_name(v))),
             };
             out.push(Finding {
                 path: format!("{pat}.{field}"),
@@ -239,7 +236,7 @@ pub(crate) async fn probe(client: &reqwest::Client, index: usize, p: &Producer) 
                 Some(Value::Bool(b)) => (Level::Ok, format!("pointer {ptr:?} finds {b}")),
                 Some(v) => (
                     Level::Problem,
-                    format!("pointer {ptr:?} finds a {}, not a boolean", type_name(v)),
+                    format!("pointer {ptr:?} finds {}, not a boolean", type_name(v)),
                 ),
                 None => (
                     Level::Problem,
@@ -274,17 +271,6 @@ pub(crate) async fn probe(client: &reqwest::Client, index: usize, p: &Producer) 
     out
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
 fn members(v: &Value) -> String {
     match v {
         Value::Object(m) => m
@@ -292,7 +278,7 @@ fn members(v: &Value) -> String {
             .map(|k| format!("/{k}"))
             .collect::<Vec<_>>()
             .join(", "),
-        other => format!("(a {}, not an object)", type_name(other)),
+        other => format!("({}, not an object)", type_name(other)),
     }
 }
 

@@ -11,7 +11,7 @@
 use axum::http::HeaderMap;
 use serde_json::Value;
 
-use crate::canonical::{key_string, version_value};
+use crate::canonical::{key_string, type_name, version_value};
 use crate::config::{SignatureScheme, WebhookConfig};
 use crate::entity::{Change, EntityWrite, Source, WriteRule};
 use crate::ingest::email::{self, RuleMatch, Rules};
@@ -59,7 +59,7 @@ fn webhook_writes(
             return Err(format!(
                 "items pointer {:?} holds {}, not an array",
                 w.items,
-                kind(other)
+                type_name(other)
             ))
         }
         None => return Err(format!("no array at items pointer {:?}", w.items)),
@@ -82,7 +82,7 @@ fn record_write(
             format!(
                 "key at {:?} is {}, not a string or an integer",
                 w.key,
-                kind(v)
+                type_name(v)
             )
         })?,
         None => return Err(format!("no key at {:?}", w.key)),
@@ -161,17 +161,6 @@ fn check_key(key: &str) -> Result<(), String> {
         return Err("key contains a control character".into());
     }
     Ok(())
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// A reason cut to a length fit for a response and a column.

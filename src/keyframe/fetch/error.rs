@@ -4,7 +4,6 @@ use std::fmt;
 use std::io;
 
 use reqwest::{StatusCode, Url};
-use serde_json::Value;
 
 use crate::redact::redact_url;
 
@@ -136,17 +135,6 @@ pub(super) fn short(s: &str) -> String {
     match s.char_indices().nth(SHOWN_VALUE_MAX) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
-    }
-}
-
-pub(super) fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -11,8 +11,9 @@ use std::collections::HashSet;
 use reqwest::Url;
 use serde_json::Value;
 
-use super::error::{short, shown, type_name, PageAt, PullError};
+use super::error::{short, shown, PageAt, PullError};
 use super::link::next_link;
+use crate::canonical::type_name;
 use crate::config::{PaginationConfig, PaginationStyle, SnapshotConfig};
 
 /// What the pager needs to know about a page just fetched and parsed.

@@ -6,11 +6,12 @@ use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
 
 use serde_json::Value;
 
-use super::error::{type_name, PageAt, PullError};
+use super::error::{PageAt, PullError};
 use super::http::Body;
 use super::plan::Rules;
 use super::walk::{lookup, Found, Walk, WalkError};
 use super::RemoteRecord;
+use crate::canonical::type_name;
 use crate::canonical::{bucket_of, key_string, version_value};
 
 /// What a page said about pagination.

@@ -8,7 +8,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::error::type_name;
+use crate::canonical::type_name;
 
 /// The pointers a [`Walk`] follows, as unescaped tokens.
 pub(super) struct Paths {
