@@ -1,7 +1,6 @@
 //! Every action closes its drift: corrections carried out over `http`, by the application's own workers through the README's SQL, by `driftd work done` and by `POST /v1/work/{id}/done` leave the mirror holding the producer's record, so later keyframes find no drift and nothing is sent twice.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use driftd::config::Config;
 use driftd::state::WorkState;
@@ -9,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::keyframe::seed;
 use crate::support::Vendor;
-use crate::support::{wait_for, Daemon, TestDb};
+use crate::support::{wait_for, Answers, AppStandIn, Daemon, TestDb};
 
 const ADMIN: &str = "adm1n-t0ken";
 const SECRET: &str = "conv-s3cret";
@@ -24,26 +23,6 @@ fn config(db: &TestDb, vendor: std::net::SocketAddr, work: &str) -> Config {
         crate::support::snapshot_toml("cursor", vendor),
     );
     crate::support::config(&text)
-}
-
-/// An application that answers every correction 2xx and counts them.
-async fn application() -> (Arc<AtomicUsize>, String) {
-    let posts = Arc::new(AtomicUsize::new(0));
-    let counter = posts.clone();
-    let app = axum::Router::new().route(
-        "/corrections",
-        axum::routing::post(move || {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/corrections", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (posts, url)
 }
 
 /// A sample of `name{producer="orders"}` from the daemon's /metrics.
@@ -119,7 +98,7 @@ async fn drift_with_some_deltas(
 /// nothing and post nothing; drift_open is 0 and the loss ratio is k / (k + delivered).
 async fn http_corrections_close_their_drift(db: &TestDb) {
     let (vendor, addr) = Vendor::start(40).await;
-    let (posts, url) = application().await;
+    let (app, url) = AppStandIn::start(Answers::default()).await;
     let d = Daemon::start(config(
         db,
         addr,
@@ -158,7 +137,11 @@ async fn http_corrections_close_their_drift(db: &TestDb) {
     )
     .await;
     quiet_keyframes(&client, &d).await;
-    assert_eq!(posts.load(Ordering::SeqCst), k, "exactly one POST per edit");
+    assert_eq!(
+        app.calls.load(Ordering::SeqCst),
+        k,
+        "exactly one POST per edit"
+    );
     let mirror = store.entities("orders").await.unwrap();
     for e in &mirror {
         assert_eq!(

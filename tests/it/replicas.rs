@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::keyframe::{producer, seed};
 use crate::support::Vendor;
-use crate::support::{config, Daemon, DaemonProcess, TestDb};
+use crate::support::{config, Answers, AppStandIn, Daemon, DaemonProcess, TestDb};
 
 fn spawn_daemon(
     dir: &std::path::Path,
@@ -170,44 +170,18 @@ async fn one_scheduled_tick_is_one_run_across_replicas() {
 
 crate::limited_test! {
 async fn a_worker_killed_mid_item_is_finished_by_another_once() {
-    use axum::http::HeaderMap;
-    use std::collections::BTreeSet;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
+
+
+    use std::sync::atomic::Ordering;
+
 
     // The application: the first call hangs (its worker will be killed mid-call);
     // later calls succeed. Effects are keyed by Idempotency-Key, as the README asks.
-    #[derive(Clone, Default)]
-    struct Application {
-        calls: Arc<AtomicUsize>,
-        keys: Arc<Mutex<Vec<String>>>,
-        effects: Arc<Mutex<BTreeSet<String>>>,
-    }
-    let app = Application::default();
-    let state = app.clone();
-    let router = axum::Router::new().route(
-        "/work",
-        axum::routing::post(move |headers: HeaderMap| {
-            let s = state.clone();
-            async move {
-                let n = s.calls.fetch_add(1, Ordering::SeqCst);
-                let key = headers
-                    .get("idempotency-key")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
-                s.keys.lock().unwrap().push(key.clone());
-                if n == 0 {
-                    tokio::time::sleep(Duration::from_secs(60)).await;
-                }
-                s.effects.lock().unwrap().insert(key);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app_url = format!("http://{}/work", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    // The first call hangs past its lease; every later one answers at once.
+    let (app, app_url) = AppStandIn::start(Answers::after(|n, _| {
+        Duration::from_secs(if n == 0 { 60 } else { 0 })
+    }))
+    .await;
 
     // One drifted entity and its work item, emitted before any daemon starts.
     let db = TestDb::postgres().await;

@@ -1,87 +1,15 @@
 //! Corrective work end to end: the `http` action's retries and idempotency keys, dead items, operator retry, and convergence over random loss.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::Router;
 use driftd::state::{RunState, WorkState};
 use driftd::store::{now_ms, WorkRow};
 use serde_json::Value;
 
 use crate::keyframe::{keyframer, producer, seed, workers};
-use crate::support::TestDb;
 use crate::support::Vendor;
-
-const APP_SECRET: &str = "app-shared-secret";
-
-#[derive(Clone, Default)]
-struct App {
-    calls: Arc<AtomicUsize>,
-    keys: Arc<Mutex<Vec<String>>>,
-    bodies: Arc<Mutex<Vec<Value>>>,
-    /// Whether each call's `X-Driftd-Signature` was the HMAC-SHA256 of its body under `APP_SECRET`.
-    signed: Arc<Mutex<Vec<bool>>>,
-    /// Status codes to answer in order; 200 once exhausted.
-    script: Arc<Mutex<Vec<u16>>>,
-}
-
-async fn start_app(script: Vec<u16>) -> (App, String) {
-    let app = App {
-        script: Arc::new(Mutex::new(script)),
-        ..App::default()
-    };
-    let state = app.clone();
-    let router = Router::new().route(
-        "/driftd",
-        post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let s = state.clone();
-            async move {
-                s.calls.fetch_add(1, Ordering::SeqCst);
-                let key = headers
-                    .get("idempotency-key")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                s.keys.lock().unwrap().push(key);
-                s.bodies
-                    .lock()
-                    .unwrap()
-                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
-                let expected = {
-                    use hmac::Mac;
-                    let mut mac =
-                        hmac::Hmac::<sha2::Sha256>::new_from_slice(APP_SECRET.as_bytes()).unwrap();
-                    mac.update(&body);
-                    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-                };
-                let given = headers
-                    .get("x-driftd-signature")
-                    .and_then(|v| v.to_str().ok());
-                s.signed
-                    .lock()
-                    .unwrap()
-                    .push(given == Some(expected.as_str()));
-                let mut script = s.script.lock().unwrap();
-                let code = if script.is_empty() {
-                    200
-                } else {
-                    script.remove(0)
-                };
-                (
-                    StatusCode::from_u16(code).unwrap(),
-                    format!("answer {code}"),
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/driftd", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (app, url)
-}
+use crate::support::{Answers, AppStandIn, TestDb, APP_SECRET};
 
 /// Runs workers until item `id` reaches a final state (bounded by a deadline).
 async fn until_final(
@@ -104,7 +32,7 @@ async fn until_final(
 
 async fn http_action_retries_with_one_idempotency_key(db: &TestDb) {
     let store = db.store().await;
-    let (app, url) = start_app(vec![503, 503]).await;
+    let (app, url) = AppStandIn::start(Answers::script(vec![503, 503])).await;
     let (vendor, addr) = Vendor::start(50).await;
     let p = producer(
         &crate::support::snapshot_toml("none", addr),
@@ -143,7 +71,7 @@ async fn http_action_retries_with_one_idempotency_key(db: &TestDb) {
 
 async fn http_client_errors_are_dead_at_once(db: &TestDb) {
     let store = db.store().await;
-    let (app, url) = start_app(vec![400]).await;
+    let (app, url) = AppStandIn::start(Answers::script(vec![400])).await;
     let (vendor, addr) = Vendor::start(20).await;
     let p = producer(
         &crate::support::snapshot_toml("none", addr),
@@ -467,7 +395,7 @@ async fn keyframes_keep_the_history_of_open_work(db: &TestDb) {
 /// dies, however many keyframes find the drift meanwhile.
 async fn a_failing_application_reaches_dead_despite_keyframes(db: &TestDb) {
     let store = db.store().await;
-    let (app, url) = start_app(vec![503; 50]).await;
+    let (app, url) = AppStandIn::start(Answers::script(vec![503; 50])).await;
     let (vendor, addr) = Vendor::start(20).await;
     let p = producer(
         &crate::support::snapshot_toml("none", addr),
@@ -492,41 +420,6 @@ async fn a_failing_application_reaches_dead_despite_keyframes(db: &TestDb) {
     assert_eq!(dead.attempts, 3, "{dead:?}");
     assert!(dead.last_error.unwrap_or_default().contains("503"));
     assert_eq!(app.calls.load(Ordering::SeqCst), 3);
-}
-
-/// An application that answers after a delay, recording when each call ran.
-#[derive(Clone, Default)]
-struct SlowApp {
-    /// (key, started, ended) per call, in the order the calls ended.
-    calls: Arc<Mutex<Vec<(String, Instant, Instant)>>>,
-    in_flight: Arc<AtomicUsize>,
-    max_in_flight: Arc<AtomicUsize>,
-}
-
-async fn start_slow_app(delay: fn(&str) -> Duration) -> (SlowApp, String) {
-    let app = SlowApp::default();
-    let state = app.clone();
-    let router = Router::new().route(
-        "/driftd",
-        post(move |body: axum::body::Bytes| {
-            let s = state.clone();
-            async move {
-                let started = Instant::now();
-                let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                s.max_in_flight.fetch_max(now, Ordering::SeqCst);
-                let spec: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let key = spec["key"].as_str().unwrap_or("").to_string();
-                tokio::time::sleep(delay(&key)).await;
-                s.in_flight.fetch_sub(1, Ordering::SeqCst);
-                s.calls.lock().unwrap().push((key, started, Instant::now()));
-                StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/driftd", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (app, url)
 }
 
 /// Runs a worker loop as `App::run` does, until the returned token is cancelled.
@@ -562,7 +455,7 @@ async fn stop(cancel: tokio_util::sync::CancellationToken, task: tokio::task::Jo
 /// it runs, so no worker (here a second replica) delivers it again.
 async fn a_call_longer_than_the_lease_is_delivered_once(db: &TestDb) {
     let store = db.store().await;
-    let (app, url) = start_slow_app(|_| Duration::from_millis(3_500)).await;
+    let (app, url) = AppStandIn::start(Answers::after(|_, _| Duration::from_millis(3_500))).await;
     let (vendor, addr) = Vendor::start(20).await;
     let p = producer(
         &crate::support::snapshot_toml("none", addr),
@@ -591,7 +484,11 @@ async fn a_call_longer_than_the_lease_is_delivered_once(db: &TestDb) {
         (WorkState::Done, 1),
         "{done:?}"
     );
-    assert_eq!(app.calls.lock().unwrap().len(), 1, "delivered exactly once");
+    assert_eq!(
+        app.answered.lock().unwrap().len(),
+        1,
+        "delivered exactly once"
+    );
 }
 
 /// A call's outcome counts when its lease ran out but nobody took the item
@@ -675,9 +572,10 @@ async fn late_outcomes_count_unless_the_item_moved_on(db: &TestDb) {
 /// in flight to the queue at once.
 async fn http_concurrency_is_a_pool(db: &TestDb) {
     let store = db.store().await;
-    let (app, url) =
-        start_slow_app(|key| Duration::from_millis(if key == "ord-00000" { 4_000 } else { 150 }))
-            .await;
+    let (app, url) = AppStandIn::start(Answers::after(|_, key| {
+        Duration::from_millis(if key == "ord-00000" { 4_000 } else { 150 })
+    }))
+    .await;
     let (vendor, addr) = Vendor::start(40).await;
     let p = producer(
         &crate::support::snapshot_toml("none", addr),
@@ -690,10 +588,10 @@ async fn http_concurrency_is_a_pool(db: &TestDb) {
     let slow = open_item(&store, "ord-00000").await;
     let (cancel, task) = run_workers(&store, &p, "pool");
     crate::support::wait_for("the 12 fast calls", 20, || async {
-        app.calls.lock().unwrap().len() >= 12
+        app.answered.lock().unwrap().len() >= 12
     })
     .await;
-    let calls = app.calls.lock().unwrap().clone();
+    let calls = app.answered.lock().unwrap().clone();
     assert!(
         calls.iter().all(|(k, _, _)| k != "ord-00000"),
         "the fast calls waited for the slow one: {:?}",

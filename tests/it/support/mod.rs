@@ -5,6 +5,8 @@
 //!   and [`DaemonProcess`], a child `driftd run` with its log, killed or
 //!   signalled on demand.
 //! - `vendor.rs`: [`Vendor`], a loopback vendor serving every pagination style.
+//! - `app.rs`: [`AppStandIn`], a loopback application receiving `http` work
+//!   calls, answering as scripted and recording each.
 //! - here: the binary and repository paths, per-test time limits
 //!   (`limited_test!`, `on_both_backends!`) and polling with a deadline.
 
@@ -13,10 +15,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod app;
 mod daemon;
 mod db;
 mod vendor;
 
+pub use app::{Answers, AppStandIn, APP_SECRET};
 pub use daemon::{config, metric, signal, Daemon, DaemonProcess};
 pub use db::{admin_pool, TestDb};
 pub use vendor::{record, snapshot_toml, Fault, Vendor};
