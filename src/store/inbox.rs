@@ -12,6 +12,7 @@
 //! as `duplicate` pointing at the first delivery (`duplicate_of`).
 
 use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -233,29 +234,78 @@ impl Store {
     /// Commits deltas in one transaction: each is inserted (a redelivery as
     /// `duplicate`), each new one applied with its effect, and every outcome
     /// recorded. All or nothing: on error nothing is committed.
+    ///
+    /// The writes of every new delta of a producer are planned and flushed
+    /// together, in arrival order (a later delta of the same key sees the
+    /// earlier one's write), so a batch costs the producer's write turn once,
+    /// not once per delta.
     pub async fn ingest(
         &self,
         items: &[(InboxEntry, InboxEffect)],
     ) -> Result<Vec<Settled>, StoreError> {
         let mut tx = self.begin_write().await?;
+        let mut stored = Vec::with_capacity(items.len());
+        for (entry, _) in items {
+            stored.push(self.insert_in(&mut tx, entry).await?);
+        }
+        // The writes of the new deltas, per producer, in arrival order. The
+        // producers' write turns are taken in name order, as every batch
+        // takes them, so two replicas' batches cannot deadlock.
+        let mut batches: BTreeMap<&str, (u8, &RecordHasher, Vec<EntityWrite>)> = BTreeMap::new();
+        for ((entry, effect), id) in items.iter().zip(&stored) {
+            if let (
+                Ok(_),
+                InboxEffect::Write {
+                    bucket_bits,
+                    hasher,
+                    writes,
+                },
+            ) = (id, effect)
+            {
+                let batch = batches
+                    .entry(&entry.producer)
+                    .or_insert_with(|| (*bucket_bits, hasher, Vec::new()));
+                batch.2.extend(writes.iter().cloned());
+            }
+        }
+        let mut outcomes: HashMap<&str, std::vec::IntoIter<WriteOutcome>> = HashMap::new();
+        for (producer, (bucket_bits, hasher, writes)) in batches {
+            let done = self
+                .write_entities_in(&mut tx, producer, bucket_bits, hasher, &writes)
+                .await?;
+            outcomes.insert(producer, done.into_iter());
+        }
         let mut out = Vec::with_capacity(items.len());
-        for (entry, effect) in items {
-            let settled = match self.insert_in(&mut tx, entry).await? {
-                Err(dup) => dup,
-                Ok(id) => {
-                    let (outcome, error, changed) =
-                        self.apply_in(&mut tx, entry, effect, false).await?;
-                    record_in(&mut tx, id, outcome, error.as_deref()).await?;
-                    Settled {
-                        id,
-                        outcome,
-                        error,
-                        duplicate_of: None,
-                        changed,
-                    }
+        for ((entry, effect), id) in items.iter().zip(stored) {
+            let id = match id {
+                Ok(id) => id,
+                Err(duplicate) => {
+                    out.push(duplicate);
+                    continue;
                 }
             };
-            out.push(settled);
+            let (outcome, error, changed) = match effect {
+                InboxEffect::Settle { outcome, error } => {
+                    (*outcome, Some(clean(error).into_owned()), false)
+                }
+                InboxEffect::Write { writes, .. } => {
+                    // One outcome per write, in the order the writes were batched.
+                    let mine: Vec<WriteOutcome> = outcomes
+                        .get_mut(entry.producer.as_str())
+                        .map(|o| o.by_ref().take(writes.len()).collect())
+                        .unwrap_or_default();
+                    let (outcome, changed) = outcome_of(&mine);
+                    (outcome, None, changed)
+                }
+            };
+            record_in(&mut tx, id, outcome, error.as_deref()).await?;
+            out.push(Settled {
+                id,
+                outcome,
+                error,
+                duplicate_of: None,
+                changed,
+            });
         }
         tx.commit().await.map_err(db("commit deltas"))?;
         for ((entry, _), settled) in items.iter().zip(&out) {

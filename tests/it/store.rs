@@ -348,7 +348,89 @@ async fn unchanged_content_is_not_a_change(db: &TestDb) {
     assert!(hash.is_some());
 }
 
+/// One ingest batch of several deltas and producers: each delta's outcome is
+/// its own, a later delta of a key sees the earlier one, a redelivery is a
+/// duplicate, and a settled delta writes nothing.
+async fn an_ingest_batch_settles_each_delta_in_order(db: &TestDb) {
+    use driftd::store::{Channel, InboxEffect, InboxEntry, InboxOutcome};
+    let store = db.store().await;
+    let hasher = RecordHasher::default();
+    let entry = |producer: &str, dedup: &str| InboxEntry {
+        producer: producer.into(),
+        channel: Channel::Webhook,
+        received_at: driftd::store::now_ms(),
+        dedup_key: Some(dedup.into()),
+        headers: "{}".into(),
+        body: b"{}".to_vec(),
+    };
+    let writes = |w: Vec<EntityWrite>| InboxEffect::Write {
+        bucket_bits: BITS,
+        hasher: hasher.clone(),
+        writes: w,
+    };
+    let settled = store
+        .ingest(&[
+            (
+                entry("b", "d1"),
+                writes(vec![put("k", json!({"v": 2}), Some(2))]),
+            ),
+            (
+                entry("b", "d2"),
+                writes(vec![put("k", json!({"v": 1}), Some(1))]),
+            ),
+            (
+                entry("a", "d3"),
+                writes(vec![
+                    put("x", json!({"v": 1}), Some(1)),
+                    put("y", json!({}), None),
+                ]),
+            ),
+            (
+                entry("b", "d1"),
+                writes(vec![put("k", json!({"v": 9}), Some(9))]),
+            ),
+            (
+                entry("a", "d4"),
+                InboxEffect::Settle {
+                    outcome: InboxOutcome::Rejected,
+                    error: "no key".into(),
+                },
+            ),
+            (
+                entry("b", "d5"),
+                writes(vec![put("k", json!({"v": 3}), Some(3))]),
+            ),
+        ])
+        .await
+        .unwrap();
+    let outcomes: Vec<(InboxOutcome, bool)> =
+        settled.iter().map(|s| (s.outcome, s.changed)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (InboxOutcome::Applied, true),
+            (InboxOutcome::Stale, false),
+            (InboxOutcome::Applied, true),
+            (InboxOutcome::Duplicate, false),
+            (InboxOutcome::Rejected, false),
+            (InboxOutcome::Applied, true),
+        ]
+    );
+    assert_eq!(settled[3].duplicate_of, Some(settled[0].id));
+    assert_eq!(settled[4].error.as_deref(), Some("no key"));
+    let k = store.entity("b", "k").await.unwrap().unwrap();
+    assert_eq!((k.doc, k.version), (Some(json!({"v": 3})), Some(3)));
+    assert_eq!(store.count_entities("a").await.unwrap(), 2);
+    let (checked, broken) = store.verify_chain().await.unwrap();
+    assert_eq!(
+        (checked, broken),
+        (4, None),
+        "k twice, x and y: one link each"
+    );
+}
+
 crate::on_both_backends!(
+    an_ingest_batch_settles_each_delta_in_order,
     one_batch_with_repeated_keys,
     prune_deletes_old_history_and_keeps_what_matters,
     put_read_delete,
