@@ -435,6 +435,12 @@ fn print_summary(s: &Summary) {
         "  missing {}  extra {}  changed {}  skipped (raced) {}  work emitted {}  duration {} ms",
         s.missing, s.extra, s.changed, s.skipped_races, s.work_emitted, s.duration_ms
     );
+    if s.loaded > 0 {
+        println!(
+            "  first sync: {} records loaded into the empty mirror",
+            s.loaded
+        );
+    }
     if let Some(e) = &s.error {
         println!("  error: {e}");
     }

@@ -196,6 +196,11 @@ impl Reporter {
                 )
             }
             _ if drift == 0 => format!("{head}, no drift{races}"),
+            _ if kind == Kind::Bootstrap => format!(
+                "{head}, drift found {drift} (missing {}) -> loaded into the empty table in bulk \
+                 (a first sync writes the records itself instead of queueing one work item each)",
+                c.missing
+            ),
             _ => format!(
                 "{head}, drift found {drift} (missing {}, extra {}, changed {}) -> queued as apply work{races}",
                 c.missing, c.extra, c.changed

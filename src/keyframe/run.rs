@@ -17,7 +17,8 @@ use super::approval::{self, Refusal};
 use super::compare::{self, Drift, DriftKind, Remote};
 use super::fetch::{self, Snapshot};
 use super::holder::Holder;
-use crate::config::{Config, Producer};
+use crate::config::{Action, Config, Producer};
+use crate::entity::{Change, EntityWrite, Source, WriteOutcome, WriteRule};
 use crate::metrics::Metrics;
 use crate::state::{Health, RunState};
 use crate::store::{now_ms, DriftRow, RunCounts, Store, StoreError};
@@ -25,6 +26,8 @@ use crate::work;
 
 /// Mismatched buckets whose local rows are read and classified together.
 const CLASSIFY_BUCKETS: usize = 1_024;
+/// Records a first sync writes per transaction.
+const LOAD_CHUNK: usize = 2_000;
 
 /// How long a keyframe lease lives without renewal, and how often it is renewed.
 /// A holder on this machine that stopped without releasing is seen at once
@@ -80,6 +83,9 @@ pub struct Summary {
     pub changed: u64,
     pub skipped_races: u64,
     pub work_emitted: u64,
+    /// Records a first sync wrote into the empty mirror directly, instead of
+    /// one work item each (`apply` producers only).
+    pub loaded: u64,
     pub duration_ms: u64,
     pub error: Option<String>,
 }
@@ -377,6 +383,7 @@ impl Keyframer {
             changed: 0,
             skipped_races: 0,
             work_emitted: 0,
+            loaded: 0,
             duration_ms: 0,
             error: None,
         };
@@ -437,8 +444,61 @@ impl Keyframer {
                 run_id.unwrap_or_default()
             );
         }
+        // A first sync: into an empty mirror every drift is a missing record.
+        // An `apply` producer writes them in bulk rather than as one work
+        // item each; a delta that lands meanwhile wins (compare-and-set on
+        // an absent row), and an interrupted load is finished by the next run.
+        let first_sync = summary.state == RunState::Ok
+            && !dry_run
+            && p.work.action == Action::Apply
+            && local_rows == 0
+            && !drifts.is_empty();
+        if first_sync {
+            summary.loaded = self.load(p, &snapshot, &drifts).await?;
+            info!(producer = %p.name, run_id = ?run_id, loaded = summary.loaded, "first sync: records loaded into the empty mirror");
+            return self.finish(p, summary, clock, Some((&snapshot, &[]))).await;
+        }
         self.finish(p, summary, clock, Some((&snapshot, &drifts)))
             .await
+    }
+
+    /// Writes the producer's records of `drifts` (all `missing`) into the
+    /// mirror, a chunk per transaction; returns the rows written.
+    async fn load(
+        &self,
+        p: &Producer,
+        snapshot: &Snapshot,
+        drifts: &[Drift],
+    ) -> Result<u64, KeyframeError> {
+        let mut loaded = 0;
+        for chunk in drifts.chunks(LOAD_CHUNK) {
+            let mut writes = Vec::with_capacity(chunk.len());
+            for d in chunk {
+                let Some(record) = d.remote_index.map(|i| &snapshot.records[i]) else {
+                    continue;
+                };
+                let doc = snapshot.doc(record).map_err(|e| KeyframeError::Config {
+                    producer: p.name.clone(),
+                    reason: format!("cannot read back a spilled record: {e}"),
+                })?;
+                writes.push(EntityWrite {
+                    key: d.key.clone(),
+                    change: Change::Replace(doc),
+                    version: record.version,
+                    source: Source::Keyframe,
+                    rule: WriteRule::Correct { seen: None },
+                });
+            }
+            let outcomes = self
+                .store
+                .write_entities(&p.name, p.bucket_bits, p.hasher(), &writes)
+                .await?;
+            loaded += outcomes
+                .iter()
+                .filter(|o| **o == WriteOutcome::Applied)
+                .count() as u64;
+        }
+        Ok(loaded)
     }
 
     /// Records a run cut short as `failed`, with no drift. The producer's

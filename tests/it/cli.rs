@@ -160,7 +160,8 @@ async fn keyframe_guard_approve_and_status_through_the_binary() {
         (serde_json::Value::Null, Some(120))
     );
 
-    // The first keyframe fills the empty table (emits apply work).
+    // The first keyframe fills the empty table: a first sync loads the
+    // records into the mirror instead of emitting one apply item each.
     let (code, stdout, stderr) =
         run_async(&["keyframe", "--config", cfg, "orders", "--json"]).await;
     assert_eq!(code, 0, "{stderr}");
@@ -174,6 +175,7 @@ async fn keyframe_guard_approve_and_status_through_the_binary() {
         "missing",
         "extra",
         "changed",
+        "loaded",
         "duration_ms",
     ] {
         assert!(s.get(field).is_some(), "summary lacks {field}: {s}");
@@ -182,9 +184,10 @@ async fn keyframe_guard_approve_and_status_through_the_binary() {
         (
             s["state"].as_str(),
             s["records"].as_u64(),
-            s["missing"].as_u64()
+            s["missing"].as_u64(),
+            s["loaded"].as_u64()
         ),
-        (Some("ok"), Some(120), Some(120))
+        (Some("ok"), Some(120), Some(120), Some(120))
     );
     let (code, stdout, _) = run_async(&[
         "work", "list", "--config", cfg, "--state", "pending", "--limit", "1000", "--json",
@@ -195,7 +198,8 @@ async fn keyframe_guard_approve_and_status_through_the_binary() {
         serde_json::from_str::<Vec<serde_json::Value>>(&stdout)
             .unwrap()
             .len(),
-        120
+        0,
+        "a first sync emits no work"
     );
 
     // Carry the work out in process, then the producer suddenly returns nothing.
