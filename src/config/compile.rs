@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::{ProducerConfig, Schedule};
 use crate::canonical::RecordHasher;
 use crate::ingest::email::Rules;
+use crate::keyframe::fetch::Plan;
 
 /// A validated producer, ready to run: its settings as written (through
 /// `Deref`) and everything validation had to parse to check them. Nothing
@@ -18,6 +19,7 @@ struct Compiled {
     config: ProducerConfig,
     schedule: Schedule,
     hasher: RecordHasher,
+    plan: Plan,
     rules: Option<Rules>,
 }
 
@@ -26,14 +28,21 @@ impl Producer {
         config: ProducerConfig,
         schedule: Schedule,
         hasher: RecordHasher,
+        plan: Plan,
         rules: Option<Rules>,
     ) -> Self {
         Self(Arc::new(Compiled {
             config,
             schedule,
             hasher,
+            plan,
             rules,
         }))
+    }
+
+    /// How a keyframe pulls this producer: URL, headers, pacing, pagination and pointers, parsed.
+    pub fn snapshot_plan(&self) -> &Plan {
+        &self.0.plan
     }
 
     /// When keyframes run.
@@ -53,10 +62,13 @@ impl Producer {
     pub fn with_unchecked(&self, change: impl FnOnce(&mut ProducerConfig)) -> Self {
         let mut config = self.0.config.clone();
         change(&mut config);
+        let plan = Plan::new(&config.snapshot, &self.0.hasher, config.bucket_bits)
+            .unwrap_or_else(|e| panic!("the changed snapshot settings do not plan: {e}"));
         Self::new(
             config,
             self.0.schedule.clone(),
             self.0.hasher.clone(),
+            plan,
             self.0.rules.clone(),
         )
     }

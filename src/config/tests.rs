@@ -193,3 +193,26 @@ fn secrets_never_appear_in_errors() {
     );
     assert!(!err.to_string().contains("s3cret"));
 }
+
+/// A header value HTTP cannot carry fails `driftd check`, not every keyframe:
+/// the pull's plan is built when the config is validated.
+#[test]
+fn the_snapshot_plan_is_checked_with_the_config() {
+    let text = "[[producer]]\nname = \"a\"\nschedule = \"* * * * * *\"\n[producer.snapshot]\nurl = \"http://127.0.0.1:9/\"\nheaders = { Authorization = \"Bearer ${TOKEN}\\n\" }\n";
+    let err = Config::parse("t.toml", text, &env).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert_eq!(err.problems[0].path, "producer[0].snapshot");
+    assert!(
+        err.problems[0]
+            .message
+            .contains("not a valid HTTP header value"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+    let ok = Config::parse("t.toml", MINIMAL, &env).unwrap();
+    let plan = format!("{:?}", ok.config.producers[0].snapshot_plan());
+    assert!(
+        plan.contains("127.0.0.1:9") && !plan.contains("s3cret"),
+        "{plan}"
+    );
+}

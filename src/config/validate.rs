@@ -10,6 +10,7 @@ use super::types::*;
 use super::{parse_cron, Producer, Schedule};
 use crate::canonical::{check_pointer, RecordHasher};
 use crate::ingest::email::Rules;
+use crate::keyframe::fetch::Plan;
 
 struct Check<'a> {
     problems: &'a mut Vec<Problem>,
@@ -191,12 +192,18 @@ pub(super) fn validate(
         validate_work(&mut c, &format!("{at}.work"), &p.work);
         if let (Some(cron), Some(tz), Some(hasher), Some(rules)) = (cron, tz, hasher, rules) {
             if c.found() == before {
-                producers.push(Producer::new(
-                    p.clone(),
-                    Schedule::new(cron, tz),
-                    hasher,
-                    rules,
-                ));
+                // What the checks above left for the pull to find (a header
+                // value that is not valid in HTTP) is found here, once.
+                match Plan::new(&p.snapshot, &hasher, p.bucket_bits) {
+                    Ok(plan) => producers.push(Producer::new(
+                        p.clone(),
+                        Schedule::new(cron, tz),
+                        hasher,
+                        plan,
+                        rules,
+                    )),
+                    Err(e) => c.push(format!("{at}.snapshot"), e.to_string()),
+                }
             }
         }
     }

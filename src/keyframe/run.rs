@@ -391,7 +391,7 @@ impl Keyframer {
         // The pull and the compare only read: they stop at once when asked.
         // Storing the drift list and emitting work run to their end.
         let pulled = tokio::select! {
-            r = fetch::pull(&self.client, &p.snapshot, hasher, p.bucket_bits) => Some(r),
+            r = fetch::pull(&self.client, p.snapshot_plan()) => Some(r),
             _ = stop.cancelled() => None,
         };
         let snapshot = match pulled {

@@ -257,7 +257,6 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
     let addr = start_vendor(g, stop.clone()).await?;
     let p = kf_producer(addr)?;
     let client = reqwest::Client::new();
-    let hasher = p.hasher();
     let store = match a.mode {
         ProbeMode::Fetch => None,
         _ => Some(Store::open(&a.url, PG_POOL).await?),
@@ -272,7 +271,7 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
     let clock = Instant::now();
     let (records, rows_read, drifted) = match (a.mode, &store) {
         (ProbeMode::Fetch, _) => {
-            let snap = fetch::pull(&client, &p.snapshot, hasher, p.bucket_bits).await?;
+            let snap = fetch::pull(&client, p.snapshot_plan()).await?;
             (snap.records.len() as u64, 0, 0)
         }
         (ProbeMode::Keyframe, Some(store)) => {
@@ -283,7 +282,7 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
             }
             (s.records, s.rows_read, s.drift())
         }
-        (ProbeMode::Naive, Some(store)) => naive(store, &client, &p, hasher).await?,
+        (ProbeMode::Naive, Some(store)) => naive(store, &client, &p).await?,
         _ => unreachable!("a store is opened for every mode but fetch"),
     };
     let wall_ms = clock.elapsed().as_secs_f64() * 1000.0;
@@ -301,13 +300,8 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
 }
 
 /// The naive alternative: pull, load every local row, compare every document.
-async fn naive(
-    store: &Store,
-    client: &reqwest::Client,
-    p: &Producer,
-    hasher: &RecordHasher,
-) -> Result<(u64, u64, u64)> {
-    let snap = fetch::pull(client, &p.snapshot, hasher, p.bucket_bits).await?;
+async fn naive(store: &Store, client: &reqwest::Client, p: &Producer) -> Result<(u64, u64, u64)> {
+    let snap = fetch::pull(client, p.snapshot_plan()).await?;
     let local = store.entities(&p.name).await?;
     let by_key: HashMap<&str, &Value> = local
         .iter()

@@ -60,10 +60,9 @@ use self::error::shown;
 pub use self::error::{PageAt, PullError};
 use self::http::{fetch_page, Fetched, Pace};
 use self::pager::{Page, Pager};
-use self::plan::Plan;
+pub use self::plan::Plan;
 use self::sink::{parse_page, Sink};
-use crate::canonical::{RecordHash, RecordHasher};
-use crate::config::SnapshotConfig;
+use crate::canonical::RecordHash;
 
 /// One record of a snapshot: what the compare needs, plus where its JSON is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,15 +113,10 @@ impl Snapshot {
     }
 }
 
-/// Pulls the producer's complete state described by `cfg`.
-pub async fn pull(
-    client: &reqwest::Client,
-    cfg: &SnapshotConfig,
-    hasher: &RecordHasher,
-    bucket_bits: u8,
-) -> Result<Snapshot, PullError> {
+/// Pulls the producer's complete state as `plan` describes it.
+pub async fn pull(client: &reqwest::Client, plan: &Plan) -> Result<Snapshot, PullError> {
     let started_at_ms = chrono::Utc::now().timestamp_millis();
-    let plan = Plan::new(cfg, hasher, bucket_bits)?;
+    let cfg = &plan.cfg;
     let (mut pager, mut url) = Pager::start(cfg, plan.base.clone(), plan.capture_pointer.clone());
     let mut pace = Pace::new(plan.interval);
     let mut sink = Sink::new()?;

@@ -1,5 +1,5 @@
-//! The snapshot config checked once per pull: a `Plan` for the requests and the
-//! `Rules` that turn an item into a record.
+//! The snapshot config compiled once, when the config is validated: a `Plan` for
+//! the requests and the `Rules` that turn an item into a record.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +16,10 @@ use crate::redact::redact_url;
 /// Largest bucket width `bucket_bits` may ask for (as the config validates).
 const BUCKET_BITS_MAX: u8 = 24;
 
-/// The config, checked and prepared once per pull.
-pub(super) struct Plan {
+/// A producer's snapshot settings, checked and prepared once (validation
+/// builds it; every pull of the producer uses it).
+pub struct Plan {
+    pub(super) cfg: SnapshotConfig,
     pub(super) base: Url,
     pub(super) headers: HeaderMap,
     pub(super) interval: Option<Duration>,
@@ -36,8 +38,17 @@ pub(super) struct Rules {
     pub(super) paths: Paths,
 }
 
+impl std::fmt::Debug for Plan {
+    // Headers carry secrets: only the URL, without its query, is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("url", &shown(&self.base))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Plan {
-    pub(super) fn new(
+    pub(crate) fn new(
         cfg: &SnapshotConfig,
         hasher: &RecordHasher,
         bucket_bits: u8,
@@ -123,6 +134,7 @@ impl Plan {
         }
 
         Ok(Self {
+            cfg: cfg.clone(),
             base,
             headers,
             interval,

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::error::transient_status;
 use super::http::MEMORY_BODY_MAX;
-use super::{pull, PullError, Snapshot};
+use super::{pull, Plan, PullError, Snapshot};
 use crate::canonical::{bucket_of, key_string, RecordHasher};
 use crate::config::SnapshotConfig;
 
@@ -71,14 +71,19 @@ async fn serve(app: Router) -> String {
     serve_at(|_| app).await
 }
 
+/// Plans `cfg` as validation does, then pulls.
+async fn pull_planned(cfg: &SnapshotConfig) -> Result<Snapshot, PullError> {
+    pull(&client(), &Plan::new(cfg, &hasher(), BITS)?).await
+}
+
 async fn pull_ok(cfg: &SnapshotConfig) -> Snapshot {
-    pull(&client(), cfg, &hasher(), BITS)
+    pull_planned(cfg)
         .await
         .unwrap_or_else(|e| panic!("pull failed: {e}"))
 }
 
 async fn pull_err(cfg: &SnapshotConfig) -> PullError {
-    match pull(&client(), cfg, &hasher(), BITS).await {
+    match pull_planned(cfg).await {
         Ok(s) => panic!("pull succeeded with {} records", s.records.len()),
         Err(e) => e,
     }
@@ -988,28 +993,42 @@ headers = {{ Authorization = "Bearer ${{TOKEN}}", X-Api-Key = "${{KEY}}"{extra} 
 "#
         );
         crate::config::Config::parse("t.toml", &text, &env)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .config
-            .producers[0]
-            .snapshot
-            .clone()
+            .map(|loaded| loaded.config.producers[0].snapshot.clone())
     };
-    let snap = pull_ok(&cfg_for("secure", "")).await;
+    let cfg_for = |path: &str, extra: &str| {
+        let parsed = cfg_for(path, extra);
+        (parsed.as_ref().ok().cloned(), parsed.err())
+    };
+    let valid = |path: &str| {
+        cfg_for(path, "")
+            .0
+            .unwrap_or_else(|| panic!("{path} parses"))
+    };
+    let snap = pull_ok(&valid("secure")).await;
     assert_eq!(snap.records.len(), 1, "the server accepted the headers");
 
     let mut errors = Vec::new();
     for path in ["fail", "deny", "garbage"] {
-        errors.push(pull_err(&cfg_for(path, "")).await);
+        let err = pull_err(&valid(path)).await;
+        errors.push(err.to_string());
+        errors.push(format!("{err:?}"));
     }
-    errors.push(pull_err(&cfg_for("secure", r#", X-Bad = "k3y-value\u0001""#)).await);
-    assert!(matches!(errors[3], PullError::Config(_)), "{:?}", errors[3]);
-    for err in &errors {
-        for shown in [err.to_string(), format!("{err:?}")] {
-            assert!(
-                !shown.contains("s3cret") && !shown.contains("k3y-value"),
-                "secret in {shown}"
-            );
-        }
+    // A value HTTP cannot carry is refused with the config, before any pull.
+    let (_, refused) = cfg_for("secure", r#", X-Bad = "k3y-value\u0001""#);
+    let refused = refused.expect("the config is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("not a valid HTTP header value"),
+        "{refused}"
+    );
+    errors.push(refused.to_string());
+    errors.push(format!("{refused:?}"));
+    for shown in &errors {
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("k3y-value"),
+            "secret in {shown}"
+        );
     }
 }
 
