@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::{db, now_ms, Store, StoreError};
+use super::{db, now_ms, placeholders, Store, StoreError};
 use crate::canonical::RecordHasher;
 use crate::entity::{EntityWrite, WriteOutcome};
 
@@ -275,7 +275,7 @@ impl Store {
                 .await?;
             outcomes.insert(producer, done.into_iter());
         }
-        let mut out = Vec::with_capacity(items.len());
+        let mut out: Vec<Settled> = Vec::with_capacity(items.len());
         for ((entry, effect), id) in items.iter().zip(stored) {
             let id = match id {
                 Ok(id) => id,
@@ -298,7 +298,6 @@ impl Store {
                     (outcome, None, changed)
                 }
             };
-            record_in(&mut tx, id, outcome, error.as_deref()).await?;
             out.push(Settled {
                 id,
                 outcome,
@@ -307,6 +306,8 @@ impl Store {
                 changed,
             });
         }
+        let new: Vec<&Settled> = out.iter().filter(|s| s.duplicate_of.is_none()).collect();
+        record_all_in(&mut tx, &new).await?;
         tx.commit().await.map_err(db("commit deltas"))?;
         for ((entry, _), settled) in items.iter().zip(&out) {
             if settled.changed {
@@ -604,6 +605,33 @@ where
     .fetch_optional(executor)
     .await
     .map_err(db("find the first delivery of a dedup key"))
+}
+
+/// Records the outcomes of `settled` deltas: one statement per 300 rows.
+async fn record_all_in(
+    tx: &mut Transaction<'static, Any>,
+    settled: &[&Settled],
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    for chunk in settled.chunks(300) {
+        let sql = format!(
+            "WITH v (id, outcome, error) AS (VALUES {})
+             UPDATE inbox SET outcome = v.outcome, error = v.error, applied_at = $1
+             FROM v WHERE inbox.id = v.id",
+            placeholders(chunk.len(), 2, "(?, ?, ?)")
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for s in chunk {
+            q = q
+                .bind(s.id)
+                .bind(s.outcome.as_str())
+                .bind(s.error.as_deref().map(|e| clean(e).into_owned()));
+        }
+        q.execute(&mut **tx)
+            .await
+            .map_err(db("record deltas' outcomes"))?;
+    }
+    Ok(())
 }
 
 async fn record_in(

@@ -271,6 +271,8 @@ async fn none_items_finished_with_the_readme_sql_close_their_drift() {
     };
     let claim = find("FOR UPDATE SKIP LOCKED");
     let done = find("state = 'done'");
+    let retry = find("SET state = 'pending'");
+    let dead = find("SET state = 'dead'");
 
     let (vendor, addr) = Vendor::start(30).await;
     let d = Daemon::start(config(&db, addr, "action = \"none\"")).await;
@@ -281,6 +283,16 @@ async fn none_items_finished_with_the_readme_sql_close_their_drift() {
     assert_eq!(run["work_emitted"].as_u64(), Some(k as u64), "{run}");
 
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    // The failure statements run, and touch only an item the worker holds.
+    for statement in [retry, dead] {
+        let none = sqlx::query(statement)
+            .bind(-1_i64)
+            .bind("not held")
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        assert_eq!(none.rows_affected(), 0, "{statement}");
+    }
     for _ in 0..k {
         let row: (i64, String, String) = sqlx::query_as(claim).fetch_one(&pool).await.unwrap();
         let finished = sqlx::query(done).bind(row.0).execute(&pool).await.unwrap();

@@ -418,6 +418,21 @@ async fn an_ingest_batch_settles_each_delta_in_order(db: &TestDb) {
     );
     assert_eq!(settled[3].duplicate_of, Some(settled[0].id));
     assert_eq!(settled[4].error.as_deref(), Some("no key"));
+    // The rows say the same: every outcome, error and apply time recorded.
+    let rows = store
+        .inbox_page(&driftd::store::InboxFilter::default(), 0, 100)
+        .await
+        .unwrap();
+    let recorded: Vec<(i64, InboxOutcome, Option<String>, bool)> = rows
+        .iter()
+        .map(|r| (r.id, r.outcome, r.error.clone(), r.applied_at.is_some()))
+        .collect();
+    let mut expected: Vec<(i64, InboxOutcome, Option<String>, bool)> = settled
+        .iter()
+        .map(|s| (s.id, s.outcome, s.error.clone(), true))
+        .collect();
+    expected.sort_by_key(|e| e.0);
+    assert_eq!(recorded, expected);
     let k = store.entity("b", "k").await.unwrap().unwrap();
     assert_eq!((k.doc, k.version), (Some(json!({"v": 3})), Some(3)));
     assert_eq!(store.count_entities("a").await.unwrap(), 2);
