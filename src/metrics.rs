@@ -18,6 +18,7 @@ pub struct Metrics {
     pub keyframe_runs: IntCounterVec,
     pub(crate) keyframe_duration: HistogramVec,
     pub(crate) keyframe_records: IntGaugeVec,
+    pub(crate) first_sync_records: IntCounterVec,
     pub(crate) keyframe_last_success: GaugeVec,
     pub keyframe_guarded: IntGaugeVec,
     pub(crate) drift_detected: IntCounterVec,
@@ -95,6 +96,11 @@ impl Metrics {
             keyframe_records: igauge(
                 "driftd_keyframe_records",
                 "Records in the last successful snapshot.",
+                &["producer"],
+            ),
+            first_sync_records: counter(
+                "driftd_first_sync_records_total",
+                "Records a first sync wrote into an empty mirror instead of queueing work.",
                 &["producer"],
             ),
             keyframe_last_success: register(
@@ -197,6 +203,7 @@ impl Metrics {
         self.drift_open.with_label_values(&[producer]);
         self.entities.with_label_values(&[producer]);
         self.keyframe_records.with_label_values(&[producer]);
+        self.first_sync_records.with_label_values(&[producer]);
         self.keyframe_guarded.with_label_values(&[producer]);
         self.delta_loss_ratio.with_label_values(&[producer]);
         for state in [WorkState::Pending, WorkState::Running, WorkState::Dead] {

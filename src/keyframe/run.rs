@@ -664,6 +664,9 @@ impl Keyframer {
             m.keyframe_records
                 .with_label_values(&[&p.name])
                 .set(i64::try_from(summary.records).unwrap_or(i64::MAX));
+            m.first_sync_records
+                .with_label_values(&[&p.name])
+                .inc_by(summary.loaded);
             for (kind, n) in [
                 ("missing", summary.missing),
                 ("extra", summary.extra),

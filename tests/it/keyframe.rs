@@ -422,7 +422,17 @@ async fn bootstrap_into_an_empty_table(db: &TestDb) {
     let store = db.store().await;
     let (_vendor, addr) = Vendor::start(600).await;
     let p = producer(&crate::support::snapshot_toml("link_header", addr), "");
-    let s = keyframe(&store, &p).await;
+    let metrics = Metrics::new();
+    let s = Keyframer::new(store.clone(), reqwest::Client::new(), metrics.clone())
+        .run(&p, false)
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .render()
+            .contains("driftd_first_sync_records_total{producer=\"orders\"} 600"),
+        "the load is counted"
+    );
     assert_eq!(
         (s.state, s.missing, s.work_emitted, s.loaded),
         (RunState::Ok, 600, 0, 600),
