@@ -11,9 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures::TryStreamExt;
 use serde_json::Value;
-use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
 
+use super::sql::{query, Row, Tx};
 use super::{db, now_ms, placeholders, Store, StoreError};
 use crate::canonical::{bucket_of, Digest, RecordHash, RecordHasher};
 use crate::entity::{
@@ -86,25 +85,21 @@ impl Store {
 
     /// Takes the producer's write lock (its `chain_heads` row) inside `tx` and
     /// returns the chain head. Every entity write of a producer goes through it.
-    async fn lock_producer(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        producer: &str,
-    ) -> Result<ChainHead, StoreError> {
-        sqlx::query(
+    async fn lock_producer(&self, tx: &mut Tx, producer: &str) -> Result<ChainHead, StoreError> {
+        query(
             "INSERT INTO chain_heads (producer, seq, chain) VALUES ($1, 0, $2) ON CONFLICT (producer) DO NOTHING",
         )
         .bind(producer)
         .bind(ChainHead::GENESIS.chain.to_vec())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(db("create a chain head"))?;
-        let head = sqlx::query(&format!(
+        let head = query(&format!(
             "SELECT seq, chain FROM chain_heads WHERE producer = $1{}",
             self.backend.for_update()
         ))
         .bind(producer)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(db("lock the chain head"))?;
         let seq: i64 = head.try_get(0).map_err(db("read the chain head"))?;
@@ -132,9 +127,9 @@ impl Store {
         let rules = hasher.fingerprint();
         let mut tx = self.begin_write().await?;
         self.lock_producer(&mut tx, producer).await?;
-        let stored = sqlx::query("SELECT bucket_bits, hash_rules FROM layouts WHERE producer = $1")
+        let stored = query("SELECT bucket_bits, hash_rules FROM layouts WHERE producer = $1")
             .bind(producer)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut tx)
             .await
             .map_err(db("read the layout"))?;
         let (bits, stored_rules): (Option<i64>, Option<String>) = match &stored {
@@ -158,7 +153,7 @@ impl Store {
                     relayout.hashes.then_some(hasher),
                 )
                 .await?;
-            sqlx::query(
+            query(
                 "INSERT INTO layouts (producer, bucket_bits, hash_rules) VALUES ($1, $2, $3)
                  ON CONFLICT (producer) DO UPDATE SET bucket_bits = excluded.bucket_bits,
                    hash_rules = excluded.hash_rules",
@@ -166,7 +161,7 @@ impl Store {
             .bind(producer)
             .bind(i64::from(bucket_bits))
             .bind(&rules)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await
             .map_err(db("record the layout"))?;
         }
@@ -178,7 +173,7 @@ impl Store {
     /// page at a time, then rebuilds its bucket digests. Returns the rows seen.
     async fn relayout_rows(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut Tx,
         producer: &str,
         bucket_bits: u8,
         rehash: Option<&RecordHasher>,
@@ -188,14 +183,14 @@ impl Store {
         let mut after = String::new();
         let mut seen = 0u64;
         loop {
-            let page = sqlx::query(
+            let page = query(
                 "SELECT key, doc, hash, bucket FROM entities WHERE producer = $1 AND key > $2
                  ORDER BY key LIMIT $3",
             )
             .bind(producer)
             .bind(&after)
             .bind(PAGE)
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut *tx)
             .await
             .map_err(db("read rows to re-lay out"))?;
             let Some(last) = page.last() else { break };
@@ -206,7 +201,7 @@ impl Store {
                 let e = db("read rows to re-lay out");
                 let key: String = r.try_get(0).map_err(e)?;
                 let old_hash = hash_col(r, 2)?;
-                let old_bucket = r.try_get::<i64, _>(3).map_err(e)? as u32;
+                let old_bucket = r.try_get::<i64>(3).map_err(e)? as u32;
                 let hash = match rehash {
                     None => old_hash,
                     Some(hasher) => {
@@ -238,21 +233,21 @@ impl Store {
                      ON CONFLICT (producer, key) DO UPDATE SET hash = excluded.hash, bucket = excluded.bucket",
                     placeholders(chunk.len(), 2, "($1, ?, ?, ?, '', 0)")
                 );
-                let mut q = sqlx::query(&sql).bind(producer);
+                let mut q = query(&sql).bind(producer);
                 for (key, hash, bucket) in chunk {
                     q = q
                         .bind(key.as_str())
                         .bind(hash.map(|h| h.0.to_vec()))
                         .bind(i64::from(*bucket));
                 }
-                q.execute(&mut **tx)
+                q.execute(&mut *tx)
                     .await
                     .map_err(db("re-lay out entities"))?;
             }
         }
-        sqlx::query("DELETE FROM buckets WHERE producer = $1")
+        query("DELETE FROM buckets WHERE producer = $1")
             .bind(producer)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .map_err(db("clear bucket digests"))?;
         self.add_to_buckets(tx, producer, &digests).await?;
@@ -262,7 +257,7 @@ impl Store {
     /// The body of [`Store::write_entities`], inside a caller's transaction.
     pub(crate) async fn write_entities_in(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut Tx,
         producer: &str,
         bucket_bits: u8,
         hasher: &RecordHasher,
@@ -272,14 +267,14 @@ impl Store {
         let head = self.lock_producer(tx, producer).await?;
         // The first write of a producer records the layout its bucket numbers
         // and hashes use.
-        sqlx::query(
+        query(
             "INSERT INTO layouts (producer, bucket_bits, hash_rules) VALUES ($1, $2, $3)
              ON CONFLICT (producer) DO NOTHING",
         )
         .bind(producer)
         .bind(i64::from(bucket_bits))
         .bind(hasher.fingerprint())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(db("record the bucket layout"))?;
 
@@ -302,7 +297,7 @@ impl Store {
                    source = excluded.source, updated_at = excluded.updated_at",
                 placeholders(chunk.len(), 3, "($1, ?, ?, ?, ?, ?, ?, ?, $2)")
             );
-            let mut q = sqlx::query(&sql).bind(producer).bind(now);
+            let mut q = query(&sql).bind(producer).bind(now);
             for RowWrite { key, row, source } in chunk {
                 q = q
                     .bind(*key)
@@ -313,7 +308,7 @@ impl Store {
                     .bind(i64::from(row.deleted))
                     .bind(source.as_str());
             }
-            q.execute(&mut **tx).await.map_err(db("write entities"))?;
+            q.execute(&mut *tx).await.map_err(db("write entities"))?;
         }
         self.add_to_buckets(tx, producer, &plan.buckets).await?;
         for chunk in plan.links.chunks(500) {
@@ -321,7 +316,7 @@ impl Store {
                 "INSERT INTO changes (producer, seq, key, op, hash, version, source, at, chain) VALUES {}",
                 placeholders(chunk.len(), 3, "($1, ?, ?, ?, ?, ?, ?, $2, ?)")
             );
-            let mut q = sqlx::query(&sql).bind(producer).bind(now);
+            let mut q = query(&sql).bind(producer).bind(now);
             for l in chunk {
                 q = q
                     .bind(l.seq)
@@ -332,24 +327,24 @@ impl Store {
                     .bind(l.source.as_str())
                     .bind(l.chain.to_vec());
             }
-            q.execute(&mut **tx)
+            q.execute(&mut *tx)
                 .await
                 .map_err(db("append to the changes log"))?;
         }
         if !plan.links.is_empty() && self.backend == super::Backend::Postgres {
             // Delivered at commit, to every replica's change-feed listener.
-            sqlx::query("SELECT pg_notify($1, $2)")
+            query("SELECT pg_notify($1, $2)")
                 .bind(super::feed::CHANNEL)
                 .bind(self.signals.payload(producer))
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await
                 .map_err(db("notify change-feed consumers"))?;
         }
-        sqlx::query("UPDATE chain_heads SET seq = $2, chain = $3 WHERE producer = $1")
+        query("UPDATE chain_heads SET seq = $2, chain = $3 WHERE producer = $1")
             .bind(producer)
             .bind(plan.head.seq)
             .bind(plan.head.chain.to_vec())
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .map_err(db("advance the chain head"))?;
         Ok(plan.outcomes)
@@ -358,7 +353,7 @@ impl Store {
     /// The stored rows of `keys` (sorted, unique); absent keys are left out.
     async fn current_many<'k>(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut Tx,
         producer: &str,
         keys: &[&'k str],
     ) -> Result<HashMap<&'k str, StoredRow>, StoreError> {
@@ -369,11 +364,11 @@ impl Store {
                  WHERE producer = $1 AND key IN ({})",
                 placeholders(chunk.len(), 2, "?")
             );
-            let mut q = sqlx::query(&sql).bind(producer);
+            let mut q = query(&sql).bind(producer);
             for k in chunk {
                 q = q.bind(*k);
             }
-            for row in q.fetch_all(&mut **tx).await.map_err(db("read entities"))? {
+            for row in q.fetch_all(&mut *tx).await.map_err(db("read entities"))? {
                 let e = db("read an entity");
                 let key: String = row.try_get(0).map_err(e)?;
                 let doc: Option<String> = row.try_get(1).map_err(e)?;
@@ -387,9 +382,9 @@ impl Store {
                 let current = StoredRow {
                     doc,
                     hash: hash_col(&row, 2)?,
-                    bucket: row.try_get::<i64, _>(3).map_err(e)? as u32,
+                    bucket: row.try_get::<i64>(3).map_err(e)? as u32,
                     version: row.try_get(4).map_err(e)?,
-                    deleted: row.try_get::<i64, _>(5).map_err(e)? != 0,
+                    deleted: row.try_get::<i64>(5).map_err(e)? != 0,
                 };
                 if let Some(slot) = chunk.iter().find(|k| **k == key) {
                     out.insert(slot, current);
@@ -402,7 +397,7 @@ impl Store {
     /// Adds digest deltas to their buckets (multi-row upserts; empty deltas skipped).
     async fn add_to_buckets(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut Tx,
         producer: &str,
         deltas: &BTreeMap<u32, Digest>,
     ) -> Result<(), StoreError> {
@@ -415,7 +410,7 @@ impl Store {
                    l2 = buckets.l2 + excluded.l2, l3 = buckets.l3 + excluded.l3",
                 placeholders(chunk.len(), 2, "($1, ?, ?, ?, ?, ?, ?)")
             );
-            let mut q = sqlx::query(&sql).bind(producer);
+            let mut q = query(&sql).bind(producer);
             for (bucket, d) in chunk {
                 q = q
                     .bind(i64::from(**bucket))
@@ -425,7 +420,7 @@ impl Store {
                     .bind(d.lanes[2])
                     .bind(d.lanes[3]);
             }
-            q.execute(&mut **tx)
+            q.execute(&mut *tx)
                 .await
                 .map_err(db("update bucket digests"))?;
         }
@@ -434,7 +429,7 @@ impl Store {
 
     /// Reads one entity, tombstones included.
     pub async fn entity(&self, producer: &str, key: &str) -> Result<Option<Entity>, StoreError> {
-        let row = sqlx::query(
+        let row = query(
             "SELECT key, doc, hash, bucket, version, deleted, source, updated_at
              FROM entities WHERE producer = $1 AND key = $2",
         )
@@ -448,7 +443,7 @@ impl Store {
 
     /// Every live entity of a producer, in key order (for tests, exports and the naive compare).
     pub async fn entities(&self, producer: &str) -> Result<Vec<Entity>, StoreError> {
-        sqlx::query(
+        query(
             "SELECT key, doc, hash, bucket, version, deleted, source, updated_at
              FROM entities WHERE producer = $1 AND deleted = 0 ORDER BY key",
         )
@@ -467,7 +462,7 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Entity>, StoreError> {
-        sqlx::query(
+        query(
             "SELECT key, doc, hash, bucket, version, deleted, source, updated_at
              FROM entities WHERE producer = $1 AND deleted = 0 AND key > $2
              ORDER BY key LIMIT $3",
@@ -486,14 +481,12 @@ impl Store {
     /// which every write keeps exact, so no scan of `entities` is needed (the
     /// gauge refresher asks every two seconds).
     pub async fn count_entities(&self, producer: &str) -> Result<i64, StoreError> {
-        sqlx::query(
-            "SELECT CAST(COALESCE(SUM(rows), 0) AS BIGINT) FROM buckets WHERE producer = $1",
-        )
-        .bind(producer)
-        .fetch_one(&self.pool)
-        .await
-        .and_then(|r| r.try_get(0))
-        .map_err(db("count entities"))
+        query("SELECT CAST(COALESCE(SUM(rows), 0) AS BIGINT) FROM buckets WHERE producer = $1")
+            .bind(producer)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(db("count entities"))
     }
 
     /// `(key, hash, version)` of every row, tombstones included, in the given buckets.
@@ -509,7 +502,7 @@ impl Store {
                  WHERE producer = $1 AND bucket IN ({})",
                 placeholders(chunk.len(), 2, "?")
             );
-            let mut q = sqlx::query(&sql).bind(producer);
+            let mut q = query(&sql).bind(producer);
             for b in chunk {
                 q = q.bind(i64::from(*b));
             }
@@ -522,7 +515,7 @@ impl Store {
                     key: r.try_get(0).map_err(db("read rows of buckets"))?,
                     hash: hash_col(&r, 1)?,
                     version: r.try_get(2).map_err(db("read rows of buckets"))?,
-                    deleted: r.try_get::<i64, _>(3).map_err(db("read rows of buckets"))? != 0,
+                    deleted: r.try_get::<i64>(3).map_err(db("read rows of buckets"))? != 0,
                     updated_at: r.try_get(4).map_err(db("read rows of buckets"))?,
                 });
             }
@@ -532,7 +525,7 @@ impl Store {
 
     /// Every non-empty bucket digest of a producer.
     pub async fn bucket_digests(&self, producer: &str) -> Result<Vec<(u32, Digest)>, StoreError> {
-        sqlx::query(
+        query(
             "SELECT bucket, rows, l0, l1, l2, l3 FROM buckets WHERE producer = $1 AND
              (rows <> 0 OR l0 <> 0 OR l1 <> 0 OR l2 <> 0 OR l3 <> 0) ORDER BY bucket",
         )
@@ -540,7 +533,7 @@ impl Store {
         .fetch(&self.pool)
         .map_err(db("read bucket digests"))
         .and_then(|r| async move {
-            let get = |i| r.try_get::<i64, _>(i).map_err(db("read bucket digests"));
+            let get = |i| r.try_get::<i64>(i).map_err(db("read bucket digests"));
             Ok((
                 get(0)? as u32,
                 Digest {
@@ -561,7 +554,7 @@ impl Store {
     /// log, or a log with no head, is broken too.
     pub async fn verify_chain(&self) -> Result<(u64, Option<ChainBreak>), StoreError> {
         let heads: BTreeMap<String, (i64, Vec<u8>)> =
-            sqlx::query("SELECT producer, seq, chain FROM chain_heads")
+            query("SELECT producer, seq, chain FROM chain_heads")
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db("read the chain heads"))?
@@ -569,7 +562,7 @@ impl Store {
                 .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
                 .collect::<Result<_, sqlx::Error>>()
                 .map_err(db("read the chain heads"))?;
-        let mut rows = sqlx::query(
+        let mut rows = query(
             "SELECT id, producer, seq, key, op, hash, version, source, at, chain
              FROM changes ORDER BY producer, seq",
         )
@@ -702,7 +695,7 @@ fn end_at_head(
     }
 }
 
-fn hash_col(row: &AnyRow, i: usize) -> Result<Option<RecordHash>, StoreError> {
+fn hash_col(row: &Row, i: usize) -> Result<Option<RecordHash>, StoreError> {
     let bytes: Option<Vec<u8>> = row.try_get(i).map_err(db("read a hash"))?;
     bytes
         .map(|b| {
@@ -714,7 +707,7 @@ fn hash_col(row: &AnyRow, i: usize) -> Result<Option<RecordHash>, StoreError> {
         .transpose()
 }
 
-fn entity_from_row(r: &AnyRow) -> Result<Entity, StoreError> {
+fn entity_from_row(r: &Row) -> Result<Entity, StoreError> {
     let key: String = r.try_get(0).map_err(db("read an entity"))?;
     let doc: Option<String> = r.try_get(1).map_err(db("read an entity"))?;
     let doc = doc
@@ -727,9 +720,9 @@ fn entity_from_row(r: &AnyRow) -> Result<Entity, StoreError> {
     Ok(Entity {
         doc,
         hash: hash_col(r, 2)?,
-        bucket: r.try_get::<i64, _>(3).map_err(db("read an entity"))? as u32,
+        bucket: r.try_get::<i64>(3).map_err(db("read an entity"))? as u32,
         version: r.try_get(4).map_err(db("read an entity"))?,
-        deleted: r.try_get::<i64, _>(5).map_err(db("read an entity"))? != 0,
+        deleted: r.try_get::<i64>(5).map_err(db("read an entity"))? != 0,
         source: source_col(r, 6, "entities")?,
         updated_at: r.try_get(7).map_err(db("read an entity"))?,
         key,
@@ -737,7 +730,7 @@ fn entity_from_row(r: &AnyRow) -> Result<Entity, StoreError> {
 }
 
 /// A `source` column as the [`Source`] it spells.
-pub(super) fn source_col(r: &AnyRow, i: usize, table: &'static str) -> Result<Source, StoreError> {
+pub(super) fn source_col(r: &Row, i: usize, table: &'static str) -> Result<Source, StoreError> {
     let s: String = r.try_get(i).map_err(db("read a source"))?;
     Source::parse(&s).ok_or_else(|| StoreError::Corrupt {
         table,

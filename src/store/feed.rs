@@ -16,11 +16,11 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::Row;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::sql::query;
 use super::{db, Store, StoreError};
 use crate::entity::Source;
 use crate::state::WorkState;
@@ -127,7 +127,7 @@ impl Store {
              WHERE producer = $1 AND seq > $2 ORDER BY seq LIMIT $3"
         };
         let read = db("read the change feed");
-        sqlx::query(sql)
+        query(sql)
             .bind(producer)
             .bind(after)
             .bind(limit)
@@ -173,7 +173,7 @@ impl Store {
 
     /// The position of `producer`'s newest change (0 before the first).
     pub(crate) async fn feed_head(&self, producer: &str) -> Result<i64, StoreError> {
-        let seq: Option<i64> = sqlx::query("SELECT seq FROM chain_heads WHERE producer = $1")
+        let seq: Option<i64> = query("SELECT seq FROM chain_heads WHERE producer = $1")
             .bind(producer)
             .fetch_optional(&self.pool)
             .await
@@ -198,7 +198,7 @@ impl Store {
                 "SELECT key, state FROM work WHERE producer = $1 AND state IN ('pending', 'running') AND key IN ({})",
                 super::placeholders(chunk.len(), 2, "?")
             );
-            let mut q = sqlx::query(&sql).bind(producer);
+            let mut q = query(&sql).bind(producer);
             for k in chunk {
                 q = q.bind(*k);
             }
@@ -225,13 +225,18 @@ impl Store {
     /// meanwhile costs one read, not a missed change. Returns at once on SQLite
     /// (one process owns the file).
     pub(crate) async fn listen_changes(&self, cancel: CancellationToken) {
-        if self.backend != super::Backend::Postgres {
+        let super::Pool::Postgres(pool) = &self.pool else {
             return;
-        }
-        let options = self.pool.connect_options();
-        let url = options.database_url.to_string();
+        };
+        // A pool of its own, so the listening connection is not one of the store's.
+        let options = (*pool.connect_options()).clone();
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(options);
         while !cancel.is_cancelled() {
-            match sqlx::postgres::PgListener::connect(&url).await {
+            match sqlx::postgres::PgListener::connect_with(&own).await {
                 Ok(mut l) => match l.listen(CHANNEL).await {
                     Ok(()) => {
                         self.signals.bump_all();

@@ -14,9 +14,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
-
+use super::sql::{query, query_scalar, On, Row, Tx};
 use super::{db, now_ms, placeholders, Store, StoreError};
 use crate::canonical::RecordHasher;
 use crate::entity::{EntityWrite, WriteOutcome};
@@ -188,7 +186,7 @@ fn clean(s: &str) -> Cow<'_, str> {
     }
 }
 
-fn outcome_col(r: &AnyRow, i: usize) -> Result<InboxOutcome, StoreError> {
+fn outcome_col(r: &Row, i: usize) -> Result<InboxOutcome, StoreError> {
     let s: String = r.try_get(i).map_err(db("read an inbox row"))?;
     InboxOutcome::parse(&s).ok_or_else(|| StoreError::Corrupt {
         table: "inbox",
@@ -196,7 +194,7 @@ fn outcome_col(r: &AnyRow, i: usize) -> Result<InboxOutcome, StoreError> {
     })
 }
 
-fn row_from(r: &AnyRow) -> Result<InboxRow, StoreError> {
+fn row_from(r: &Row) -> Result<InboxRow, StoreError> {
     let e = db("read an inbox row");
     let channel: String = r.try_get(2).map_err(e)?;
     Ok(InboxRow {
@@ -351,12 +349,12 @@ impl Store {
         mode: SettleMode,
     ) -> Result<Option<Settled>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query(&format!(
+        let row = query(&format!(
             "SELECT {COLUMNS} FROM inbox WHERE id = $1{}",
             self.backend.for_update()
         ))
         .bind(id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut tx)
         .await
         .map_err(db("lock an inbox row"))?;
         let Some(row) = row.as_ref().map(row_from).transpose()? else {
@@ -436,7 +434,7 @@ impl Store {
             clause(&mut sql, "outcome", "=");
         }
         sql.push_str(&format!(" ORDER BY id LIMIT ${}", n + 1));
-        let mut q = sqlx::query(&sql).bind(after_id);
+        let mut q = query(&sql).bind(after_id);
         if let Some(p) = &filter.producer {
             q = q.bind(p.as_str());
         }
@@ -469,11 +467,11 @@ impl Store {
     /// a redelivery, stored as `duplicate` of the first delivery.
     async fn insert_in(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut Tx,
         e: &InboxEntry,
     ) -> Result<Result<i64, Settled>, StoreError> {
         let dedup_key = e.dedup_key.as_deref().map(clean);
-        let id: Option<i64> = sqlx::query_scalar(
+        let id: Option<i64> = query_scalar(
             "INSERT INTO inbox (producer, channel, received_at, dedup_key, headers, body, outcome)
              VALUES ($1, $2, $3, $4, $5, $6, 'pending')
              ON CONFLICT (producer, channel, dedup_key)
@@ -486,20 +484,20 @@ impl Store {
         .bind(dedup_key.as_deref())
         .bind(clean(&e.headers).as_ref())
         .bind(e.body.as_slice())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db("insert a delta"))?;
         if let Some(id) = id {
             return Ok(Ok(id));
         }
         let key = dedup_key.expect("only a dedup key can conflict");
-        let first = first_delivery(&mut **tx, &e.producer, e.channel, &key)
+        let first = first_delivery(&mut *tx, &e.producer, e.channel, &key)
             .await?
             .ok_or_else(|| StoreError::Corrupt {
                 table: "inbox",
                 reason: format!("dedup key {key:?} conflicts, but no first delivery found"),
             })?;
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = query_scalar(
             "INSERT INTO inbox (producer, channel, received_at, dedup_key, duplicate_of, headers,
                body, outcome, applied_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'duplicate', $3)
@@ -512,7 +510,7 @@ impl Store {
         .bind(first)
         .bind(clean(&e.headers).as_ref())
         .bind(e.body.as_slice())
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(db("insert a duplicate delta"))?;
         Ok(Err(Settled {
@@ -529,7 +527,7 @@ impl Store {
     /// [`Store::settle_delta`].
     async fn apply_in(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut Tx,
         e: &InboxEntry,
         effect: &InboxEffect,
         late: bool,
@@ -557,12 +555,12 @@ impl Store {
         let mut outcomes = Vec::with_capacity(writes.len());
         for w in writes {
             if w.version.is_none() {
-                let updated_at: Option<i64> = sqlx::query_scalar(
+                let updated_at: Option<i64> = query_scalar(
                     "SELECT updated_at FROM entities WHERE producer = $1 AND key = $2",
                 )
                 .bind(&e.producer)
                 .bind(&w.key)
-                .fetch_optional(&mut **tx)
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(db("read an entity's update time"))?;
                 if updated_at.is_some_and(|t| t >= e.received_at) {
@@ -586,32 +584,26 @@ impl Store {
     }
 }
 
-async fn first_delivery<'c, E>(
-    executor: E,
+async fn first_delivery<'a>(
+    on: impl Into<On<'a>>,
     producer: &str,
     channel: Channel,
     dedup_key: &str,
-) -> Result<Option<i64>, StoreError>
-where
-    E: sqlx::Executor<'c, Database = Any>,
-{
-    sqlx::query_scalar(
+) -> Result<Option<i64>, StoreError> {
+    query_scalar(
         "SELECT id FROM inbox WHERE producer = $1 AND channel = $2 AND dedup_key = $3
            AND duplicate_of IS NULL",
     )
     .bind(producer)
     .bind(channel.as_str())
     .bind(clean(dedup_key).as_ref())
-    .fetch_optional(executor)
+    .fetch_optional(on)
     .await
     .map_err(db("find the first delivery of a dedup key"))
 }
 
 /// Records the outcomes of `settled` deltas: one statement per 300 rows.
-async fn record_all_in(
-    tx: &mut Transaction<'static, Any>,
-    settled: &[&Settled],
-) -> Result<(), StoreError> {
+async fn record_all_in(tx: &mut Tx, settled: &[&Settled]) -> Result<(), StoreError> {
     let now = now_ms();
     for chunk in settled.chunks(300) {
         let sql = format!(
@@ -620,14 +612,14 @@ async fn record_all_in(
              FROM v WHERE inbox.id = v.id",
             placeholders(chunk.len(), 2, "(?, ?, ?)")
         );
-        let mut q = sqlx::query(&sql).bind(now);
+        let mut q = query(&sql).bind(now);
         for s in chunk {
             q = q
                 .bind(s.id)
                 .bind(s.outcome.as_str())
                 .bind(s.error.as_deref().map(|e| clean(e).into_owned()));
         }
-        q.execute(&mut **tx)
+        q.execute(&mut *tx)
             .await
             .map_err(db("record deltas' outcomes"))?;
     }
@@ -635,17 +627,17 @@ async fn record_all_in(
 }
 
 async fn record_in(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Tx,
     id: i64,
     outcome: InboxOutcome,
     error: Option<&str>,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE inbox SET outcome = $2, error = $3, applied_at = $4 WHERE id = $1")
+    query("UPDATE inbox SET outcome = $2, error = $3, applied_at = $4 WHERE id = $1")
         .bind(id)
         .bind(outcome.as_str())
         .bind(error.map(clean).as_deref())
         .bind(now_ms())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(db("record a delta's outcome"))?;
     Ok(())

@@ -1,9 +1,12 @@
 //! The store: one interface over SQLite and PostgreSQL. Only this module contains SQL.
 //!
-//! Both backends go through sqlx's `Any` driver with the same SQL text
-//! (`$1` placeholders work on both); where the dialects differ the difference
-//! is one small method on [`Backend`] (`FOR UPDATE`, `BEGIN IMMEDIATE`).
-//! Migrations are per backend under `migrations/`.
+//! Each backend runs on its own sqlx driver (`SqlitePool`, `PgPool`) through
+//! [`sql`], which binds times, documents and arrays as each backend's own
+//! types. Most statements are one SQL text for both (`$1` placeholders work
+//! on both); where the dialects differ, the operation spells both side by
+//! side in a `match` on [`Backend`]. Migrations are per backend under
+//! `migrations/`: PostgreSQL keeps `timestamptz`, `jsonb` and `boolean`,
+//! SQLite `INTEGER` and `TEXT`.
 //!
 //! SQLite is the embedded, single-replica default: its pool holds one
 //! connection, so writes are serialized in the process and no code path may
@@ -29,13 +32,19 @@ mod entities;
 mod feed;
 mod inbox;
 mod runs;
+pub mod sql;
 mod work;
 
 use std::time::Duration;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyPool, Connection, Row, Transaction};
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection};
 use tracing::warn;
+
+use sql::{query, query_scalar};
+pub use sql::{Pool, Tx};
 
 pub use entities::{ChainBreak, Entity, Relayout};
 pub use feed::FeedChange;
@@ -75,15 +84,6 @@ impl Backend {
         match self {
             Self::Sqlite => "",
             Self::Postgres => " FOR UPDATE",
-        }
-    }
-
-    /// The statement that opens a write transaction. SQLite takes the write
-    /// lock up front so a read-then-write transaction never fails to upgrade.
-    fn begin_write(self) -> &'static str {
-        match self {
-            Self::Sqlite => "BEGIN IMMEDIATE",
-            Self::Postgres => "BEGIN",
         }
     }
 }
@@ -178,7 +178,7 @@ pub fn now_ms() -> i64 {
 /// A handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: AnyPool,
+    pool: Pool,
     backend: Backend,
     /// Wake-ups of change-feed consumers, shared by every clone.
     signals: std::sync::Arc<feed::Signals>,
@@ -195,7 +195,6 @@ impl Store {
         max_connections: u32,
         create: Create,
     ) -> Result<Self, StoreError> {
-        sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url).ok_or_else(|| {
             StoreError::UnsupportedUrl(url.split(':').next().unwrap_or_default().to_string())
         })?;
@@ -210,55 +209,31 @@ impl Store {
             }
             _ => url.to_string(),
         };
-        let options: AnyConnectOptions = url.parse().map_err(|source| StoreError::Connect {
+        let connect = |source| StoreError::Connect {
             backend: backend.name(),
             source,
-        })?;
-        let pool_size = match backend {
-            Backend::Sqlite => 1,
-            Backend::Postgres => max_connections.max(2),
         };
-        let pool = AnyPoolOptions::new()
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Postgres {
-                        // Batches bind hundreds of keys (`key IN ($2, …)`); a cached
-                        // generic plan for those misjudges them and scans the table.
-                        sqlx::query("SET plan_cache_mode = force_custom_plan")
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .before_acquire(|conn, _meta| {
-                Box::pin(async move {
-                    // Unreachable through `begin_write`; a connection left in a
-                    // transaction would make every later `BEGIN` fail.
-                    let clean = !conn.is_in_transaction();
-                    if !clean {
-                        warn!("a pooled database connection was still inside a transaction; closing it");
-                    }
-                    Ok(clean)
-                })
-            })
-            .max_connections(pool_size)
-            .min_connections(0)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .map_err(|source| StoreError::Connect {
-                backend: backend.name(),
-                source,
-            })?;
-        if backend == Backend::Sqlite {
-            sqlx::query("PRAGMA journal_mode=WAL")
-                .execute(&pool)
-                .await
-                .map_err(db("enable SQLite WAL mode"))?;
-        }
+        let pool = match backend {
+            Backend::Sqlite => {
+                let options: SqliteConnectOptions = url.parse().map_err(connect)?;
+                let options = options.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+                Pool::Sqlite(
+                    pool_options(1)
+                        .connect_with(options)
+                        .await
+                        .map_err(connect)?,
+                )
+            }
+            Backend::Postgres => {
+                let options: PgConnectOptions = url.parse().map_err(connect)?;
+                Pool::Postgres(
+                    pool_options(max_connections.max(2))
+                        .connect_with(options)
+                        .await
+                        .map_err(connect)?,
+                )
+            }
+        };
         Ok(Self {
             pool,
             backend,
@@ -317,22 +292,17 @@ impl Store {
                 "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = '_sqlx_migrations'"
             }
         };
-        let exists: i64 = sqlx::query(table)
+        let exists: i64 = query_scalar(table)
             .fetch_one(&self.pool)
             .await
-            .and_then(|r| r.try_get(0))
             .map_err(db("look for the migration table"))?;
         if exists == 0 {
             return Ok(0);
         }
-        let mut conn = self
-            .pool
-            .acquire()
+        query_scalar(APPLIED_MIGRATIONS)
+            .fetch_one(&self.pool)
             .await
-            .map_err(db("read the applied migrations"))?;
-        applied_migrations(&mut conn)
-            .await
-            .map(|n| n as usize)
+            .map(|n: i64| n as usize)
             .map_err(db("read the applied migrations"))
     }
 
@@ -345,13 +315,9 @@ impl Store {
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        match self.backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await?,
-            Backend::Postgres => {
-                sqlx::migrate!("migrations/postgres")
-                    .run(&self.pool)
-                    .await?
-            }
+        match &self.pool {
+            Pool::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(p).await?,
+            Pool::Postgres(p) => sqlx::migrate!("migrations/postgres").run(p).await?,
         }
         Ok(())
     }
@@ -360,18 +326,26 @@ impl Store {
         self.backend
     }
 
-    pub fn pool(&self) -> &AnyPool {
+    /// The connection pool, for tests and the benchmark harness.
+    #[doc(hidden)]
+    pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
-    /// Opens a write transaction (SQLite: `BEGIN IMMEDIATE`). The `BEGIN` runs
-    /// in a task of its own, so a caller dropped meanwhile cannot leave the
-    /// connection inside a transaction nobody holds: the task finishes, and
-    /// the `Transaction` it made rolls back when dropped.
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+    /// Opens a write transaction. SQLite takes the write lock up front
+    /// (`BEGIN IMMEDIATE`) so a read-then-write transaction never fails to
+    /// upgrade. The `BEGIN` runs in a task of its own, so a caller dropped
+    /// meanwhile cannot leave the connection inside a transaction nobody
+    /// holds: the task finishes, and the `Tx` it made rolls back when dropped.
+    pub(crate) async fn begin_write(&self) -> Result<Tx, StoreError> {
         let pool = self.pool.clone();
-        let statement = self.backend.begin_write();
-        let begun = match tokio::spawn(async move { pool.begin_with(statement).await }).await {
+        let begin = async move {
+            match pool {
+                Pool::Sqlite(p) => p.begin_with("BEGIN IMMEDIATE").await.map(Tx::Sqlite),
+                Pool::Postgres(p) => p.begin().await.map(Tx::Postgres),
+            }
+        };
+        let begun = match tokio::spawn(begin).await {
             Ok(begun) => begun,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             // Only when the runtime shuts down.
@@ -389,28 +363,51 @@ impl Store {
     /// [`READINESS_ACQUIRE`] only; then one direct connection, as long again,
     /// answers the question (or tells why it cannot) and is closed.
     pub async fn readiness(&self) -> Result<(), String> {
-        use sqlx::{ConnectOptions, Connection};
         let unreachable = |e: sqlx::Error| format!("database unreachable: {e}");
-        let applied = match tokio::time::timeout(READINESS_ACQUIRE, self.pool.acquire()).await {
-            Ok(conn) => {
-                let mut conn = conn.map_err(unreachable)?;
-                applied_migrations(&mut conn).await
+        let pooled = async {
+            match &self.pool {
+                Pool::Sqlite(p) => {
+                    sqlx::query_scalar::<_, i64>(APPLIED_MIGRATIONS)
+                        .fetch_one(&mut *p.acquire().await?)
+                        .await
+                }
+                Pool::Postgres(p) => {
+                    sqlx::query_scalar::<_, i64>(APPLIED_MIGRATIONS)
+                        .fetch_one(&mut *p.acquire().await?)
+                        .await
+                }
             }
-            Err(_) => {
-                let options = self.pool.connect_options();
-                let mut conn = tokio::time::timeout(READINESS_ACQUIRE, options.connect())
-                    .await
-                    .map_err(|_| {
-                        format!(
-                            "database unreachable: no connection within {}s",
-                            2 * READINESS_ACQUIRE.as_secs()
-                        )
-                    })?
-                    .map_err(unreachable)?;
-                let applied = applied_migrations(&mut conn).await;
-                let _ = conn.close().await;
-                applied
+        };
+        let direct = async {
+            match &self.pool {
+                Pool::Sqlite(p) => {
+                    let mut conn = p.connect_options().connect().await?;
+                    let applied = sqlx::query_scalar::<_, i64>(APPLIED_MIGRATIONS)
+                        .fetch_one(&mut conn)
+                        .await;
+                    let _ = conn.close().await;
+                    applied
+                }
+                Pool::Postgres(p) => {
+                    let mut conn = p.connect_options().connect().await?;
+                    let applied = sqlx::query_scalar::<_, i64>(APPLIED_MIGRATIONS)
+                        .fetch_one(&mut conn)
+                        .await;
+                    let _ = conn.close().await;
+                    applied
+                }
             }
+        };
+        let applied = match tokio::time::timeout(READINESS_ACQUIRE, pooled).await {
+            Ok(applied) => applied,
+            Err(_) => tokio::time::timeout(READINESS_ACQUIRE, direct)
+                .await
+                .map_err(|_| {
+                    format!(
+                        "database unreachable: no connection within {}s",
+                        2 * READINESS_ACQUIRE.as_secs()
+                    )
+                })?,
         }
         .map_err(unreachable)?;
         let expected = self.expected_migrations();
@@ -434,8 +431,8 @@ impl Store {
     async fn probe_write(&self) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         // Refused wherever writing is (a read-only database or session).
-        sqlx::query("UPDATE inbox SET outcome = outcome WHERE 1 = 0")
-            .execute(&mut *tx)
+        query("UPDATE inbox SET outcome = outcome WHERE 1 = 0")
+            .execute(&mut tx)
             .await
             .map_err(db("probe the write path"))?;
         tx.commit().await.map_err(db("commit the write probe"))
@@ -444,6 +441,31 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The pool settings of both backends: `size` connections, no maintenance
+/// task (see "Shutdown" above), and never a connection still inside a
+/// transaction (see "Transactions and cancellation").
+fn pool_options<DB: sqlx::Database>(size: u32) -> PoolOptions<DB> {
+    PoolOptions::new()
+        .before_acquire(|conn: &mut DB::Connection, _meta| {
+            Box::pin(async move {
+                // Unreachable through `begin_write`; a connection left in a
+                // transaction would make every later `BEGIN` fail.
+                let clean = !conn.is_in_transaction();
+                if !clean {
+                    warn!(
+                        "a pooled database connection was still inside a transaction; closing it"
+                    );
+                }
+                Ok(clean)
+            })
+        })
+        .max_connections(size)
+        .min_connections(0)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(Duration::from_secs(10))
 }
 
 /// Whether connecting may create a missing SQLite file.
@@ -467,12 +489,7 @@ const READINESS_ACQUIRE: Duration = Duration::from_secs(1);
 /// How long [`Store::readiness`] waits for its write transaction to commit.
 const READINESS_WRITE: Duration = Duration::from_millis(1500);
 
-async fn applied_migrations(conn: &mut sqlx::AnyConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE")
-        .fetch_one(conn)
-        .await
-        .and_then(|r| r.try_get(0))
-}
+const APPLIED_MIGRATIONS: &str = "SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE";
 
 #[cfg(test)]
 mod tests {

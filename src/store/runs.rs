@@ -2,9 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::any::AnyRow;
-use sqlx::Row;
-
+use super::sql::{query, query_scalar, Row};
 use super::{db, now_ms, placeholders, sql_list, Store, StoreError};
 use crate::canonical::RecordHash;
 use crate::state::RunState;
@@ -62,9 +60,9 @@ const RUN_COLUMNS: &str =
      buckets_mismatched, rows_read, missing, extra, changed, skipped_races, error, approved_at, \
      scheduled_for";
 
-fn run_from_row(r: &AnyRow) -> Result<RunRow, StoreError> {
+fn run_from_row(r: &Row) -> Result<RunRow, StoreError> {
     let e = db("read a keyframe run");
-    let n = |i: usize| r.try_get::<i64, _>(i).map(|v| v as u64).map_err(e);
+    let n = |i: usize| r.try_get::<i64>(i).map(|v| v as u64).map_err(e);
     let state: String = r.try_get(2).map_err(e)?;
     Ok(RunRow {
         id: r.try_get(0).map_err(e)?,
@@ -100,7 +98,7 @@ impl Store {
         started_at: i64,
         scheduled_for: Option<i64>,
     ) -> Result<i64, StoreError> {
-        sqlx::query_scalar(
+        query_scalar(
             "INSERT INTO keyframe_runs (producer, started_at, state, scheduled_for)
              VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -124,7 +122,7 @@ impl Store {
         RunState::Running
             .check(RunState::Failed)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let done = sqlx::query(
+        let done = query(
             "UPDATE keyframe_runs SET state = $2, finished_at = $3, error = $4
              WHERE producer = $1 AND state = $5",
         )
@@ -143,7 +141,7 @@ impl Store {
     /// it or a later tick yet. One conditional statement, so exactly one
     /// replica claims each tick.
     pub(crate) async fn claim_tick(&self, producer: &str, tick: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = query(
             "INSERT INTO schedule_ticks (producer, tick) VALUES ($1, $2)
              ON CONFLICT (producer) DO UPDATE SET tick = excluded.tick
              WHERE schedule_ticks.tick < excluded.tick",
@@ -173,7 +171,7 @@ impl Store {
             .check(state)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        sqlx::query(
+        query(
             "UPDATE keyframe_runs SET state = $2, finished_at = $3, records = $4, buckets_compared = $5,
                buckets_mismatched = $6, rows_read = $7, missing = $8, extra = $9, changed = $10,
                skipped_races = $11, error = $12
@@ -199,7 +197,7 @@ impl Store {
     }
 
     pub async fn run(&self, id: i64) -> Result<Option<RunRow>, StoreError> {
-        sqlx::query(&format!(
+        query(&format!(
             "SELECT {RUN_COLUMNS} FROM keyframe_runs WHERE id = $1"
         ))
         .bind(id)
@@ -212,7 +210,7 @@ impl Store {
 
     /// The latest `limit` runs of a producer, newest first.
     pub async fn runs(&self, producer: &str, limit: i64) -> Result<Vec<RunRow>, StoreError> {
-        sqlx::query(&format!(
+        query(&format!(
             "SELECT {RUN_COLUMNS} FROM keyframe_runs WHERE producer = $1 ORDER BY id DESC LIMIT $2"
         ))
         .bind(producer)
@@ -231,7 +229,7 @@ impl Store {
         producer: &str,
         before_ms: i64,
     ) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar(&format!(
+        query_scalar(&format!(
             "SELECT MAX(started_at) FROM keyframe_runs
              WHERE producer = $1 AND started_at < $2 AND state IN {}",
             compared()
@@ -246,7 +244,7 @@ impl Store {
     /// Per producer, the run awaiting approval: the producer's latest run that
     /// compared (`ok`, `guarded` or `approved`), when that run is `guarded`.
     pub async fn guarded_runs(&self) -> Result<BTreeMap<String, i64>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let rows = query(&format!(
             "SELECT r.producer, r.id FROM keyframe_runs r WHERE r.state = '{}'
              AND r.id = (SELECT MAX(n.id) FROM keyframe_runs n
                          WHERE n.producer = r.producer AND n.state IN {})",
@@ -270,7 +268,7 @@ impl Store {
         producer: &str,
         id: i64,
     ) -> Result<Option<(i64, RunState)>, StoreError> {
-        let row = sqlx::query(&format!(
+        let row = query(&format!(
             "SELECT id, state FROM keyframe_runs WHERE producer = $1 AND id > $2
                AND state IN {}
              ORDER BY id DESC LIMIT 1",
@@ -302,7 +300,7 @@ impl Store {
         run.state
             .check(RunState::Approved)
             .map_err(|e| StoreError::Invalid(format!("keyframe run {id}: {e}")))?;
-        let updated = sqlx::query(
+        let updated = query(
             "UPDATE keyframe_runs SET state = $2, approved_at = $3 WHERE id = $1 AND state = $4",
         )
         .bind(id)
@@ -336,7 +334,7 @@ impl Store {
                 "INSERT INTO drifts (run_id, producer, key, kind, remote_hash, local_hash, doc) VALUES {}",
                 placeholders(chunk.len(), 3, "($1, $2, ?, ?, ?, ?, ?)")
             );
-            let mut q = sqlx::query(&sql).bind(run_id).bind(producer);
+            let mut q = query(&sql).bind(run_id).bind(producer);
             for d in chunk {
                 q = q
                     .bind(d.key.as_str())
@@ -345,7 +343,7 @@ impl Store {
                     .bind(d.local_hash.map(|h| h.0.to_vec()))
                     .bind(d.doc.as_deref());
             }
-            q.execute(&mut *tx).await.map_err(db("store drifts"))?;
+            q.execute(&mut tx).await.map_err(db("store drifts"))?;
         }
         tx.commit().await.map_err(db("commit drifts"))
     }
@@ -362,7 +360,7 @@ impl Store {
         after: &str,
         limit: i64,
     ) -> Result<Vec<DriftRow>, StoreError> {
-        let rows = sqlx::query(
+        let rows = query(
             "SELECT key, kind, remote_hash, local_hash, doc FROM drifts
              WHERE run_id = $1 AND key > $2 ORDER BY key LIMIT $3",
         )
@@ -397,31 +395,31 @@ impl Store {
     /// each producer's latest run, and the `changes` log.
     pub async fn prune(&self, before_ms: i64) -> Result<Pruned, StoreError> {
         let mut tx = self.begin_write().await?;
-        let run = |sql: &'static str| sqlx::query(sql).bind(before_ms);
+        let run = |sql: &'static str| query(sql).bind(before_ms);
         let inbox = run("DELETE FROM inbox WHERE received_at < $1 AND outcome <> 'pending'")
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await
             .map_err(db("prune the inbox"))?
             .rows_affected();
         let work = run("DELETE FROM work WHERE updated_at < $1 AND state IN ('done', 'cancelled')")
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await
             .map_err(db("prune work"))?
             .rows_affected();
         const OLD_RUNS: &str = "SELECT id FROM keyframe_runs WHERE started_at < $1
              AND state <> 'running'
              AND id NOT IN (SELECT MAX(id) FROM keyframe_runs GROUP BY producer)";
-        let drifts = sqlx::query(&format!("DELETE FROM drifts WHERE run_id IN ({OLD_RUNS})"))
+        let drifts = query(&format!("DELETE FROM drifts WHERE run_id IN ({OLD_RUNS})"))
             .bind(before_ms)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await
             .map_err(db("prune drift lists"))?
             .rows_affected();
-        let runs = sqlx::query(&format!(
+        let runs = query(&format!(
             "DELETE FROM keyframe_runs WHERE id IN ({OLD_RUNS})"
         ))
         .bind(before_ms)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .map_err(db("prune keyframe runs"))?
         .rows_affected();
@@ -444,7 +442,7 @@ impl Store {
         ttl_ms: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = query(
             "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
              WHERE leases.until < $4 OR leases.holder = excluded.holder",
@@ -461,7 +459,7 @@ impl Store {
 
     /// The holder of lease `name`, expired or not.
     pub async fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
-        sqlx::query_scalar("SELECT holder FROM leases WHERE name = $1")
+        query_scalar("SELECT holder FROM leases WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await
@@ -479,21 +477,20 @@ impl Store {
         ttl_ms: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE leases SET holder = $3, until = $4 WHERE name = $1 AND holder = $2",
-        )
-        .bind(name)
-        .bind(from)
-        .bind(holder)
-        .bind(now + ttl_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(db("take over a lease"))?;
+        let done =
+            query("UPDATE leases SET holder = $3, until = $4 WHERE name = $1 AND holder = $2")
+                .bind(name)
+                .bind(from)
+                .bind(holder)
+                .bind(now + ttl_ms)
+                .execute(&self.pool)
+                .await
+                .map_err(db("take over a lease"))?;
         Ok(done.rows_affected() == 1)
     }
 
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+        query("DELETE FROM leases WHERE name = $1 AND holder = $2")
             .bind(name)
             .bind(holder)
             .execute(&self.pool)

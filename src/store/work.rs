@@ -7,9 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::any::AnyRow;
-use sqlx::Row;
-
+use super::sql::{query, query_scalar, Row};
 use super::{db, now_ms, placeholders, Backend, Store, StoreError};
 use crate::state::{Health, WorkState};
 
@@ -55,7 +53,7 @@ const WORK_COLUMNS: &str =
     "id, time, producer, key, action, state, run_at, attempts, max_attempts, \
      last_error, locked_by, dedup_key, spec";
 
-fn work_from_row(r: &AnyRow) -> Result<WorkRow, StoreError> {
+fn work_from_row(r: &Row) -> Result<WorkRow, StoreError> {
     let e = db("read a work item");
     let state: String = r.try_get(5).map_err(e)?;
     Ok(WorkRow {
@@ -116,11 +114,11 @@ impl Store {
                  AND state IN ('pending', 'running') AND key IN ({})",
                 placeholders(chunk.len(), 2, "?")
             );
-            let mut q = sqlx::query(&sql).bind(producer);
+            let mut q = query(&sql).bind(producer);
             for w in chunk {
                 q = q.bind(&w.key);
             }
-            for r in q.fetch_all(&mut *tx).await.map_err(db("read open work"))? {
+            for r in q.fetch_all(&mut tx).await.map_err(db("read open work"))? {
                 let e = db("read open work");
                 open.push((
                     r.try_get(0).map_err(e)?,
@@ -140,11 +138,11 @@ impl Store {
                  AND (mirrored = 0 OR updated_at >= $2) AND key IN ({})",
                 placeholders(chunk.len(), 3, "?")
             );
-            let mut q = sqlx::query(&sql).bind(producer).bind(done_since);
+            let mut q = query(&sql).bind(producer).bind(done_since);
             for w in chunk {
                 q = q.bind(&w.key);
             }
-            for r in q.fetch_all(&mut *tx).await.map_err(db("read done work"))? {
+            for r in q.fetch_all(&mut tx).await.map_err(db("read done work"))? {
                 let e = db("read done work");
                 delivered.insert((r.try_get(0).map_err(e)?, r.try_get(1).map_err(e)?));
             }
@@ -159,7 +157,7 @@ impl Store {
             match open.get(w.key.as_str()) {
                 Some((_, "running")) => out.skipped_running += 1,
                 Some((id, _)) => {
-                    sqlx::query(
+                    query(
                         "UPDATE work SET spec = $2, dedup_key = $3, action = $4, max_attempts = $6,
                            updated_at = $5
                          WHERE id = $1 AND state = 'pending'",
@@ -170,7 +168,7 @@ impl Store {
                     .bind(&w.action)
                     .bind(now)
                     .bind(i64::from(max_attempts))
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await
                     .map_err(db("update a pending work item"))?;
                     out.updated += 1;
@@ -184,7 +182,7 @@ impl Store {
                  VALUES {} ON CONFLICT DO NOTHING",
                 placeholders(chunk.len(), 4, "($1, $2, ?, ?, ?, ?, $1, $3, $1)")
             );
-            let mut q = sqlx::query(&sql)
+            let mut q = query(&sql)
                 .bind(now)
                 .bind(producer)
                 .bind(i64::from(max_attempts));
@@ -196,15 +194,15 @@ impl Store {
                     .bind(&w.dedup_key);
             }
             out.inserted += q
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await
                 .map_err(db("insert work items"))?
                 .rows_affected();
         }
         if self.backend == Backend::Postgres && (out.inserted + out.updated) > 0 {
-            sqlx::query("SELECT 1 FROM (SELECT pg_notify('driftd_work', $1)) AS n")
+            query("SELECT 1 FROM (SELECT pg_notify('driftd_work', $1)) AS n")
                 .bind(producer)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await
                 .map_err(db("notify workers"))?;
         }
@@ -220,7 +218,7 @@ impl Store {
         run_id: i64,
         note: &str,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+        let done = query(
             "UPDATE work SET state = 'done', last_error = $3, mirrored = 1, updated_at = $4
              WHERE producer = $1 AND state = 'pending'
                AND key NOT IN (SELECT key FROM drifts WHERE run_id = $2)",
@@ -254,13 +252,13 @@ impl Store {
              RETURNING {WORK_COLUMNS}",
             self.backend.skip_locked()
         );
-        let rows = sqlx::query(&sql)
+        let rows = query(&sql)
             .bind(producer)
             .bind(worker)
             .bind(now + lease_ms)
             .bind(now)
             .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut tx)
             .await
             .map_err(db("claim work"))?;
         tx.commit().await.map_err(db("commit a work claim"))?;
@@ -280,7 +278,7 @@ impl Store {
         WorkState::Running
             .check(next)
             .map_err(|e| StoreError::Invalid(format!("work item {id}: {e}")))?;
-        let done = sqlx::query(
+        let done = query(
             "UPDATE work SET state = $3, run_at = $4, last_error = $5, locked_by = NULL,
                locked_until = NULL, updated_at = $6
              WHERE id = $1 AND state = 'running' AND locked_by = $2",
@@ -308,7 +306,7 @@ impl Store {
         lease_ms: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let renewed = sqlx::query(
+        let renewed = query(
             "UPDATE work SET locked_until = $4, updated_at = $5
              WHERE id = $1 AND state = 'running' AND locked_by = $2 AND attempts = $3",
         )
@@ -331,7 +329,7 @@ impl Store {
     /// by another worker, refreshed to newer content, cancelled or retried by
     /// an operator is left alone. Returns whether the item became done.
     pub async fn complete_work(&self, claim: &WorkRow, worker: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = query(
             "UPDATE work SET state = 'done', last_error = NULL, locked_by = NULL,
                locked_until = NULL, updated_at = $5
              WHERE id = $1 AND attempts = $3 AND dedup_key = $4
@@ -357,7 +355,7 @@ impl Store {
         note: &str,
     ) -> Result<bool, StoreError> {
         let now = now_ms();
-        let released = sqlx::query(
+        let released = query(
             "UPDATE work SET state = 'pending', run_at = $4, last_error = $5, locked_by = NULL,
                locked_until = NULL, updated_at = $4
              WHERE id = $1 AND state = 'running' AND locked_by = $2 AND attempts = $3",
@@ -402,12 +400,12 @@ impl Store {
                  WHERE state = 'running' AND locked_by = $2 AND id IN ({})",
                 placeholders(chunk.len(), 3, "?")
             );
-            let mut q = sqlx::query(&sql).bind(now).bind(worker);
+            let mut q = query(&sql).bind(now).bind(worker);
             for (id, _) in chunk {
                 q = q.bind(id);
             }
             done += q
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await
                 .map_err(db("complete apply items"))?
                 .rows_affected();
@@ -434,7 +432,7 @@ impl Store {
         producer: &str,
         limit: i64,
     ) -> Result<Vec<WorkRow>, StoreError> {
-        sqlx::query(&format!(
+        query(&format!(
             "SELECT {WORK_COLUMNS} FROM work WHERE producer = $1 AND state = 'done' AND mirrored = 0
              ORDER BY id LIMIT $2"
         ))
@@ -479,13 +477,11 @@ impl Store {
                 "UPDATE work SET mirrored = 1 WHERE state = 'done' AND id IN ({})",
                 placeholders(chunk.len(), 1, "?")
             );
-            let mut q = sqlx::query(&sql);
+            let mut q = query(&sql);
             for id in chunk {
                 q = q.bind(id);
             }
-            q.execute(&mut *tx)
-                .await
-                .map_err(db("mark work mirrored"))?;
+            q.execute(&mut tx).await.map_err(db("mark work mirrored"))?;
         }
         tx.commit().await.map_err(db("commit mirrored work"))?;
         if outcomes.contains(&crate::entity::WriteOutcome::Applied) {
@@ -498,7 +494,7 @@ impl Store {
     /// milliseconds) to `pending` (or `dead` once out of attempts), due at
     /// `now`. Returns how many were reclaimed.
     pub async fn reclaim_expired_work(&self, now: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+        let done = query(
             "UPDATE work SET
                state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
                last_error = 'lease expired: the worker holding it stopped (' || COALESCE(locked_by, '?') || ')',
@@ -513,7 +509,7 @@ impl Store {
     }
 
     pub async fn work_item(&self, id: i64) -> Result<Option<WorkRow>, StoreError> {
-        sqlx::query(&format!("SELECT {WORK_COLUMNS} FROM work WHERE id = $1"))
+        query(&format!("SELECT {WORK_COLUMNS} FROM work WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -534,7 +530,7 @@ impl Store {
             ),
             None => format!("SELECT {WORK_COLUMNS} FROM work ORDER BY id DESC LIMIT $1"),
         };
-        let mut q = sqlx::query(&sql).bind(limit);
+        let mut q = query(&sql).bind(limit);
         if let Some(s) = state {
             q = q.bind(s.as_str());
         }
@@ -545,7 +541,7 @@ impl Store {
     /// Item counts by state (all states present, zero when none).
     pub async fn work_counts(&self) -> Result<BTreeMap<WorkState, i64>, StoreError> {
         let mut out: BTreeMap<WorkState, i64> = WorkState::ALL.iter().map(|s| (*s, 0)).collect();
-        for r in sqlx::query("SELECT state, COUNT(*) FROM work GROUP BY state")
+        for r in query("SELECT state, COUNT(*) FROM work GROUP BY state")
             .fetch_all(&self.pool)
             .await
             .map_err(db("count work"))?
@@ -563,7 +559,7 @@ impl Store {
     /// Open items (pending or running) per producer: the open drift.
     pub async fn open_work_by_producer(&self) -> Result<BTreeMap<String, i64>, StoreError> {
         let mut out = BTreeMap::new();
-        for r in sqlx::query(
+        for r in query(
             "SELECT producer, COUNT(*) FROM work WHERE state IN ('pending', 'running') GROUP BY producer",
         )
         .fetch_all(&self.pool)
@@ -588,7 +584,7 @@ impl Store {
             .check(next)
             .map_err(|e| StoreError::Invalid(format!("work item {id}: {e}")))?;
         let now = now_ms();
-        let changed = sqlx::query(
+        let changed = query(
             "UPDATE work SET state = $2, run_at = $3, attempts = CASE WHEN $2 = 'pending' THEN 0 ELSE attempts END,
                locked_by = NULL, locked_until = NULL, updated_at = $3 WHERE id = $1 AND state = $4",
         )
@@ -603,7 +599,7 @@ impl Store {
             // Reopening an item conflicts with the entity's one open item
             // (the partial unique index): name that item instead.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                let open: Option<i64> = sqlx::query_scalar(
+                let open: Option<i64> = query_scalar(
                     "SELECT id FROM work WHERE producer = $1 AND key = $2
                        AND state IN ('pending', 'running') AND id <> $3",
                 )
@@ -636,21 +632,21 @@ impl Store {
     ) -> Result<Health, StoreError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
-        sqlx::query(
+        query(
             "INSERT INTO producers (name, health, health_since, failures) VALUES ($1, 'healthy', $2, 0)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(producer)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .map_err(db("create a producer health row"))?;
-        let row = sqlx::query(&format!(
+        let row = query(&format!(
             "SELECT health, failures FROM producers WHERE name = $1{}",
             self.backend.for_update()
         ))
         .bind(producer)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut tx)
         .await
         .map_err(db("read producer health"))?;
         let current: String = row.try_get(0).map_err(db("read producer health"))?;
@@ -666,7 +662,7 @@ impl Store {
                 .check(next)
                 .map_err(|e| StoreError::Invalid(format!("producer {producer:?}: {e}")))?;
         }
-        sqlx::query(
+        query(
             "UPDATE producers SET health = $2, failures = $3,
                health_since = CASE WHEN health = $2 THEN health_since ELSE $4 END WHERE name = $1",
         )
@@ -674,7 +670,7 @@ impl Store {
         .bind(next.as_str())
         .bind(failures)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .map_err(db("update producer health"))?;
         tx.commit().await.map_err(db("commit producer health"))?;
@@ -686,7 +682,7 @@ impl Store {
         &self,
     ) -> Result<BTreeMap<String, (Health, i64)>, StoreError> {
         let mut out = BTreeMap::new();
-        for r in sqlx::query("SELECT name, health, health_since FROM producers")
+        for r in query("SELECT name, health, health_since FROM producers")
             .fetch_all(&self.pool)
             .await
             .map_err(db("read producer health"))?
@@ -706,7 +702,7 @@ impl Store {
         producer: &str,
         run_id: i64,
     ) -> Result<u64, StoreError> {
-        let since: Option<i64> = sqlx::query_scalar(
+        let since: Option<i64> = query_scalar(
             "SELECT MAX(started_at) FROM keyframe_runs WHERE producer = $1 AND id < $2",
         )
         .bind(producer)
@@ -715,7 +711,7 @@ impl Store {
         .await
         .map_err(db("find the previous keyframe run"))?;
         let Some(since) = since else { return Ok(0) };
-        let n: i64 = sqlx::query_scalar(
+        let n: i64 = query_scalar(
             "SELECT COUNT(*) FROM changes WHERE producer = $1 AND at >= $2 AND source IN ('webhook', 'email')",
         )
         .bind(producer)

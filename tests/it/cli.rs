@@ -96,11 +96,11 @@ async fn verify_fails_naming_the_altered_row() {
     assert!(stdout.contains("4 rows verified"), "{stdout}");
 
     let store = db.store().await;
-    sqlx::query("UPDATE changes SET source = 'forged' WHERE seq = 2")
+    driftd::store::sql::query("UPDATE changes SET source = 'forged' WHERE seq = 2")
         .execute(store.pool())
         .await
         .unwrap();
-    let id: i64 = sqlx::query_scalar("SELECT id FROM changes WHERE seq = 2")
+    let id: i64 = driftd::store::sql::query_scalar("SELECT id FROM changes WHERE seq = 2")
         .fetch_one(store.pool())
         .await
         .unwrap();
@@ -376,11 +376,12 @@ async fn read_only_commands_never_create_a_database(db: &TestDb) {
         assert!(!dir.path().join("mistyped.db").exists(), "no file created");
     } else {
         let store = driftd::store::Store::connect(&db.url, 2).await.unwrap();
-        let tables: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'")
-                .fetch_one(store.pool())
-                .await
-                .unwrap();
+        let tables: i64 = driftd::store::sql::query_scalar(
+            "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
         store.close().await;
         assert_eq!(tables, 0, "nothing migrated");
     }

@@ -395,7 +395,7 @@ async fn read_api_and_token(db: &TestDb) {
     );
     // A correction pending for an entity shows as drifted.
     let store = db.store().await;
-    sqlx::query(
+    driftd::store::sql::query(
         "INSERT INTO work (time, spec, producer, key, action, state, run_at, attempts, max_attempts, dedup_key, updated_at)
          VALUES (0, '{}', 'orders', 'k2', 'none', 'pending', 0, 0, 5, 'd', 0)",
     )

@@ -661,12 +661,14 @@ async fn guarded_runs_expire_and_are_pruned(db: &TestDb) {
     );
     let config = Config::parse("test.toml", &text, &|_| None).unwrap().config;
     let day = 86_400_000i64;
-    sqlx::query("UPDATE keyframe_runs SET started_at = started_at - $1 WHERE id = $2")
-        .bind(31 * day)
-        .bind(id)
-        .execute(store.pool())
-        .await
-        .unwrap();
+    driftd::store::sql::query(
+        "UPDATE keyframe_runs SET started_at = started_at - $1 WHERE id = $2",
+    )
+    .bind(31 * day)
+    .bind(id)
+    .execute(store.pool())
+    .await
+    .unwrap();
     let err = keyframer(&store).approve(&config, id).await.unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
     assert!(store.list_work(None, 10).await.unwrap().is_empty());
@@ -753,7 +755,7 @@ async fn wait_for_running_run(store: &Store, vendor: &Vendor) -> i64 {
 }
 
 async fn lease_count(store: &Store) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM leases")
+    driftd::store::sql::query_scalar("SELECT COUNT(*) FROM leases")
         .fetch_one(store.pool())
         .await
         .unwrap()

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use driftd::ingest::signature;
-use driftd::store::{now_ms, Channel, InboxEntry, InboxFilter, InboxOutcome};
+use driftd::store::{now_ms, Channel, InboxEntry, InboxFilter, InboxOutcome, Pool};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -211,12 +211,17 @@ async fn an_admin_keyframe_outlives_its_client(db: &TestDb) {
 /// again: the next writes begin, commit and are durable.
 async fn a_connection_left_in_a_transaction_is_not_reused(db: &TestDb) {
     let store = db.store().await;
-    {
-        let mut conn = store.pool().acquire().await.unwrap();
-        let tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-        // As if the future holding it had been dropped between BEGIN and the
-        // `Transaction`: nothing will roll it back.
-        std::mem::forget(tx);
+    // As if the future holding it had been dropped between BEGIN and the
+    // `Transaction`: nothing will roll it back.
+    match store.pool() {
+        Pool::Sqlite(p) => {
+            let mut conn = p.acquire().await.unwrap();
+            std::mem::forget(sqlx::Connection::begin(&mut *conn).await.unwrap());
+        }
+        Pool::Postgres(p) => {
+            let mut conn = p.acquire().await.unwrap();
+            std::mem::forget(sqlx::Connection::begin(&mut *conn).await.unwrap());
+        }
     }
     for i in 0..20 {
         let entry = InboxEntry {

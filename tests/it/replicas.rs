@@ -88,7 +88,7 @@ async fn two_daemons_share_the_queue_and_the_keyframe_lease() {
         );
     }
     let corrections: Vec<(String, i64)> =
-        sqlx::query_as("SELECT key, COUNT(*) FROM changes WHERE source = 'keyframe' GROUP BY key")
+        driftd::store::sql::query_scalar("SELECT key, COUNT(*) FROM changes WHERE source = 'keyframe' GROUP BY key")
             .fetch_all(store.pool())
             .await
             .unwrap();

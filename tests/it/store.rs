@@ -267,11 +267,12 @@ async fn verify_finds_a_tampered_change(db: &TestDb) {
         .unwrap();
     let (checked, broken) = store.verify_chain().await.unwrap();
     assert_eq!((checked, broken), (6, None));
-    let id: i64 = sqlx::query_scalar("SELECT id FROM changes WHERE producer = 'p' AND seq = 3")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-    sqlx::query("UPDATE changes SET key = 'forged' WHERE id = $1")
+    let id: i64 =
+        driftd::store::sql::query_scalar("SELECT id FROM changes WHERE producer = 'p' AND seq = 3")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    driftd::store::sql::query("UPDATE changes SET key = 'forged' WHERE id = $1")
         .bind(id)
         .execute(store.pool())
         .await
@@ -292,7 +293,7 @@ async fn verify_finds_a_cut_off_tail(db: &TestDb) {
     assert_eq!(store.verify_chain().await.unwrap(), (8, None));
     let exec = |sql: &'static str| {
         let pool = store.pool().clone();
-        async move { sqlx::query(sql).execute(&pool).await.unwrap() }
+        async move { driftd::store::sql::query(sql).execute(&pool).await.unwrap() }
     };
     // The last three rows cut off: every remaining link is intact, but the
     // walk must reach the recorded head.
@@ -462,7 +463,12 @@ async fn prune_deletes_old_history_and_keeps_what_matters(db: &TestDb) {
     let store = db.store().await;
     let exec = |sql: String| {
         let pool = store.pool().clone();
-        async move { sqlx::query(&sql).execute(&pool).await.unwrap() }
+        async move {
+            driftd::store::sql::query(&sql)
+                .execute(&pool)
+                .await
+                .unwrap()
+        }
     };
     // Inbox: old settled, old pending, new settled.
     for (at, outcome) in [(1_000, "applied"), (1_000, "pending"), (9_000, "applied")] {

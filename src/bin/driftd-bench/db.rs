@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use sqlx::any::AnyPoolOptions;
-use sqlx::AnyPool;
+use driftd::store::sql::Pool;
+use sqlx::pool::PoolOptions;
 
 use crate::cli::BackendArg;
 
@@ -101,16 +101,22 @@ where
     Ok(out)
 }
 
-/// A plain `sqlx` pool for a baseline's raw SQL, sized like driftd's.
-pub(super) async fn baseline_pool(url: &str, backend: BackendArg) -> Result<AnyPool> {
-    sqlx::any::install_default_drivers();
-    let size = match backend {
-        BackendArg::Sqlite => 1,
-        BackendArg::Postgres => PG_POOL,
-    };
-    Ok(AnyPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect(url)
-        .await?)
+/// A plain pool on the backend's own driver for a baseline's raw SQL, sized like driftd's.
+pub(super) async fn baseline_pool(url: &str, backend: BackendArg) -> Result<Pool> {
+    Ok(match backend {
+        BackendArg::Sqlite => Pool::Sqlite(
+            PoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(url)
+                .await?,
+        ),
+        BackendArg::Postgres => Pool::Postgres(
+            PoolOptions::new()
+                .max_connections(PG_POOL)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(url)
+                .await?,
+        ),
+    })
 }

@@ -17,6 +17,7 @@ use crate::cli::BackendArg;
 use crate::db::{baseline_pool, with_db, PG_POOL};
 use crate::load::{load, Load};
 use crate::report::{note, ratio};
+use driftd::store::sql::query;
 
 /// The webhook secret of the ingest and feed producers.
 const WEBHOOK_SECRET: &str = "bench-webhook-s3cret";
@@ -136,14 +137,14 @@ pub(super) async fn scenario(backend: BackendArg, k: &IngestKnobs) -> Result<Ing
                  error TEXT, applied_at BIGINT)"
             }
         };
-        sqlx::query(create).execute(&pool).await?;
-        sqlx::query(
+        query(create).execute(&pool).await?;
+        query(
             "CREATE UNIQUE INDEX bench_inbox_dedup ON bench_inbox (producer, channel, dedup_key)
              WHERE dedup_key IS NOT NULL AND duplicate_of IS NULL",
         )
         .execute(&pool)
         .await?;
-        sqlx::query("CREATE INDEX bench_inbox_by_producer ON bench_inbox (producer, id)")
+        query("CREATE INDEX bench_inbox_by_producer ON bench_inbox (producer, id)")
             .execute(&pool)
             .await?;
 
@@ -192,7 +193,7 @@ pub(super) async fn scenario(backend: BackendArg, k: &IngestKnobs) -> Result<Ing
                 let side = format!("b{}", run_id.load(Ordering::Relaxed));
                 async move {
                     let body = delta_body(seq, &side);
-                    sqlx::query(
+                    query(
                         "INSERT INTO bench_inbox (producer, channel, received_at, dedup_key, headers, body)
                          VALUES ($1, $2, $3, $4, $5, $6)",
                     )

@@ -21,6 +21,7 @@ use crate::cli::{BackendArg, ProbeArgs, ProbeMode};
 use crate::db::{with_db, PG_POOL};
 use crate::report::{note, proc_kib, ratio};
 use crate::vendor::{record_json, start_vendor, Generator, PAGE};
+use driftd::store::sql::query;
 
 /// Producer name used by the keyframe scenarios.
 const KF_PRODUCER: &str = "bench";
@@ -263,7 +264,7 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
     };
     if let Some(store) = &store {
         // Each keyframe starts from an empty queue so earlier runs' items don't change its work.
-        sqlx::query("DELETE FROM work WHERE producer = $1")
+        query("DELETE FROM work WHERE producer = $1")
             .bind(KF_PRODUCER)
             .execute(store.pool())
             .await?;

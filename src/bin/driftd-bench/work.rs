@@ -9,11 +9,11 @@ use clap::Args;
 use driftd::state::WorkState;
 use driftd::store::{now_ms, NewWork, Store};
 use serde::Serialize;
-use sqlx::Row;
 
 use crate::cli::BackendArg;
 use crate::db::{baseline_pool, with_db, PG_POOL};
 use crate::report::{note, ratio};
+use driftd::store::sql::query;
 
 #[derive(Args, Clone)]
 pub(super) struct WorkKnobs {
@@ -130,8 +130,8 @@ pub(super) async fn scenario(backend: BackendArg, k: &WorkKnobs) -> Result<WorkR
                  state TEXT NOT NULL DEFAULT 'pending', run_at BIGINT NOT NULL, locked_by TEXT)"
             }
         };
-        sqlx::query(create).execute(&pool).await?;
-        sqlx::query("CREATE INDEX bench_queue_claimable ON bench_queue (run_at) WHERE state = 'pending'")
+        query(create).execute(&pool).await?;
+        query("CREATE INDEX bench_queue_claimable ON bench_queue (run_at) WHERE state = 'pending'")
             .execute(&pool)
             .await?;
         let mut i = 0;
@@ -140,7 +140,7 @@ pub(super) async fn scenario(backend: BackendArg, k: &WorkKnobs) -> Result<WorkR
             let values: Vec<String> = (i..end)
                 .map(|j| format!("('{{\"key\":\"key-{j:08}\"}}', {j})"))
                 .collect();
-            sqlx::query(&format!(
+            query(&format!(
                 "INSERT INTO bench_queue (spec, run_at) VALUES {}",
                 values.join(",")
             ))
@@ -173,7 +173,7 @@ pub(super) async fn scenario(backend: BackendArg, k: &WorkKnobs) -> Result<WorkR
             set.spawn(async move {
                 let worker = format!("raw-{w}");
                 while Instant::now() < deadline && done.load(Ordering::Relaxed) < max {
-                    let ids: Vec<i64> = sqlx::query(claim)
+                    let ids: Vec<i64> = query(claim)
                         .bind(&worker)
                         .bind(i64::from(batch))
                         .fetch_all(&pool)
@@ -185,7 +185,7 @@ pub(super) async fn scenario(backend: BackendArg, k: &WorkKnobs) -> Result<WorkR
                         break;
                     }
                     for id in ids {
-                        sqlx::query(
+                        query(
                             "UPDATE bench_queue SET state = 'done', locked_by = NULL WHERE id = $1 AND locked_by = $2",
                         )
                         .bind(id)

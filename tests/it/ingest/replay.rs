@@ -75,7 +75,10 @@ async fn refuse_key_boom(store: &Store, refuse: bool) {
         (driftd::store::Backend::Postgres, false) => &["DROP TRIGGER refuse_boom ON entities"],
     };
     for sql in statements {
-        sqlx::query(sql).execute(store.pool()).await.unwrap();
+        driftd::store::sql::query(sql)
+            .execute(store.pool())
+            .await
+            .unwrap();
     }
 }
 
