@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use futures::TryStreamExt;
 use serde_json::Value;
 
-use super::sql::{query, Row, Tx};
+use super::sql::{query, At, Json, Row, Tx};
 use super::{db, now_ms, placeholders, Store, StoreError};
 use crate::canonical::{bucket_of, Digest, RecordHash, RecordHasher};
 use crate::entity::{
@@ -231,9 +231,9 @@ impl Store {
                 let sql = format!(
                     "INSERT INTO entities (producer, key, hash, bucket, source, updated_at) VALUES {}
                      ON CONFLICT (producer, key) DO UPDATE SET hash = excluded.hash, bucket = excluded.bucket",
-                    placeholders(chunk.len(), 2, "($1, ?, ?, ?, '', 0)")
+                    placeholders(chunk.len(), 3, "($1, ?, ?, ?, '', $2)")
                 );
-                let mut q = query(&sql).bind(producer);
+                let mut q = query(&sql).bind(producer).bind(At(0));
                 for (key, hash, bucket) in chunk {
                     q = q
                         .bind(key.as_str())
@@ -297,15 +297,15 @@ impl Store {
                    source = excluded.source, updated_at = excluded.updated_at",
                 placeholders(chunk.len(), 3, "($1, ?, ?, ?, ?, ?, ?, ?, $2)")
             );
-            let mut q = query(&sql).bind(producer).bind(now);
+            let mut q = query(&sql).bind(producer).bind(At(now));
             for RowWrite { key, row, source } in chunk {
                 q = q
                     .bind(*key)
-                    .bind(row.doc.as_ref().map(Value::to_string))
+                    .bind(row.doc.as_ref().map(Json::of))
                     .bind(row.hash.map(|h| h.0.to_vec()))
                     .bind(i64::from(row.bucket))
                     .bind(row.version)
-                    .bind(i64::from(row.deleted))
+                    .bind(row.deleted)
                     .bind(source.as_str());
             }
             q.execute(&mut *tx).await.map_err(db("write entities"))?;
@@ -316,7 +316,7 @@ impl Store {
                 "INSERT INTO changes (producer, seq, key, op, hash, version, source, at, chain) VALUES {}",
                 placeholders(chunk.len(), 3, "($1, ?, ?, ?, ?, ?, ?, $2, ?)")
             );
-            let mut q = query(&sql).bind(producer).bind(now);
+            let mut q = query(&sql).bind(producer).bind(At(now));
             for l in chunk {
                 q = q
                     .bind(l.seq)
@@ -384,7 +384,7 @@ impl Store {
                     hash: hash_col(&row, 2)?,
                     bucket: row.try_get::<i64>(3).map_err(e)? as u32,
                     version: row.try_get(4).map_err(e)?,
-                    deleted: row.try_get::<i64>(5).map_err(e)? != 0,
+                    deleted: row.try_get(5).map_err(e)?,
                 };
                 if let Some(slot) = chunk.iter().find(|k| **k == key) {
                     out.insert(slot, current);
@@ -445,7 +445,7 @@ impl Store {
     pub async fn entities(&self, producer: &str) -> Result<Vec<Entity>, StoreError> {
         query(
             "SELECT key, doc, hash, bucket, version, deleted, source, updated_at
-             FROM entities WHERE producer = $1 AND deleted = 0 ORDER BY key",
+             FROM entities WHERE producer = $1 AND deleted = FALSE ORDER BY key",
         )
         .bind(producer)
         .fetch(&self.pool)
@@ -464,7 +464,7 @@ impl Store {
     ) -> Result<Vec<Entity>, StoreError> {
         query(
             "SELECT key, doc, hash, bucket, version, deleted, source, updated_at
-             FROM entities WHERE producer = $1 AND deleted = 0 AND key > $2
+             FROM entities WHERE producer = $1 AND deleted = FALSE AND key > $2
              ORDER BY key LIMIT $3",
         )
         .bind(producer)
@@ -515,7 +515,7 @@ impl Store {
                     key: r.try_get(0).map_err(db("read rows of buckets"))?,
                     hash: hash_col(&r, 1)?,
                     version: r.try_get(2).map_err(db("read rows of buckets"))?,
-                    deleted: r.try_get::<i64>(3).map_err(db("read rows of buckets"))? != 0,
+                    deleted: r.try_get(3).map_err(db("read rows of buckets"))?,
                     updated_at: r.try_get(4).map_err(db("read rows of buckets"))?,
                 });
             }
@@ -722,7 +722,7 @@ fn entity_from_row(r: &Row) -> Result<Entity, StoreError> {
         hash: hash_col(r, 2)?,
         bucket: r.try_get::<i64>(3).map_err(db("read an entity"))? as u32,
         version: r.try_get(4).map_err(db("read an entity"))?,
-        deleted: r.try_get::<i64>(5).map_err(db("read an entity"))? != 0,
+        deleted: r.try_get(5).map_err(db("read an entity"))?,
         source: source_col(r, 6, "entities")?,
         updated_at: r.try_get(7).map_err(db("read an entity"))?,
         key,

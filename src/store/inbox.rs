@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use super::sql::{query, query_scalar, On, Row, Tx};
+use super::sql::{query, query_scalar, At, Json, On, Row, Tx};
 use super::{db, now_ms, placeholders, Store, StoreError};
 use crate::canonical::RecordHasher;
 use crate::entity::{EntityWrite, WriteOutcome};
@@ -439,7 +439,7 @@ impl Store {
             q = q.bind(p.as_str());
         }
         if let Some(since) = filter.since_ms {
-            q = q.bind(since);
+            q = q.bind(At(since));
         }
         if let Some(o) = filter.outcome {
             q = q.bind(o.as_str());
@@ -480,9 +480,9 @@ impl Store {
         )
         .bind(&e.producer)
         .bind(e.channel.as_str())
-        .bind(e.received_at)
+        .bind(At(e.received_at))
         .bind(dedup_key.as_deref())
-        .bind(clean(&e.headers).as_ref())
+        .bind(Json::text(clean(&e.headers).as_ref()))
         .bind(e.body.as_slice())
         .fetch_optional(&mut *tx)
         .await
@@ -505,10 +505,10 @@ impl Store {
         )
         .bind(&e.producer)
         .bind(e.channel.as_str())
-        .bind(e.received_at)
+        .bind(At(e.received_at))
         .bind(key.as_ref())
         .bind(first)
-        .bind(clean(&e.headers).as_ref())
+        .bind(Json::text(clean(&e.headers).as_ref()))
         .bind(e.body.as_slice())
         .fetch_one(&mut *tx)
         .await
@@ -612,7 +612,7 @@ async fn record_all_in(tx: &mut Tx, settled: &[&Settled]) -> Result<(), StoreErr
              FROM v WHERE inbox.id = v.id",
             placeholders(chunk.len(), 2, "(?, ?, ?)")
         );
-        let mut q = query(&sql).bind(now);
+        let mut q = query(&sql).bind(At(now));
         for s in chunk {
             q = q
                 .bind(s.id)
@@ -636,7 +636,7 @@ async fn record_in(
         .bind(id)
         .bind(outcome.as_str())
         .bind(error.map(clean).as_deref())
-        .bind(now_ms())
+        .bind(At(now_ms()))
         .execute(&mut *tx)
         .await
         .map_err(db("record a delta's outcome"))?;

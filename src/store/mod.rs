@@ -567,6 +567,15 @@ mod tests {
                 "sqlite 0004",
                 include_str!("../../migrations/sqlite/0004_work_mirrored.sql"),
             ),
+            (
+                "postgres 0005",
+                include_str!("../../migrations/postgres/0005_native_types.sql"),
+            ),
+            (
+                "sqlite 0005",
+                include_str!("../../migrations/sqlite/0005_native_types.sql"),
+            ),
+            ("store/sql.rs", code(include_str!("sql.rs"))),
         ];
         let known = quotable();
         let mut seen = 0;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::sql::{query, query_scalar, Row};
+use super::sql::{query, query_scalar, At, Json, Row};
 use super::{db, now_ms, placeholders, sql_list, Store, StoreError};
 use crate::canonical::RecordHash;
 use crate::state::RunState;
@@ -103,9 +103,9 @@ impl Store {
              VALUES ($1, $2, $3, $4) RETURNING id",
         )
         .bind(producer)
-        .bind(started_at)
+        .bind(At(started_at))
         .bind(RunState::Running.as_str())
-        .bind(scheduled_for)
+        .bind(scheduled_for.map(At))
         .fetch_one(&self.pool)
         .await
         .map_err(db("record a keyframe run"))
@@ -128,7 +128,7 @@ impl Store {
         )
         .bind(producer)
         .bind(RunState::Failed.as_str())
-        .bind(now_ms())
+        .bind(At(now_ms()))
         .bind(error)
         .bind(RunState::Running.as_str())
         .execute(&self.pool)
@@ -147,7 +147,7 @@ impl Store {
              WHERE schedule_ticks.tick < excluded.tick",
         )
         .bind(producer)
-        .bind(tick)
+        .bind(At(tick))
         .execute(&self.pool)
         .await
         .map_err(db("claim a schedule tick"))?;
@@ -179,7 +179,7 @@ impl Store {
         )
         .bind(id)
         .bind(state.as_str())
-        .bind(now_ms())
+        .bind(At(now_ms()))
         .bind(i(counts.records))
         .bind(i(counts.buckets_compared))
         .bind(i(counts.buckets_mismatched))
@@ -235,7 +235,7 @@ impl Store {
             compared()
         ))
         .bind(producer)
-        .bind(before_ms)
+        .bind(At(before_ms))
         .fetch_one(&self.pool)
         .await
         .map_err(db("find the previous keyframe run"))
@@ -305,7 +305,7 @@ impl Store {
         )
         .bind(id)
         .bind(RunState::Approved.as_str())
-        .bind(now_ms())
+        .bind(At(now_ms()))
         .bind(RunState::Guarded.as_str())
         .execute(&self.pool)
         .await
@@ -341,7 +341,7 @@ impl Store {
                     .bind(d.kind.as_str())
                     .bind(d.remote_hash.map(|h| h.0.to_vec()))
                     .bind(d.local_hash.map(|h| h.0.to_vec()))
-                    .bind(d.doc.as_deref());
+                    .bind(d.doc.as_deref().map(Json::text));
             }
             q.execute(&mut tx).await.map_err(db("store drifts"))?;
         }
@@ -395,7 +395,7 @@ impl Store {
     /// each producer's latest run, and the `changes` log.
     pub async fn prune(&self, before_ms: i64) -> Result<Pruned, StoreError> {
         let mut tx = self.begin_write().await?;
-        let run = |sql: &'static str| query(sql).bind(before_ms);
+        let run = |sql: &'static str| query(sql).bind(At(before_ms));
         let inbox = run("DELETE FROM inbox WHERE received_at < $1 AND outcome <> 'pending'")
             .execute(&mut tx)
             .await
@@ -410,7 +410,7 @@ impl Store {
              AND state <> 'running'
              AND id NOT IN (SELECT MAX(id) FROM keyframe_runs GROUP BY producer)";
         let drifts = query(&format!("DELETE FROM drifts WHERE run_id IN ({OLD_RUNS})"))
-            .bind(before_ms)
+            .bind(At(before_ms))
             .execute(&mut tx)
             .await
             .map_err(db("prune drift lists"))?
@@ -418,7 +418,7 @@ impl Store {
         let runs = query(&format!(
             "DELETE FROM keyframe_runs WHERE id IN ({OLD_RUNS})"
         ))
-        .bind(before_ms)
+        .bind(At(before_ms))
         .execute(&mut tx)
         .await
         .map_err(db("prune keyframe runs"))?
@@ -449,8 +449,8 @@ impl Store {
         )
         .bind(name)
         .bind(holder)
-        .bind(now + ttl_ms)
-        .bind(now)
+        .bind(At(now + ttl_ms))
+        .bind(At(now))
         .execute(&self.pool)
         .await
         .map_err(db("take a lease"))?;
@@ -482,7 +482,7 @@ impl Store {
                 .bind(name)
                 .bind(from)
                 .bind(holder)
-                .bind(now + ttl_ms)
+                .bind(At(now + ttl_ms))
                 .execute(&self.pool)
                 .await
                 .map_err(db("take over a lease"))?;

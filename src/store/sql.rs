@@ -91,6 +91,11 @@ pub struct At(pub i64);
 pub struct Json<'q>(pub Cow<'q, str>);
 
 impl<'q> Json<'q> {
+    /// A document already serialized.
+    pub fn text(text: &'q str) -> Self {
+        Json(Cow::Borrowed(text))
+    }
+
     /// The document `value` serializes to.
     pub fn of(value: &serde_json::Value) -> Json<'static> {
         Json(Cow::Owned(value.to_string()))
@@ -170,9 +175,39 @@ impl sqlx::Encode<'_, Postgres> for PgJsonb<'_> {
         buf: &mut sqlx::postgres::PgArgumentBuffer,
     ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
         buf.push(1);
-        buf.extend_from_slice(self.0.as_bytes());
+        buf.extend_from_slice(without_nul(&self.0).as_bytes());
         Ok(sqlx::encode::IsNull::No)
     }
+}
+
+/// JSON text with every escaped U+0000 (`\u0000`) in its strings replaced by
+/// U+FFFD (`\ufffd`): `jsonb`, like every PostgreSQL text type, cannot hold
+/// U+0000 and would refuse the whole document. Only the stored copy changes:
+/// the record's hash was computed from the document as received, so a
+/// keyframe still sees it in sync.
+pub(crate) fn without_nul(text: &str) -> Cow<'_, str> {
+    if !text.contains("\\u0000") {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let escape = &rest[i..];
+        if let Some(after) = escape.strip_prefix("\\u0000") {
+            out.push_str("\\ufffd");
+            rest = after;
+        } else {
+            // Any other escape is two characters (`\\`, `\"`, `\n`, `\uXXXX`'s
+            // first two): copied whole, so an escaped backslash before
+            // `u0000` is never read as the start of an escape.
+            let len = escape.chars().take(2).map(char::len_utf8).sum();
+            out.push_str(&escape[..len]);
+            rest = &escape[len..];
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
 }
 
 /// `jsonb[]` from document texts.
@@ -532,5 +567,24 @@ impl<A: Column, B: Column> Column for (A, B) {
     }
     fn postgres(row: &PgRow, i: usize) -> Result<Self, sqlx::Error> {
         Ok((A::postgres(row, i)?, B::postgres(row, i + 1)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_nul;
+
+    #[test]
+    fn nul_escapes_become_replacement_characters_and_nothing_else_changes() {
+        let doc = serde_json::json!({"a": "x\u{0}y", "b": "\\u0000", "c": "\u{0}", "\u{0}": 1});
+        let text = doc.to_string();
+        let stored: serde_json::Value = serde_json::from_str(&without_nul(&text)).unwrap();
+        assert_eq!(
+            stored,
+            serde_json::json!({"a": "x\u{fffd}y", "b": "\\u0000", "c": "\u{fffd}", "\u{fffd}": 1})
+        );
+        let clean = r#"{"a":"\n\"\\","b":"\u00e9"}"#;
+        assert!(matches!(without_nul(clean), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(without_nul(r#"["\\\u0000"]"#), r#"["\\\ufffd"]"#);
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use super::sql::{query, query_scalar, Row};
+use super::sql::{query, query_scalar, At, Json, Row};
 use super::{db, now_ms, placeholders, Backend, Store, StoreError};
 use crate::state::{Health, WorkState};
 
@@ -135,10 +135,10 @@ impl Store {
         for chunk in items.chunks(500) {
             let sql = format!(
                 "SELECT key, dedup_key FROM work WHERE producer = $1 AND state = 'done'
-                 AND (mirrored = 0 OR updated_at >= $2) AND key IN ({})",
+                 AND (mirrored = FALSE OR updated_at >= $2) AND key IN ({})",
                 placeholders(chunk.len(), 3, "?")
             );
-            let mut q = query(&sql).bind(producer).bind(done_since);
+            let mut q = query(&sql).bind(producer).bind(At(done_since));
             for w in chunk {
                 q = q.bind(&w.key);
             }
@@ -163,10 +163,10 @@ impl Store {
                          WHERE id = $1 AND state = 'pending'",
                     )
                     .bind(id)
-                    .bind(&w.spec)
+                    .bind(Json::text(&w.spec))
                     .bind(&w.dedup_key)
                     .bind(&w.action)
-                    .bind(now)
+                    .bind(At(now))
                     .bind(i64::from(max_attempts))
                     .execute(&mut tx)
                     .await
@@ -183,14 +183,14 @@ impl Store {
                 placeholders(chunk.len(), 4, "($1, $2, ?, ?, ?, ?, $1, $3, $1)")
             );
             let mut q = query(&sql)
-                .bind(now)
+                .bind(At(now))
                 .bind(producer)
                 .bind(i64::from(max_attempts));
             for w in chunk {
                 q = q
                     .bind(&w.key)
                     .bind(&w.action)
-                    .bind(&w.spec)
+                    .bind(Json::text(&w.spec))
                     .bind(&w.dedup_key);
             }
             out.inserted += q
@@ -219,14 +219,14 @@ impl Store {
         note: &str,
     ) -> Result<u64, StoreError> {
         let done = query(
-            "UPDATE work SET state = 'done', last_error = $3, mirrored = 1, updated_at = $4
+            "UPDATE work SET state = 'done', last_error = $3, mirrored = TRUE, updated_at = $4
              WHERE producer = $1 AND state = 'pending'
                AND key NOT IN (SELECT key FROM drifts WHERE run_id = $2)",
         )
         .bind(producer)
         .bind(run_id)
         .bind(note)
-        .bind(now_ms())
+        .bind(At(now_ms()))
         .execute(&self.pool)
         .await
         .map_err(db("close work whose drift is gone"))?;
@@ -255,8 +255,8 @@ impl Store {
         let rows = query(&sql)
             .bind(producer)
             .bind(worker)
-            .bind(now + lease_ms)
-            .bind(now)
+            .bind(At(now + lease_ms))
+            .bind(At(now))
             .bind(i64::from(limit))
             .fetch_all(&mut tx)
             .await
@@ -286,9 +286,9 @@ impl Store {
         .bind(id)
         .bind(worker)
         .bind(next.as_str())
-        .bind(run_at)
+        .bind(At(run_at))
         .bind(error)
-        .bind(now_ms())
+        .bind(At(now_ms()))
         .execute(&self.pool)
         .await
         .map_err(db("finish a work item"))?;
@@ -313,8 +313,8 @@ impl Store {
         .bind(claim.id)
         .bind(worker)
         .bind(claim.attempts)
-        .bind(now + lease_ms)
-        .bind(now)
+        .bind(At(now + lease_ms))
+        .bind(At(now))
         .execute(&self.pool)
         .await
         .map_err(db("renew a work lease"))?;
@@ -339,7 +339,7 @@ impl Store {
         .bind(worker)
         .bind(claim.attempts)
         .bind(&claim.dedup_key)
-        .bind(now_ms())
+        .bind(At(now_ms()))
         .execute(&self.pool)
         .await
         .map_err(db("complete a work item"))?;
@@ -363,7 +363,7 @@ impl Store {
         .bind(claim.id)
         .bind(worker)
         .bind(claim.attempts)
-        .bind(now)
+        .bind(At(now))
         .bind(note)
         .execute(&self.pool)
         .await
@@ -396,11 +396,11 @@ impl Store {
         for chunk in items.chunks(500) {
             let sql = format!(
                 "UPDATE work SET state = 'done', last_error = NULL, locked_by = NULL, locked_until = NULL,
-                   mirrored = 1, updated_at = $1
+                   mirrored = TRUE, updated_at = $1
                  WHERE state = 'running' AND locked_by = $2 AND id IN ({})",
                 placeholders(chunk.len(), 3, "?")
             );
-            let mut q = query(&sql).bind(now).bind(worker);
+            let mut q = query(&sql).bind(At(now)).bind(worker);
             for (id, _) in chunk {
                 q = q.bind(id);
             }
@@ -433,7 +433,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<WorkRow>, StoreError> {
         query(&format!(
-            "SELECT {WORK_COLUMNS} FROM work WHERE producer = $1 AND state = 'done' AND mirrored = 0
+            "SELECT {WORK_COLUMNS} FROM work WHERE producer = $1 AND state = 'done' AND mirrored = FALSE
              ORDER BY id LIMIT $2"
         ))
         .bind(producer)
@@ -474,7 +474,7 @@ impl Store {
             .collect();
         for chunk in ids.chunks(500) {
             let sql = format!(
-                "UPDATE work SET mirrored = 1 WHERE state = 'done' AND id IN ({})",
+                "UPDATE work SET mirrored = TRUE WHERE state = 'done' AND id IN ({})",
                 placeholders(chunk.len(), 1, "?")
             );
             let mut q = query(&sql);
@@ -501,7 +501,7 @@ impl Store {
                locked_by = NULL, locked_until = NULL, run_at = $1, updated_at = $1
              WHERE state = 'running' AND locked_until < $1",
         )
-        .bind(now)
+        .bind(At(now))
         .execute(&self.pool)
         .await
         .map_err(db("reclaim expired work"))?;
@@ -590,7 +590,7 @@ impl Store {
         )
         .bind(id)
         .bind(next.as_str())
-        .bind(now)
+        .bind(At(now))
         .bind(item.state.as_str())
         .execute(&self.pool)
         .await;
@@ -637,7 +637,7 @@ impl Store {
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(producer)
-        .bind(now)
+        .bind(At(now))
         .execute(&mut tx)
         .await
         .map_err(db("create a producer health row"))?;
@@ -669,7 +669,7 @@ impl Store {
         .bind(producer)
         .bind(next.as_str())
         .bind(failures)
-        .bind(now)
+        .bind(At(now))
         .execute(&mut tx)
         .await
         .map_err(db("update producer health"))?;
@@ -715,7 +715,7 @@ impl Store {
             "SELECT COUNT(*) FROM changes WHERE producer = $1 AND at >= $2 AND source IN ('webhook', 'email')",
         )
         .bind(producer)
-        .bind(since)
+        .bind(At(since))
         .fetch_one(&self.pool)
         .await
         .map_err(db("count delta changes"))?;

@@ -294,7 +294,11 @@ async fn none_items_finished_with_the_readme_sql_close_their_drift() {
         assert_eq!(none.rows_affected(), 0, "{statement}");
     }
     for _ in 0..k {
-        let row: (i64, String, String) = sqlx::query_as(claim).fetch_one(&pool).await.unwrap();
+        let row: (i64, sqlx::types::Json<serde_json::Value>, String) =
+            sqlx::query_as(claim).fetch_one(&pool).await.unwrap();
+        // `spec` is jsonb: the application reads the record as JSON.
+        assert_eq!(row.1["action"], "none", "{:?}", row.1);
+        assert!(row.1["record"].is_object(), "{:?}", row.1);
         let finished = sqlx::query(done).bind(row.0).execute(&pool).await.unwrap();
         assert_eq!(finished.rows_affected(), 1);
     }

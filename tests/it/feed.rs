@@ -397,8 +397,9 @@ async fn read_api_and_token(db: &TestDb) {
     let store = db.store().await;
     driftd::store::sql::query(
         "INSERT INTO work (time, spec, producer, key, action, state, run_at, attempts, max_attempts, dedup_key, updated_at)
-         VALUES (0, '{}', 'orders', 'k2', 'none', 'pending', 0, 0, 5, 'd', 0)",
+         VALUES ($1, '{}', 'orders', 'k2', 'none', 'pending', $1, 0, 5, 'd', $1)",
     )
+    .bind(driftd::store::sql::At(0))
     .execute(store.pool())
     .await
     .unwrap();

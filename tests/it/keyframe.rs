@@ -661,14 +661,13 @@ async fn guarded_runs_expire_and_are_pruned(db: &TestDb) {
     );
     let config = Config::parse("test.toml", &text, &|_| None).unwrap().config;
     let day = 86_400_000i64;
-    driftd::store::sql::query(
-        "UPDATE keyframe_runs SET started_at = started_at - $1 WHERE id = $2",
-    )
-    .bind(31 * day)
-    .bind(id)
-    .execute(store.pool())
-    .await
-    .unwrap();
+    let started = store.run(id).await.unwrap().unwrap().started_at;
+    driftd::store::sql::query("UPDATE keyframe_runs SET started_at = $1 WHERE id = $2")
+        .bind(driftd::store::sql::At(started - 31 * day))
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .unwrap();
     let err = keyframer(&store).approve(&config, id).await.unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
     assert!(store.list_work(None, 10).await.unwrap().is_empty());

@@ -25,4 +25,5 @@ mod replicas;
 mod store;
 mod support;
 mod tidy;
+mod upgrade;
 mod work;

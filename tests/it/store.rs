@@ -461,6 +461,17 @@ crate::on_both_backends!(
 
 async fn prune_deletes_old_history_and_keeps_what_matters(db: &TestDb) {
     let store = db.store().await;
+    // Times are bound (`$1`), as each backend spells them its own way.
+    let exec_at = |sql: String, at: i64| {
+        let pool = store.pool().clone();
+        async move {
+            driftd::store::sql::query(&sql)
+                .bind(driftd::store::sql::At(at))
+                .execute(&pool)
+                .await
+                .unwrap()
+        }
+    };
     let exec = |sql: String| {
         let pool = store.pool().clone();
         async move {
@@ -472,9 +483,9 @@ async fn prune_deletes_old_history_and_keeps_what_matters(db: &TestDb) {
     };
     // Inbox: old settled, old pending, new settled.
     for (at, outcome) in [(1_000, "applied"), (1_000, "pending"), (9_000, "applied")] {
-        exec(format!(
-            "INSERT INTO inbox (producer, channel, received_at, headers, body, outcome) VALUES ('p', 'webhook', {at}, '{{}}', '', '{outcome}')"
-        )).await;
+        exec_at(format!(
+            "INSERT INTO inbox (producer, channel, received_at, headers, body, outcome) VALUES ('p', 'webhook', $1, '{{}}', '', '{outcome}')"
+        ), at).await;
     }
     // Work: old done, old dead, old pending, new done.
     for (i, (at, state)) in [
@@ -486,10 +497,10 @@ async fn prune_deletes_old_history_and_keeps_what_matters(db: &TestDb) {
     .iter()
     .enumerate()
     {
-        exec(format!(
+        exec_at(format!(
             "INSERT INTO work (time, spec, producer, key, action, state, run_at, max_attempts, dedup_key, updated_at)
-             VALUES ({at}, '{{}}', 'p', 'k{i}', 'apply', '{state}', {at}, 5, 'd{i}', {at})"
-        )).await;
+             VALUES ($1, '{{}}', 'p', 'k{i}', 'apply', '{state}', $1, 5, 'd{i}', $1)"
+        ), *at).await;
     }
     // Runs: old ok, old guarded (expired), the latest (old too), each with a drift row.
     let mut ids = Vec::new();
