@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use futures::TryStreamExt;
 use serde_json::Value;
 
-use super::sql::{query, At, Json, Row, Tx};
-use super::{db, now_ms, placeholders, Store, StoreError};
+use super::sql::{column, query, Arr, At, Json, Row, Tx};
+use super::{db, now_ms, placeholders, Backend, Store, StoreError};
 use crate::canonical::{bucket_of, Digest, RecordHash, RecordHasher};
 use crate::entity::{
     plan_batch, ChainHead, ChangeLink, EntityWrite, LocalRow, RowWrite, Source, StoredRow,
@@ -225,24 +225,43 @@ impl Store {
                     updates.push((key, hash, bucket));
                 }
             }
-            for chunk in updates.chunks(500) {
-                // Every row exists (the producer's lock is held): the insert
-                // part never applies, only the update of hash and bucket.
-                let sql = format!(
-                    "INSERT INTO entities (producer, key, hash, bucket, source, updated_at) VALUES {}
-                     ON CONFLICT (producer, key) DO UPDATE SET hash = excluded.hash, bucket = excluded.bucket",
-                    placeholders(chunk.len(), 3, "($1, ?, ?, ?, '', $2)")
-                );
-                let mut q = query(&sql).bind(producer).bind(At(0));
-                for (key, hash, bucket) in chunk {
-                    q = q
-                        .bind(key.as_str())
-                        .bind(hash.map(|h| h.0.to_vec()))
-                        .bind(i64::from(*bucket));
-                }
-                q.execute(&mut *tx)
-                    .await
-                    .map_err(db("re-lay out entities"))?;
+            for chunk in updates.chunks(self.backend.batch()) {
+                let q = match self.backend {
+                    Backend::Sqlite => {
+                        // Every row exists (the producer's lock is held): the
+                        // insert part never applies, only the update.
+                        let sql = format!(
+                            "INSERT INTO entities (producer, key, hash, bucket, source, updated_at) VALUES {}
+                             ON CONFLICT (producer, key) DO UPDATE SET hash = excluded.hash, bucket = excluded.bucket",
+                            placeholders(chunk.len(), 2, "($1, ?, ?, ?, '', 0)")
+                        );
+                        let mut q = query(&sql).bind(producer);
+                        for (key, hash, bucket) in chunk {
+                            q = q
+                                .bind(key.as_str())
+                                .bind(hash.map(|h| h.0.to_vec()))
+                                .bind(i64::from(*bucket));
+                        }
+                        q.execute(&mut *tx).await
+                    }
+                    Backend::Postgres => {
+                        query(
+                            "UPDATE entities SET hash = u.hash, bucket = u.bucket
+                         FROM UNNEST($2::text[], $3::bytea[], $4::bigint[]) AS u (key, hash, bucket)
+                         WHERE entities.producer = $1 AND entities.key = u.key",
+                        )
+                        .bind(producer)
+                        .bind(Arr(chunk.iter().map(|u| u.0.clone()).collect()))
+                        .bind(Arr(chunk
+                            .iter()
+                            .map(|u| u.1.map(|h| h.0.to_vec()))
+                            .collect()))
+                        .bind(Arr(chunk.iter().map(|u| i64::from(u.2)).collect()))
+                        .execute(&mut *tx)
+                        .await
+                    }
+                };
+                q.map_err(db("re-lay out entities"))?;
             }
         }
         query("DELETE FROM buckets WHERE producer = $1")
@@ -289,47 +308,93 @@ impl Store {
         };
         let current = self.current_many(tx, producer, &keys).await?;
         let plan = plan_batch(current, writes, hasher, bucket_bits, producer, head, now);
-        for chunk in plan.rows.chunks(500) {
-            let sql = format!(
-                "INSERT INTO entities (producer, key, doc, hash, bucket, version, deleted, source, updated_at)
-                 VALUES {} ON CONFLICT (producer, key) DO UPDATE SET doc = excluded.doc, hash = excluded.hash,
-                   bucket = excluded.bucket, version = excluded.version, deleted = excluded.deleted,
-                   source = excluded.source, updated_at = excluded.updated_at",
-                placeholders(chunk.len(), 3, "($1, ?, ?, ?, ?, ?, ?, ?, $2)")
-            );
-            let mut q = query(&sql).bind(producer).bind(At(now));
-            for RowWrite { key, row, source } in chunk {
-                q = q
-                    .bind(*key)
-                    .bind(row.doc.as_ref().map(Json::of))
-                    .bind(row.hash.map(|h| h.0.to_vec()))
-                    .bind(i64::from(row.bucket))
-                    .bind(row.version)
-                    .bind(row.deleted)
-                    .bind(source.as_str());
-            }
-            q.execute(&mut *tx).await.map_err(db("write entities"))?;
+        const UPSERT: &str = "ON CONFLICT (producer, key) DO UPDATE SET doc = excluded.doc,
+               hash = excluded.hash, bucket = excluded.bucket, version = excluded.version,
+               deleted = excluded.deleted, source = excluded.source, updated_at = excluded.updated_at";
+        for chunk in plan.rows.chunks(self.backend.batch()) {
+            let q = match self.backend {
+                Backend::Sqlite => {
+                    let sql = format!(
+                        "INSERT INTO entities (producer, key, doc, hash, bucket, version, deleted, source, updated_at)
+                         VALUES {} {UPSERT}",
+                        placeholders(chunk.len(), 3, "($1, ?, ?, ?, ?, ?, ?, ?, $2)")
+                    );
+                    let mut q = query(&sql).bind(producer).bind(At(now));
+                    for RowWrite { key, row, source } in chunk {
+                        q = q
+                            .bind(*key)
+                            .bind(row.doc.as_ref().map(Json::of))
+                            .bind(row.hash.map(|h| h.0.to_vec()))
+                            .bind(i64::from(row.bucket))
+                            .bind(row.version)
+                            .bind(row.deleted)
+                            .bind(source.as_str());
+                    }
+                    q.execute(&mut *tx).await
+                }
+                Backend::Postgres => {
+                    let sql = format!(
+                        "INSERT INTO entities (producer, key, doc, hash, bucket, version, deleted, source, updated_at)
+                         SELECT $1, u.*, $2 FROM UNNEST($3::text[], $4::jsonb[], $5::bytea[], $6::bigint[],
+                           $7::bigint[], $8::boolean[], $9::text[]) AS u {UPSERT}"
+                    );
+                    query(&sql)
+                        .bind(producer)
+                        .bind(At(now))
+                        .bind(column(chunk, |w| w.key.to_string()))
+                        .bind(column(chunk, |w| w.row.doc.as_ref().map(Json::of)))
+                        .bind(column(chunk, |w| w.row.hash.map(|h| h.0.to_vec())))
+                        .bind(column(chunk, |w| i64::from(w.row.bucket)))
+                        .bind(column(chunk, |w| w.row.version))
+                        .bind(column(chunk, |w| w.row.deleted))
+                        .bind(column(chunk, |w| w.source.as_str().to_string()))
+                        .execute(&mut *tx)
+                        .await
+                }
+            };
+            q.map_err(db("write entities"))?;
         }
         self.add_to_buckets(tx, producer, &plan.buckets).await?;
-        for chunk in plan.links.chunks(500) {
-            let sql = format!(
-                "INSERT INTO changes (producer, seq, key, op, hash, version, source, at, chain) VALUES {}",
-                placeholders(chunk.len(), 3, "($1, ?, ?, ?, ?, ?, ?, $2, ?)")
-            );
-            let mut q = query(&sql).bind(producer).bind(At(now));
-            for l in chunk {
-                q = q
-                    .bind(l.seq)
-                    .bind(l.key)
-                    .bind(l.op)
-                    .bind(l.hash.map(|h| h.0.to_vec()))
-                    .bind(l.version)
-                    .bind(l.source.as_str())
-                    .bind(l.chain.to_vec());
-            }
-            q.execute(&mut *tx)
-                .await
-                .map_err(db("append to the changes log"))?;
+        for chunk in plan.links.chunks(self.backend.batch()) {
+            let q = match self.backend {
+                Backend::Sqlite => {
+                    let sql = format!(
+                        "INSERT INTO changes (producer, seq, key, op, hash, version, source, at, chain) VALUES {}",
+                        placeholders(chunk.len(), 3, "($1, ?, ?, ?, ?, ?, ?, $2, ?)")
+                    );
+                    let mut q = query(&sql).bind(producer).bind(At(now));
+                    for l in chunk {
+                        q = q
+                            .bind(l.seq)
+                            .bind(l.key)
+                            .bind(l.op)
+                            .bind(l.hash.map(|h| h.0.to_vec()))
+                            .bind(l.version)
+                            .bind(l.source.as_str())
+                            .bind(l.chain.to_vec());
+                    }
+                    q.execute(&mut *tx).await
+                }
+                Backend::Postgres => {
+                    query(
+                        "INSERT INTO changes (producer, seq, key, op, hash, version, source, chain, at)
+                         SELECT $1, u.*, $2 FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::bytea[],
+                           $7::bigint[], $8::text[], $9::bytea[]) AS u",
+                    )
+                    .bind(producer)
+                    .bind(At(now))
+                    .bind(column(chunk, |l| l.seq))
+                    .bind(column(chunk, |l| l.key.to_string()))
+                    .bind(column(chunk, |l| l.op.to_string()))
+                    .bind(column(chunk, |l| l.hash.map(|h| h.0.to_vec())))
+                    .bind(column(chunk, |l| l.version))
+                    .bind(column(chunk, |l| l.source.as_str().to_string()))
+                    .bind(column(chunk, |l| l.chain.to_vec()))
+                    .execute(&mut *tx)
+                    .await
+                }
+            };
+            q.map_err(db("append to the changes log"))?;
         }
         if !plan.links.is_empty() && self.backend == super::Backend::Postgres {
             // Delivered at commit, to every replica's change-feed listener.
@@ -358,16 +423,16 @@ impl Store {
         keys: &[&'k str],
     ) -> Result<HashMap<&'k str, StoredRow>, StoreError> {
         let mut out: HashMap<&'k str, StoredRow> = HashMap::with_capacity(keys.len());
-        for chunk in keys.chunks(500) {
+        for chunk in keys.chunks(self.backend.batch()) {
             let sql = format!(
                 "SELECT key, doc, hash, bucket, version, deleted FROM entities
-                 WHERE producer = $1 AND key IN ({})",
-                placeholders(chunk.len(), 2, "?")
+                 WHERE producer = $1 AND key {}",
+                self.backend.any(2, chunk.len())
             );
-            let mut q = query(&sql).bind(producer);
-            for k in chunk {
-                q = q.bind(*k);
-            }
+            let q = query(&sql).bind(producer);
+            let q = self
+                .backend
+                .bind_any(q, chunk.iter().map(|k| k.to_string()).collect());
             for row in q.fetch_all(&mut *tx).await.map_err(db("read entities"))? {
                 let e = db("read an entity");
                 let key: String = row.try_get(0).map_err(e)?;
@@ -402,27 +467,48 @@ impl Store {
         deltas: &BTreeMap<u32, Digest>,
     ) -> Result<(), StoreError> {
         let changed: Vec<(&u32, &Digest)> = deltas.iter().filter(|(_, d)| !d.is_empty()).collect();
-        for chunk in changed.chunks(500) {
-            let sql = format!(
-                "INSERT INTO buckets (producer, bucket, rows, l0, l1, l2, l3) VALUES {}
-                 ON CONFLICT (producer, bucket) DO UPDATE SET rows = buckets.rows + excluded.rows,
-                   l0 = buckets.l0 + excluded.l0, l1 = buckets.l1 + excluded.l1,
-                   l2 = buckets.l2 + excluded.l2, l3 = buckets.l3 + excluded.l3",
-                placeholders(chunk.len(), 2, "($1, ?, ?, ?, ?, ?, ?)")
-            );
-            let mut q = query(&sql).bind(producer);
-            for (bucket, d) in chunk {
-                q = q
-                    .bind(i64::from(**bucket))
-                    .bind(d.rows)
-                    .bind(d.lanes[0])
-                    .bind(d.lanes[1])
-                    .bind(d.lanes[2])
-                    .bind(d.lanes[3]);
-            }
-            q.execute(&mut *tx)
-                .await
-                .map_err(db("update bucket digests"))?;
+        const ADD: &str =
+            "ON CONFLICT (producer, bucket) DO UPDATE SET rows = buckets.rows + excluded.rows,
+               l0 = buckets.l0 + excluded.l0, l1 = buckets.l1 + excluded.l1,
+               l2 = buckets.l2 + excluded.l2, l3 = buckets.l3 + excluded.l3";
+        for chunk in changed.chunks(self.backend.batch()) {
+            let q = match self.backend {
+                Backend::Sqlite => {
+                    let sql = format!(
+                        "INSERT INTO buckets (producer, bucket, rows, l0, l1, l2, l3) VALUES {} {ADD}",
+                        placeholders(chunk.len(), 2, "($1, ?, ?, ?, ?, ?, ?)")
+                    );
+                    let mut q = query(&sql).bind(producer);
+                    for (bucket, d) in chunk {
+                        q = q
+                            .bind(i64::from(**bucket))
+                            .bind(d.rows)
+                            .bind(d.lanes[0])
+                            .bind(d.lanes[1])
+                            .bind(d.lanes[2])
+                            .bind(d.lanes[3]);
+                    }
+                    q.execute(&mut *tx).await
+                }
+                Backend::Postgres => {
+                    let sql = format!(
+                        "INSERT INTO buckets (producer, bucket, rows, l0, l1, l2, l3)
+                         SELECT $1, u.* FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[],
+                           $5::bigint[], $6::bigint[], $7::bigint[]) AS u {ADD}"
+                    );
+                    query(&sql)
+                        .bind(producer)
+                        .bind(column(chunk, |(b, _)| i64::from(**b)))
+                        .bind(column(chunk, |(_, d)| d.rows))
+                        .bind(column(chunk, |(_, d)| d.lanes[0]))
+                        .bind(column(chunk, |(_, d)| d.lanes[1]))
+                        .bind(column(chunk, |(_, d)| d.lanes[2]))
+                        .bind(column(chunk, |(_, d)| d.lanes[3]))
+                        .execute(&mut *tx)
+                        .await
+                }
+            };
+            q.map_err(db("update bucket digests"))?;
         }
         Ok(())
     }
@@ -496,16 +582,16 @@ impl Store {
         buckets: &[u32],
     ) -> Result<Vec<LocalRow>, StoreError> {
         let mut out = Vec::new();
-        for chunk in buckets.chunks(500) {
+        for chunk in buckets.chunks(self.backend.batch()) {
             let sql = format!(
                 "SELECT key, hash, version, deleted, updated_at FROM entities
-                 WHERE producer = $1 AND bucket IN ({})",
-                placeholders(chunk.len(), 2, "?")
+                 WHERE producer = $1 AND bucket {}",
+                self.backend.any(2, chunk.len())
             );
-            let mut q = query(&sql).bind(producer);
-            for b in chunk {
-                q = q.bind(i64::from(*b));
-            }
+            let q = query(&sql).bind(producer);
+            let q = self
+                .backend
+                .bind_any(q, chunk.iter().map(|b| i64::from(*b)).collect());
             let rows = q
                 .fetch_all(&self.pool)
                 .await

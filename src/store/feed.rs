@@ -193,15 +193,15 @@ impl Store {
         keys: &[&str],
     ) -> Result<HashMap<String, WorkState>, StoreError> {
         let mut out = HashMap::new();
-        for chunk in keys.chunks(500) {
+        for chunk in keys.chunks(self.backend.batch()) {
             let sql = format!(
-                "SELECT key, state FROM work WHERE producer = $1 AND state IN ('pending', 'running') AND key IN ({})",
-                super::placeholders(chunk.len(), 2, "?")
+                "SELECT key, state FROM work WHERE producer = $1 AND state IN ('pending', 'running') AND key {}",
+                self.backend.any(2, chunk.len())
             );
-            let mut q = query(&sql).bind(producer);
-            for k in chunk {
-                q = q.bind(*k);
-            }
+            let q = query(&sql).bind(producer);
+            let q = self
+                .backend
+                .bind_any(q, chunk.iter().map(|k| k.to_string()).collect());
             for r in q
                 .fetch_all(&self.pool)
                 .await

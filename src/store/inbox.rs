@@ -14,8 +14,8 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use super::sql::{query, query_scalar, At, Json, On, Row, Tx};
-use super::{db, now_ms, placeholders, Store, StoreError};
+use super::sql::{column, query, query_scalar, At, Json, On, Row, Tx};
+use super::{db, now_ms, placeholders, Backend, Store, StoreError};
 use crate::canonical::RecordHasher;
 use crate::entity::{EntityWrite, WriteOutcome};
 
@@ -305,7 +305,7 @@ impl Store {
             });
         }
         let new: Vec<&Settled> = out.iter().filter(|s| s.duplicate_of.is_none()).collect();
-        record_all_in(&mut tx, &new).await?;
+        record_all_in(&mut tx, self.backend, &new).await?;
         tx.commit().await.map_err(db("commit deltas"))?;
         for ((entry, _), settled) in items.iter().zip(&out) {
             if settled.changed {
@@ -603,25 +603,43 @@ async fn first_delivery<'a>(
 }
 
 /// Records the outcomes of `settled` deltas: one statement per 300 rows.
-async fn record_all_in(tx: &mut Tx, settled: &[&Settled]) -> Result<(), StoreError> {
+async fn record_all_in(
+    tx: &mut Tx,
+    backend: Backend,
+    settled: &[&Settled],
+) -> Result<(), StoreError> {
     let now = now_ms();
-    for chunk in settled.chunks(300) {
-        let sql = format!(
-            "WITH v (id, outcome, error) AS (VALUES {})
-             UPDATE inbox SET outcome = v.outcome, error = v.error, applied_at = $1
-             FROM v WHERE inbox.id = v.id",
-            placeholders(chunk.len(), 2, "(?, ?, ?)")
-        );
-        let mut q = query(&sql).bind(At(now));
-        for s in chunk {
-            q = q
-                .bind(s.id)
-                .bind(s.outcome.as_str())
-                .bind(s.error.as_deref().map(|e| clean(e).into_owned()));
-        }
-        q.execute(&mut *tx)
-            .await
-            .map_err(db("record deltas' outcomes"))?;
+    for chunk in settled.chunks(backend.batch()) {
+        let error = |s: &&Settled| s.error.as_deref().map(|e| clean(e).into_owned());
+        let q = match backend {
+            Backend::Sqlite => {
+                let sql = format!(
+                    "WITH v (id, outcome, error) AS (VALUES {})
+                     UPDATE inbox SET outcome = v.outcome, error = v.error, applied_at = $1
+                     FROM v WHERE inbox.id = v.id",
+                    placeholders(chunk.len(), 2, "(?, ?, ?)")
+                );
+                let mut q = query(&sql).bind(At(now));
+                for s in chunk {
+                    q = q.bind(s.id).bind(s.outcome.as_str()).bind(error(s));
+                }
+                q.execute(&mut *tx).await
+            }
+            Backend::Postgres => {
+                query(
+                    "UPDATE inbox SET outcome = v.outcome, error = v.error, applied_at = $1
+                 FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS v (id, outcome, error)
+                 WHERE inbox.id = v.id",
+                )
+                .bind(At(now))
+                .bind(column(chunk, |s| s.id))
+                .bind(column(chunk, |s| s.outcome.as_str().to_string()))
+                .bind(column(chunk, error))
+                .execute(&mut *tx)
+                .await
+            }
+        };
+        q.map_err(db("record deltas' outcomes"))?;
     }
     Ok(())
 }

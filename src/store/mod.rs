@@ -78,6 +78,38 @@ impl Backend {
         }
     }
 
+    /// Rows per statement of a batch. SQLite binds every value (at most
+    /// 32,766 per statement); PostgreSQL binds one array per column, so a
+    /// batch is one statement with one text whatever its size.
+    pub(crate) fn batch(self) -> usize {
+        match self {
+            Self::Sqlite => 500,
+            Self::Postgres => 10_000,
+        }
+    }
+
+    /// A membership test for `n` values bound from `$first` on:
+    /// `IN ($2, $3, …)` on SQLite, `= ANY($2)` (one array) on PostgreSQL.
+    /// Bind the values with [`Backend::bind_any`].
+    pub(crate) fn any(self, first: usize, n: usize) -> String {
+        match self {
+            Self::Sqlite => format!("IN ({})", placeholders(n, first, "?")),
+            Self::Postgres => format!("= ANY(${first})"),
+        }
+    }
+
+    /// Binds the values of an [`Backend::any`] test.
+    pub(crate) fn bind_any<'q, T>(self, q: sql::Query<'q>, values: Vec<T>) -> sql::Query<'q>
+    where
+        T: Into<sql::Arg<'q>>,
+        sql::Arr<T>: Into<sql::Arg<'q>>,
+    {
+        match self {
+            Self::Sqlite => values.into_iter().fold(q, |q, v| q.bind(v)),
+            Self::Postgres => q.bind(sql::Arr(values)),
+        }
+    }
+
     /// Row-lock suffix for a `SELECT` inside a write transaction. SQLite needs
     /// none: a write transaction already excludes every other writer.
     fn for_update(self) -> &'static str {

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use super::sql::{query, query_scalar, At, Json, Row};
-use super::{db, now_ms, placeholders, sql_list, Store, StoreError};
+use super::sql::{column, query, query_scalar, At, Json, Row};
+use super::{db, now_ms, placeholders, sql_list, Backend, Store, StoreError};
 use crate::canonical::RecordHash;
 use crate::state::RunState;
 
@@ -329,21 +329,43 @@ impl Store {
         drifts: &[DriftRow],
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        for chunk in drifts.chunks(200) {
-            let sql = format!(
-                "INSERT INTO drifts (run_id, producer, key, kind, remote_hash, local_hash, doc) VALUES {}",
-                placeholders(chunk.len(), 3, "($1, $2, ?, ?, ?, ?, ?)")
-            );
-            let mut q = query(&sql).bind(run_id).bind(producer);
-            for d in chunk {
-                q = q
-                    .bind(d.key.as_str())
-                    .bind(d.kind.as_str())
-                    .bind(d.remote_hash.map(|h| h.0.to_vec()))
-                    .bind(d.local_hash.map(|h| h.0.to_vec()))
-                    .bind(d.doc.as_deref().map(Json::text));
-            }
-            q.execute(&mut tx).await.map_err(db("store drifts"))?;
+        let hash = |h: Option<RecordHash>| h.map(|h| h.0.to_vec());
+        for chunk in drifts.chunks(self.backend.batch()) {
+            let q = match self.backend {
+                Backend::Sqlite => {
+                    let sql = format!(
+                        "INSERT INTO drifts (run_id, producer, key, kind, remote_hash, local_hash, doc) VALUES {}",
+                        placeholders(chunk.len(), 3, "($1, $2, ?, ?, ?, ?, ?)")
+                    );
+                    let mut q = query(&sql).bind(run_id).bind(producer);
+                    for d in chunk {
+                        q = q
+                            .bind(d.key.as_str())
+                            .bind(d.kind.as_str())
+                            .bind(hash(d.remote_hash))
+                            .bind(hash(d.local_hash))
+                            .bind(d.doc.as_deref().map(Json::text));
+                    }
+                    q.execute(&mut tx).await
+                }
+                Backend::Postgres => query(
+                    "INSERT INTO drifts (run_id, producer, key, kind, remote_hash, local_hash, doc)
+                     SELECT $1, $2, u.* FROM UNNEST($3::text[], $4::text[], $5::bytea[], $6::bytea[],
+                       $7::jsonb[]) AS u",
+                )
+                .bind(run_id)
+                .bind(producer)
+                .bind(column(chunk, |d| d.key.clone()))
+                .bind(column(chunk, |d| d.kind.clone()))
+                .bind(column(chunk, |d| hash(d.remote_hash)))
+                .bind(column(chunk, |d| hash(d.local_hash)))
+                .bind(column(chunk, |d| {
+                    d.doc.as_deref().map(|t| Json(t.to_string().into()))
+                }))
+                .execute(&mut tx)
+                .await,
+            };
+            q.map_err(db("store drifts"))?;
         }
         tx.commit().await.map_err(db("commit drifts"))
     }

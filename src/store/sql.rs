@@ -106,6 +106,11 @@ impl<'q> Json<'q> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Arr<T>(pub Vec<T>);
 
+/// One column of `rows` as an array argument, for PostgreSQL's `UNNEST`.
+pub fn column<T, U>(rows: &[T], f: impl Fn(&T) -> U) -> Arr<U> {
+    Arr(rows.iter().map(f).collect())
+}
+
 /// One bound argument.
 #[derive(Debug, Clone)]
 pub enum Arg<'q> {
@@ -118,6 +123,7 @@ pub enum Arg<'q> {
     Ints(Vec<i64>),
     OptInts(Vec<Option<i64>>),
     Texts(Vec<String>),
+    OptTexts(Vec<Option<String>>),
     OptBytes(Vec<Option<Vec<u8>>>),
     Byteses(Vec<Vec<u8>>),
     Flags(Vec<bool>),
@@ -157,7 +163,8 @@ arg_from! {
     Arr<Option<Vec<u8>>> => |v| Arg::OptBytes(v.0);
     Arr<Vec<u8>> => |v| Arg::Byteses(v.0);
     Arr<bool> => |v| Arg::Flags(v.0);
-    Arr<Option<String>> => |v| Arg::OptJsons(v.0);
+    Arr<Option<String>> => |v| Arg::OptTexts(v.0);
+    Arr<Option<Json<'static>>> => |v| Arg::OptJsons(v.0.into_iter().map(|j| j.map(|j| j.0.into_owned())).collect());
 }
 
 /// `jsonb` in PostgreSQL's binary format: a version byte, then the text.
@@ -310,6 +317,7 @@ impl<'q> Query<'q> {
                 Arg::Ints(v) => q.bind(v),
                 Arg::OptInts(v) => q.bind(v),
                 Arg::Texts(v) => q.bind(v),
+                Arg::OptTexts(v) => q.bind(v),
                 Arg::OptBytes(v) => q.bind(v),
                 Arg::Byteses(v) => q.bind(v),
                 Arg::Flags(v) => q.bind(v),

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use super::sql::{query, query_scalar, At, Json, Row};
+use super::sql::{column, query, query_scalar, At, Json, Row};
 use super::{db, now_ms, placeholders, Backend, Store, StoreError};
 use crate::state::{Health, WorkState};
 
@@ -108,16 +108,16 @@ impl Store {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
         let mut open: Vec<(i64, String, String)> = Vec::new();
-        for chunk in items.chunks(500) {
+        let keys = |chunk: &[NewWork]| chunk.iter().map(|w| w.key.clone()).collect();
+        for chunk in items.chunks(self.backend.batch()) {
             let sql = format!(
                 "SELECT id, key, state FROM work WHERE producer = $1
-                 AND state IN ('pending', 'running') AND key IN ({})",
-                placeholders(chunk.len(), 2, "?")
+                 AND state IN ('pending', 'running') AND key {}",
+                self.backend.any(2, chunk.len())
             );
-            let mut q = query(&sql).bind(producer);
-            for w in chunk {
-                q = q.bind(&w.key);
-            }
+            let q = self
+                .backend
+                .bind_any(query(&sql).bind(producer), keys(chunk));
             for r in q.fetch_all(&mut tx).await.map_err(db("read open work"))? {
                 let e = db("read open work");
                 open.push((
@@ -132,16 +132,14 @@ impl Store {
             .map(|(id, k, s)| (k.as_str(), (*id, s.as_str())))
             .collect();
         let mut delivered: std::collections::BTreeSet<(String, String)> = Default::default();
-        for chunk in items.chunks(500) {
+        for chunk in items.chunks(self.backend.batch()) {
             let sql = format!(
                 "SELECT key, dedup_key FROM work WHERE producer = $1 AND state = 'done'
-                 AND (mirrored = FALSE OR updated_at >= $2) AND key IN ({})",
-                placeholders(chunk.len(), 3, "?")
+                 AND (mirrored = FALSE OR updated_at >= $2) AND key {}",
+                self.backend.any(3, chunk.len())
             );
-            let mut q = query(&sql).bind(producer).bind(At(done_since));
-            for w in chunk {
-                q = q.bind(&w.key);
-            }
+            let q = query(&sql).bind(producer).bind(At(done_since));
+            let q = self.backend.bind_any(q, keys(chunk));
             for r in q.fetch_all(&mut tx).await.map_err(db("read done work"))? {
                 let e = db("read done work");
                 delivered.insert((r.try_get(0).map_err(e)?, r.try_get(1).map_err(e)?));
@@ -176,28 +174,44 @@ impl Store {
                 None => fresh.push(w),
             }
         }
-        for chunk in fresh.chunks(100) {
-            let sql = format!(
-                "INSERT INTO work (time, producer, key, action, spec, dedup_key, run_at, max_attempts, updated_at)
-                 VALUES {} ON CONFLICT DO NOTHING",
-                placeholders(chunk.len(), 4, "($1, $2, ?, ?, ?, ?, $1, $3, $1)")
-            );
-            let mut q = query(&sql)
+        for chunk in fresh.chunks(self.backend.batch()) {
+            let q = match self.backend {
+                Backend::Sqlite => {
+                    let sql = format!(
+                        "INSERT INTO work (time, producer, key, action, spec, dedup_key, run_at, max_attempts, updated_at)
+                         VALUES {} ON CONFLICT DO NOTHING",
+                        placeholders(chunk.len(), 4, "($1, $2, ?, ?, ?, ?, $1, $3, $1)")
+                    );
+                    let mut q = query(&sql)
+                        .bind(At(now))
+                        .bind(producer)
+                        .bind(i64::from(max_attempts));
+                    for w in chunk {
+                        q = q
+                            .bind(&w.key)
+                            .bind(&w.action)
+                            .bind(Json::text(&w.spec))
+                            .bind(&w.dedup_key);
+                    }
+                    q.execute(&mut tx).await
+                }
+                Backend::Postgres => query(
+                    "INSERT INTO work (time, producer, key, action, spec, dedup_key, run_at, max_attempts, updated_at)
+                     SELECT $1, $2, u.key, u.action, u.spec, u.dedup_key, $1, $3, $1
+                     FROM UNNEST($4::text[], $5::text[], $6::jsonb[], $7::text[]) AS u (key, action, spec, dedup_key)
+                     ON CONFLICT DO NOTHING",
+                )
                 .bind(At(now))
                 .bind(producer)
-                .bind(i64::from(max_attempts));
-            for w in chunk {
-                q = q
-                    .bind(&w.key)
-                    .bind(&w.action)
-                    .bind(Json::text(&w.spec))
-                    .bind(&w.dedup_key);
-            }
-            out.inserted += q
+                .bind(i64::from(max_attempts))
+                .bind(column(chunk, |w| w.key.clone()))
+                .bind(column(chunk, |w| w.action.clone()))
+                .bind(column(chunk, |w| Some(Json(w.spec.clone().into()))))
+                .bind(column(chunk, |w| w.dedup_key.clone()))
                 .execute(&mut tx)
-                .await
-                .map_err(db("insert work items"))?
-                .rows_affected();
+                .await,
+            };
+            out.inserted += q.map_err(db("insert work items"))?.rows_affected();
         }
         if self.backend == Backend::Postgres && (out.inserted + out.updated) > 0 {
             query("SELECT 1 FROM (SELECT pg_notify('driftd_work', $1)) AS n")
@@ -393,17 +407,17 @@ impl Store {
             .await?;
         let now = now_ms();
         let mut done = 0;
-        for chunk in items.chunks(500) {
+        for chunk in items.chunks(self.backend.batch()) {
             let sql = format!(
                 "UPDATE work SET state = 'done', last_error = NULL, locked_by = NULL, locked_until = NULL,
                    mirrored = TRUE, updated_at = $1
-                 WHERE state = 'running' AND locked_by = $2 AND id IN ({})",
-                placeholders(chunk.len(), 3, "?")
+                 WHERE state = 'running' AND locked_by = $2 AND id {}",
+                self.backend.any(3, chunk.len())
             );
-            let mut q = query(&sql).bind(At(now)).bind(worker);
-            for (id, _) in chunk {
-                q = q.bind(id);
-            }
+            let q = query(&sql).bind(At(now)).bind(worker);
+            let q = self
+                .backend
+                .bind_any(q, chunk.iter().map(|(id, _)| *id).collect());
             done += q
                 .execute(&mut tx)
                 .await
@@ -472,15 +486,12 @@ impl Store {
             .map(|(id, _)| *id)
             .chain(nothing_to_write.iter().copied())
             .collect();
-        for chunk in ids.chunks(500) {
+        for chunk in ids.chunks(self.backend.batch()) {
             let sql = format!(
-                "UPDATE work SET mirrored = TRUE WHERE state = 'done' AND id IN ({})",
-                placeholders(chunk.len(), 1, "?")
+                "UPDATE work SET mirrored = TRUE WHERE state = 'done' AND id {}",
+                self.backend.any(1, chunk.len())
             );
-            let mut q = query(&sql);
-            for id in chunk {
-                q = q.bind(id);
-            }
+            let q = self.backend.bind_any(query(&sql), chunk.to_vec());
             q.execute(&mut tx).await.map_err(db("mark work mirrored"))?;
         }
         tx.commit().await.map_err(db("commit mirrored work"))?;
