@@ -86,19 +86,15 @@ impl Store {
     /// Takes the producer's write lock (its `chain_heads` row) inside `tx` and
     /// returns the chain head. Every entity write of a producer goes through it.
     async fn lock_producer(&self, tx: &mut Tx, producer: &str) -> Result<ChainHead, StoreError> {
-        query(
-            "INSERT INTO chain_heads (producer, seq, chain) VALUES ($1, 0, $2) ON CONFLICT (producer) DO NOTHING",
+        // One statement creates the head if missing and locks it either way
+        // (an upsert's update locks the row as `FOR UPDATE` would).
+        let head = query(
+            "INSERT INTO chain_heads (producer, seq, chain) VALUES ($1, 0, $2)
+             ON CONFLICT (producer) DO UPDATE SET seq = chain_heads.seq
+             RETURNING seq, chain",
         )
         .bind(producer)
         .bind(ChainHead::GENESIS.chain.to_vec())
-        .execute(&mut *tx)
-        .await
-        .map_err(db("create a chain head"))?;
-        let head = query(&format!(
-            "SELECT seq, chain FROM chain_heads WHERE producer = $1{}",
-            self.backend.for_update()
-        ))
-        .bind(producer)
         .fetch_one(&mut *tx)
         .await
         .map_err(db("lock the chain head"))?;

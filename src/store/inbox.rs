@@ -242,10 +242,8 @@ impl Store {
         items: &[(InboxEntry, InboxEffect)],
     ) -> Result<Vec<Settled>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let mut stored = Vec::with_capacity(items.len());
-        for (entry, _) in items {
-            stored.push(self.insert_in(&mut tx, entry).await?);
-        }
+        let entries: Vec<&InboxEntry> = items.iter().map(|(e, _)| e).collect();
+        let stored = self.insert_all_in(&mut tx, &entries).await?;
         // The writes of the new deltas, per producer, in arrival order. The
         // producers' write turns are taken in name order, as every batch
         // takes them, so two replicas' batches cannot deadlock.
@@ -318,9 +316,12 @@ impl Store {
     /// Commits deltas without applying them: `pending` (or `duplicate`).
     pub async fn insert_deltas(&self, entries: &[InboxEntry]) -> Result<Vec<Settled>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let mut out = Vec::with_capacity(entries.len());
-        for entry in entries {
-            out.push(match self.insert_in(&mut tx, entry).await? {
+        let entries: Vec<&InboxEntry> = entries.iter().collect();
+        let out = self
+            .insert_all_in(&mut tx, &entries)
+            .await?
+            .into_iter()
+            .map(|stored| match stored {
                 Err(dup) => dup,
                 Ok(id) => Settled {
                     id,
@@ -329,8 +330,8 @@ impl Store {
                     duplicate_of: None,
                     changed: false,
                 },
-            });
-        }
+            })
+            .collect();
         tx.commit().await.map_err(db("commit deltas"))?;
         Ok(out)
     }
@@ -463,6 +464,63 @@ impl Store {
         first_delivery(&self.pool, producer, channel, dedup_key).await
     }
 
+    /// Inserts deltas as `pending`, in order: for each, `Ok(id)`, or
+    /// `Err(settled)` when it is a redelivery (of an earlier delta or of one
+    /// earlier in `entries`), stored as `duplicate` of the first delivery.
+    ///
+    /// SQLite inserts them one by one (a statement is a function call there).
+    /// PostgreSQL takes their ids from the sequence in one round trip, then
+    /// inserts them all with one `UNNEST`; the ids it returns are the deltas
+    /// that were new, and only redeliveries take a round trip of their own.
+    async fn insert_all_in(
+        &self,
+        tx: &mut Tx,
+        entries: &[&InboxEntry],
+    ) -> Result<Vec<Result<i64, Settled>>, StoreError> {
+        let mut out = Vec::with_capacity(entries.len());
+        if self.backend == Backend::Sqlite || entries.len() == 1 {
+            for e in entries {
+                out.push(self.insert_in(tx, e).await?);
+            }
+            return Ok(out);
+        }
+        let ids: Vec<i64> = query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('inbox', 'id')) FROM generate_series(1, $1)",
+        )
+        .bind(i64::try_from(entries.len()).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("number deltas"))?;
+        let rows: Vec<(i64, &&InboxEntry)> = ids.iter().copied().zip(entries).collect();
+        let inserted: Vec<i64> = query_scalar(
+            "INSERT INTO inbox (id, producer, channel, received_at, dedup_key, headers, body, outcome)
+             SELECT u.*, 'pending' FROM UNNEST($1::bigint[], $2::text[], $3::text[],
+               $4::timestamptz[], $5::text[], $6::jsonb[], $7::bytea[]) AS u
+             ON CONFLICT (producer, channel, dedup_key)
+               WHERE dedup_key IS NOT NULL AND duplicate_of IS NULL DO NOTHING
+             RETURNING id",
+        )
+        .bind(column(&rows, |r| r.0))
+        .bind(column(&rows, |r| r.1.producer.clone()))
+        .bind(column(&rows, |r| r.1.channel.as_str().to_string()))
+        .bind(column(&rows, |r| At(r.1.received_at)))
+        .bind(column(&rows, |r| r.1.dedup_key.as_deref().map(|k| clean(k).into_owned())))
+        .bind(column(&rows, |r| Some(Json(clean(&r.1.headers).into_owned().into()))))
+        .bind(column(&rows, |r| r.1.body.clone()))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("insert deltas"))?;
+        let inserted: std::collections::HashSet<i64> = inserted.into_iter().collect();
+        for (id, e) in rows {
+            out.push(if inserted.contains(&id) {
+                Ok(id)
+            } else {
+                Err(self.duplicate_in(tx, e).await?)
+            });
+        }
+        Ok(out)
+    }
+
     /// Inserts one delta as `pending`: `Ok(id)`, or `Err(settled)` when it is
     /// a redelivery, stored as `duplicate` of the first delivery.
     async fn insert_in(
@@ -487,10 +545,22 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await
         .map_err(db("insert a delta"))?;
-        if let Some(id) = id {
-            return Ok(Ok(id));
+        match id {
+            Some(id) => Ok(Ok(id)),
+            None => Ok(Err(self.duplicate_in(tx, e).await?)),
         }
-        let key = dedup_key.expect("only a dedup key can conflict");
+    }
+
+    /// Stores `e`, whose dedup key conflicted, as a `duplicate` of the first delivery.
+    async fn duplicate_in(&self, tx: &mut Tx, e: &InboxEntry) -> Result<Settled, StoreError> {
+        let key = e
+            .dedup_key
+            .as_deref()
+            .map(clean)
+            .ok_or_else(|| StoreError::Corrupt {
+                table: "inbox",
+                reason: "a delta without a dedup key was not inserted".into(),
+            })?;
         let first = first_delivery(&mut *tx, &e.producer, e.channel, &key)
             .await?
             .ok_or_else(|| StoreError::Corrupt {
@@ -513,13 +583,13 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(db("insert a duplicate delta"))?;
-        Ok(Err(Settled {
+        Ok(Settled {
             id,
             outcome: InboxOutcome::Duplicate,
             error: None,
             duplicate_of: Some(first),
             changed: false,
-        }))
+        })
     }
 
     /// Carries out `effect` for a delta of `e.producer` received at

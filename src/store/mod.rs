@@ -546,7 +546,7 @@ mod tests {
             ]
             .map(Source::as_str),
         );
-        words.extend(["table", "_sqlx_migrations", "driftd_work"]);
+        words.extend(["table", "_sqlx_migrations", "driftd_work", "inbox", "id"]);
         words
     }
 

@@ -122,6 +122,7 @@ pub enum Arg<'q> {
     Json(Option<Cow<'q, str>>),
     Ints(Vec<i64>),
     OptInts(Vec<Option<i64>>),
+    Times(Vec<i64>),
     Texts(Vec<String>),
     OptTexts(Vec<Option<String>>),
     OptBytes(Vec<Option<Vec<u8>>>),
@@ -159,6 +160,7 @@ arg_from! {
     Option<Json<'q>> => |v| Arg::Json(v.map(|j| j.0));
     Arr<i64> => |v| Arg::Ints(v.0);
     Arr<Option<i64>> => |v| Arg::OptInts(v.0);
+    Arr<At> => |v| Arg::Times(v.0.into_iter().map(|a| a.0).collect());
     Arr<String> => |v| Arg::Texts(v.0);
     Arr<Option<Vec<u8>>> => |v| Arg::OptBytes(v.0);
     Arr<Vec<u8>> => |v| Arg::Byteses(v.0);
@@ -316,6 +318,7 @@ impl<'q> Query<'q> {
                 Arg::Json(v) => q.bind(v.map(PgJsonb)),
                 Arg::Ints(v) => q.bind(v),
                 Arg::OptInts(v) => q.bind(v),
+                Arg::Times(v) => q.bind(v.into_iter().map(pg_time).collect::<Result<Vec<_>, _>>()?),
                 Arg::Texts(v) => q.bind(v),
                 Arg::OptTexts(v) => q.bind(v),
                 Arg::OptBytes(v) => q.bind(v),
