@@ -1,9 +1,13 @@
 //! The path every delta takes after it is received: plan, commit to the inbox and apply in one transaction (group commit), count; the pending-inbox sweeper; replay.
 //!
-//! **Group commit.** Concurrent requests queue their deltas; whoever holds
-//! the turn takes the whole queue (up to [`MAX_BATCH`]) and commits it in one
+//! **Group commit.** Concurrent requests queue their deltas; whoever gets a
+//! turn takes the whole queue (up to [`MAX_BATCH`]) and commits it in one
 //! transaction that inserts, applies and records every delta, then answers
 //! each waiting request through its oneshot. One fsync serves the batch.
+//! On PostgreSQL [`TURNS_POSTGRES`] batches are in flight at once: each takes
+//! its entity locks after the batch before it took theirs
+//! ([`crate::store::LockOrder`]), so writes of one key still apply in arrival
+//! order while the batches' writes and commits overlap. SQLite has one turn.
 //! If applying fails, the batch is committed again as `pending` rows alone,
 //! and the [`Pipeline::sweep`] task applies them in id order, so a delta that
 //! was acknowledged is never lost, even by a crash between the two steps.
@@ -22,12 +26,14 @@ use crate::config::{Config, Producer};
 use crate::entity::Source;
 use crate::metrics::Metrics;
 use crate::store::{
-    Channel, InboxEffect, InboxEntry, InboxFilter, InboxOutcome, InboxRow, SettleMode, Settled,
-    Store, StoreError,
+    Backend, Channel, InboxEffect, InboxEntry, InboxFilter, InboxOutcome, InboxRow, LockOrder,
+    SettleMode, Settled, Store, StoreError,
 };
 
 /// Most deltas committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 128;
+/// Batches in flight at once on PostgreSQL.
+pub(crate) const TURNS_POSTGRES: usize = 4;
 /// How often the sweeper looks for `pending` rows.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Pending rows settled per sweep.
@@ -112,11 +118,17 @@ pub(crate) struct Unavailable;
 type Reply = oneshot::Sender<Result<Settled, Unavailable>>;
 
 /// The queue of deltas waiting for the next group commit.
-#[derive(Default)]
 struct GroupCommit {
-    queue: Mutex<VecDeque<((InboxEntry, InboxEffect), Reply)>>,
-    /// Held by the task committing a batch; tokio's mutex is fair (FIFO).
-    turn: Arc<tokio::sync::Mutex<()>>,
+    queue: Mutex<Queue>,
+    /// A permit is held by each task committing a batch; tokio's semaphore is fair (FIFO).
+    turns: Arc<tokio::sync::Semaphore>,
+}
+
+#[derive(Default)]
+struct Queue {
+    deltas: VecDeque<((InboxEntry, InboxEffect), Reply)>,
+    /// Fires when the newest batch taken has its entity locks.
+    locked: Option<oneshot::Receiver<()>>,
 }
 
 /// Commits deltas and counts their outcomes; cheap to clone.
@@ -139,11 +151,17 @@ impl std::fmt::Debug for Pipeline {
 impl Pipeline {
     pub fn new(store: Store, metrics: Metrics, config: &Config, tasks: TaskTracker) -> Self {
         Self {
-            store,
             metrics,
             producers: Arc::new(Producers::new(config)),
-            group: Arc::default(),
+            group: Arc::new(GroupCommit {
+                queue: Mutex::default(),
+                turns: Arc::new(tokio::sync::Semaphore::new(match store.backend() {
+                    Backend::Sqlite => 1,
+                    Backend::Postgres => TURNS_POSTGRES,
+                })),
+            }),
             tasks,
+            store,
         }
     }
 
@@ -161,7 +179,7 @@ impl Pipeline {
         effect: InboxEffect,
     ) -> Result<Settled, Unavailable> {
         let (reply, mut answer) = oneshot::channel();
-        self.lock_queue().push_back(((entry, effect), reply));
+        self.lock_queue().deltas.push_back(((entry, effect), reply));
         let answered = |answer: &mut oneshot::Receiver<_>| match answer.try_recv() {
             Ok(result) => Some(result),
             Err(oneshot::error::TryRecvError::Closed) => Some(Err(Unavailable)),
@@ -171,15 +189,24 @@ impl Pipeline {
             if let Some(result) = answered(&mut answer) {
                 return result;
             }
-            let turn = self.group.turn.clone().lock_owned().await;
+            let Ok(turn) = self.group.turns.clone().acquire_owned().await else {
+                return Err(Unavailable);
+            };
             // The previous turn may have committed this delta.
             if let Some(result) = answered(&mut answer) {
                 return result;
             }
-            let batch: Vec<_> = {
+            let (batch, order) = {
                 let mut q = self.lock_queue();
-                let n = q.len().min(MAX_BATCH);
-                q.drain(..n).collect()
+                let n = q.deltas.len().min(MAX_BATCH);
+                let batch: Vec<_> = q.deltas.drain(..n).collect();
+                let (then, locked) = oneshot::channel();
+                let after = if batch.is_empty() {
+                    None
+                } else {
+                    q.locked.replace(locked)
+                };
+                (batch, LockOrder { after, then })
             };
             if batch.is_empty() {
                 // Unreachable while this delta is unanswered; never spin.
@@ -190,7 +217,7 @@ impl Pipeline {
             let committed = self.tasks.spawn(async move {
                 // The turn passes on only when the batch is answered.
                 let _turn = turn;
-                this.commit_and_answer(batch).await;
+                this.commit_and_answer(batch, order).await;
             });
             // A panic drops the replies: their requests get `Unavailable`.
             let _ = committed.await;
@@ -198,9 +225,13 @@ impl Pipeline {
     }
 
     /// Commits a batch taken from the queue and answers each of its requests.
-    async fn commit_and_answer(&self, batch: Vec<((InboxEntry, InboxEffect), Reply)>) {
+    async fn commit_and_answer(
+        &self,
+        batch: Vec<((InboxEntry, InboxEffect), Reply)>,
+        order: LockOrder,
+    ) {
         let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        match self.commit(items).await {
+        match self.commit_in_order(items, Some(order)).await {
             Ok(settled) => {
                 for (reply, s) in replies.into_iter().zip(settled) {
                     let _ = reply.send(Ok(s));
@@ -214,9 +245,7 @@ impl Pipeline {
         }
     }
 
-    fn lock_queue(
-        &self,
-    ) -> std::sync::MutexGuard<'_, VecDeque<((InboxEntry, InboxEffect), Reply)>> {
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         // A panic while holding this lock cannot leave the queue half-changed.
         self.group.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -228,6 +257,15 @@ impl Pipeline {
         &self,
         items: Vec<(InboxEntry, InboxEffect)>,
     ) -> Result<Vec<Settled>, StoreError> {
+        self.commit_in_order(items, None).await
+    }
+
+    /// [`Pipeline::commit`] for a batch of the group commit, placed by `order`.
+    async fn commit_in_order(
+        &self,
+        items: Vec<(InboxEntry, InboxEffect)>,
+        lock_order: Option<LockOrder>,
+    ) -> Result<Vec<Settled>, StoreError> {
         // Producers in one order, so batches of replicas lock them alike.
         let mut order: Vec<usize> = (0..items.len()).collect();
         order.sort_by(|a, b| items[*a].0.producer.cmp(&items[*b].0.producer));
@@ -237,7 +275,7 @@ impl Pipeline {
             .iter()
             .map(|i| slots[*i].take().expect("each index once"))
             .collect();
-        let settled = match self.store.ingest(&sorted).await {
+        let settled = match self.store.ingest_in_order(&sorted, lock_order).await {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, deltas = sorted.len(),
@@ -278,6 +316,10 @@ impl Pipeline {
         loop {
             if let Err(e) = self.sweep_once(&mut failures, &cancel).await {
                 warn!(error = %e, "cannot apply pending deltas; retrying");
+            }
+            // Changes a stopped process committed but did not seal.
+            if let Err(e) = self.store.seal_all().await {
+                warn!(error = %e, "cannot seal the changes log; retrying");
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,

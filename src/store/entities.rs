@@ -1,11 +1,12 @@
 //! Entity writes and reads: every write updates its bucket digest and appends to the hash-chained `changes` log in one transaction.
 //!
-//! Every write transaction of a producer first locks that producer's row in
-//! `chain_heads`. That one lock serializes the producer's writers, which keeps
-//! the read-modify-write of an entity, its bucket digest and the chain exact
-//! under concurrency on both backends. Which write wins, what a batch does
-//! and how the chain links is `entity::plan_batch`'s to decide: this file
-//! reads the rows it needs and flushes the plan.
+//! On SQLite every write transaction of a producer first locks that
+//! producer's row in `chain_heads` (its write turn) and chains its `changes`
+//! rows as it appends them. On PostgreSQL a writer locks only the keys it
+//! writes and leaves the chaining to a sealer after commit (`seal.rs`, and
+//! ARCHITECTURE.md for why that stays exact). Which write wins, what a batch
+//! does and how the chain links is `entity::plan_batch`'s to decide: this
+//! file reads the rows it needs and flushes the plan.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -78,14 +79,19 @@ impl Store {
             .await?;
         tx.commit().await.map_err(db("commit entity writes"))?;
         if outcomes.contains(&WriteOutcome::Applied) {
-            self.changes_committed(producer);
+            self.changes_committed(producer).await;
         }
         Ok(outcomes)
     }
 
-    /// Takes the producer's write lock (its `chain_heads` row) inside `tx` and
-    /// returns the chain head. Every entity write of a producer goes through it.
-    async fn lock_producer(&self, tx: &mut Tx, producer: &str) -> Result<ChainHead, StoreError> {
+    /// Takes the producer's `chain_heads` row inside `tx` and returns the
+    /// chain head: on SQLite every entity write of a producer does (the
+    /// producer's write turn), on PostgreSQL only a sealer.
+    pub(super) async fn lock_head(
+        &self,
+        tx: &mut Tx,
+        producer: &str,
+    ) -> Result<ChainHead, StoreError> {
         // One statement creates the head if missing and locks it either way
         // (an upsert's update locks the row as `FOR UPDATE` would).
         let head = query(
@@ -122,7 +128,19 @@ impl Store {
     ) -> Result<Relayout, StoreError> {
         let rules = hasher.fingerprint();
         let mut tx = self.begin_write().await?;
-        self.lock_producer(&mut tx, producer).await?;
+        match self.backend {
+            Backend::Sqlite => {
+                self.lock_head(&mut tx, producer).await?;
+            }
+            // Exclusive: every writer of the producer holds it shared.
+            Backend::Postgres => {
+                query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(super::seal::producer_lock(producer))
+                    .execute(&mut tx)
+                    .await
+                    .map_err(db("lock the producer for a re-layout"))?;
+            }
+        }
         let stored = query("SELECT bucket_bits, hash_rules FROM layouts WHERE producer = $1")
             .bind(producer)
             .fetch_optional(&mut tx)
@@ -279,7 +297,22 @@ impl Store {
         writes: &[EntityWrite],
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         let now = now_ms();
-        let head = self.lock_producer(tx, producer).await?;
+        let keys: Vec<&str> = {
+            let mut k: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
+            k.sort_unstable();
+            k.dedup();
+            k
+        };
+        // SQLite: the producer's write turn, and the chain links are made
+        // here. PostgreSQL: the batch's keys only; a sealer links the rows
+        // after commit (see `seal.rs`).
+        let head = match self.backend {
+            Backend::Sqlite => self.lock_head(tx, producer).await?,
+            Backend::Postgres => {
+                self.lock_keys(tx, producer, &keys).await?;
+                ChainHead::GENESIS
+            }
+        };
         // The first write of a producer records the layout its bucket numbers
         // and hashes use.
         query(
@@ -296,12 +329,6 @@ impl Store {
         // Read every touched row once, let the plan decide each write in
         // order, then flush it with multi-row statements: a batch costs a
         // handful of round trips, not a few per row.
-        let keys: Vec<&str> = {
-            let mut k: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
-            k.sort_unstable();
-            k.dedup();
-            k
-        };
         let current = self.current_many(tx, producer, &keys).await?;
         let plan = plan_batch(current, writes, hasher, bucket_bits, producer, head, now);
         const UPSERT: &str = "ON CONFLICT (producer, key) DO UPDATE SET doc = excluded.doc,
@@ -371,43 +398,35 @@ impl Store {
                     }
                     q.execute(&mut *tx).await
                 }
+                // Unsealed: `seq` and `chain` are the sealer's to set.
                 Backend::Postgres => {
                     query(
-                        "INSERT INTO changes (producer, seq, key, op, hash, version, source, chain, at)
-                         SELECT $1, u.*, $2 FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::bytea[],
-                           $7::bigint[], $8::text[], $9::bytea[]) AS u",
+                        "INSERT INTO changes (producer, key, op, hash, version, source, at)
+                         SELECT $1, u.*, $2 FROM UNNEST($3::text[], $4::text[], $5::bytea[],
+                           $6::bigint[], $7::text[]) AS u",
                     )
                     .bind(producer)
                     .bind(At(now))
-                    .bind(column(chunk, |l| l.seq))
                     .bind(column(chunk, |l| l.key.to_string()))
                     .bind(column(chunk, |l| l.op.to_string()))
                     .bind(column(chunk, |l| l.hash.map(|h| h.0.to_vec())))
                     .bind(column(chunk, |l| l.version))
                     .bind(column(chunk, |l| l.source.as_str().to_string()))
-                    .bind(column(chunk, |l| l.chain.to_vec()))
                     .execute(&mut *tx)
                     .await
                 }
             };
             q.map_err(db("append to the changes log"))?;
         }
-        if !plan.links.is_empty() && self.backend == super::Backend::Postgres {
-            // Delivered at commit, to every replica's change-feed listener.
-            query("SELECT pg_notify($1, $2)")
-                .bind(super::feed::CHANNEL)
-                .bind(self.signals.payload(producer))
+        if self.backend == Backend::Sqlite {
+            query("UPDATE chain_heads SET seq = $2, chain = $3 WHERE producer = $1")
+                .bind(producer)
+                .bind(plan.head.seq)
+                .bind(plan.head.chain.to_vec())
                 .execute(&mut *tx)
                 .await
-                .map_err(db("notify change-feed consumers"))?;
+                .map_err(db("advance the chain head"))?;
         }
-        query("UPDATE chain_heads SET seq = $2, chain = $3 WHERE producer = $1")
-            .bind(producer)
-            .bind(plan.head.seq)
-            .bind(plan.head.chain.to_vec())
-            .execute(&mut *tx)
-            .await
-            .map_err(db("advance the chain head"))?;
         Ok(plan.outcomes)
     }
 
@@ -635,6 +654,8 @@ impl Store {
     /// stops short of its head was cut off, and a head that points past the
     /// log, or a log with no head, is broken too.
     pub async fn verify_chain(&self) -> Result<(u64, Option<ChainBreak>), StoreError> {
+        // Rows still unsealed are not part of the chain yet: seal them first.
+        self.seal_all().await?;
         let heads: BTreeMap<String, (i64, Vec<u8>)> =
             query("SELECT producer, seq, chain FROM chain_heads")
                 .fetch_all(&self.pool)
@@ -646,7 +667,7 @@ impl Store {
                 .map_err(db("read the chain heads"))?;
         let mut rows = query(
             "SELECT id, producer, seq, key, op, hash, version, source, at, chain
-             FROM changes ORDER BY producer, seq",
+             FROM changes WHERE seq IS NOT NULL ORDER BY producer, seq",
         )
         .fetch(&self.pool);
         let mut checked = 0u64;

@@ -1,9 +1,10 @@
 //! The change feed: `changes` read after a position, and the wake-ups that tell waiting consumers a producer's log grew.
 //!
-//! A producer's `seq` is assigned under its write lock, so per producer the
-//! commit order is the `seq` order: a consumer that holds `after = N` and asks
-//! again receives every later change exactly once, in order, whatever it
-//! missed while away. Waiting consumers are woken by the commit, not by
+//! A producer's `seq` is assigned once, without gaps, to committed rows only
+//! (by the writer on SQLite, by a sealer on PostgreSQL; see `seal.rs`), and
+//! each key's changes get rising positions: a consumer that holds
+//! `after = N` and asks again receives every later change exactly once, in
+//! order, whatever it missed while away. Waiting consumers are woken by the commit, not by
 //! polling: every commit that appended to a producer's log bumps that
 //! producer's in-process signal; on PostgreSQL the same transaction sends
 //! `NOTIFY driftd_changes` so the other replicas bump theirs
@@ -102,11 +103,6 @@ impl Store {
     /// wait for `changed()`, and no commit is missed.
     pub(crate) fn subscribe_changes(&self, producer: &str) -> watch::Receiver<u64> {
         self.signals.sender(producer).subscribe()
-    }
-
-    /// Called after a commit that appended to `producer`'s log.
-    pub(crate) fn changes_committed(&self, producer: &str) {
-        self.signals.bump(producer);
     }
 
     /// Changes of `producer` after position `after`, in order, at most `limit`.

@@ -154,6 +154,16 @@ pub struct InboxRow {
     pub applied_at: Option<i64>,
 }
 
+/// Where a batch stands among the batches of one process in flight at once
+/// (see [`Store::ingest_in_order`]).
+#[derive(Debug)]
+pub(crate) struct LockOrder {
+    /// Fires when the batch before has taken its locks (`None`: no batch before).
+    pub(crate) after: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Fired when this batch has taken its locks.
+    pub(crate) then: tokio::sync::oneshot::Sender<()>,
+}
+
 /// Which rows [`Store::inbox_page`] lists; `None` matches any.
 #[derive(Debug, Clone, Default)]
 pub struct InboxFilter {
@@ -241,7 +251,29 @@ impl Store {
         &self,
         items: &[(InboxEntry, InboxEffect)],
     ) -> Result<Vec<Settled>, StoreError> {
+        self.ingest_in_order(items, None).await
+    }
+
+    /// [`Store::ingest`] for one of several batches in flight at once: the
+    /// batch inserts its deltas and takes its entity locks only after the
+    /// batch before it (`order.after`) took its own, then lets the next one
+    /// go (`order.then`), so two batches that write one key apply in arrival
+    /// order, and none ever waits for a later one. Inserting, writing and
+    /// committing overlap.
+    pub(crate) async fn ingest_in_order(
+        &self,
+        items: &[(InboxEntry, InboxEffect)],
+        order: Option<LockOrder>,
+    ) -> Result<Vec<Settled>, StoreError> {
         let mut tx = self.begin_write().await?;
+        let (after, then) = match order {
+            Some(LockOrder { after, then }) => (after, Some(then)),
+            None => (None, None),
+        };
+        if let Some(after) = after {
+            // An error means the batch before failed or is gone: go on.
+            let _ = after.await;
+        }
         let entries: Vec<&InboxEntry> = items.iter().map(|(e, _)| e).collect();
         let stored = self.insert_all_in(&mut tx, &entries).await?;
         // The writes of the new deltas, per producer, in arrival order. The
@@ -263,6 +295,17 @@ impl Store {
                     .or_insert_with(|| (*bucket_bits, hasher, Vec::new()));
                 batch.2.extend(writes.iter().cloned());
             }
+        }
+        if self.backend == Backend::Postgres {
+            for (producer, (_, _, writes)) in &batches {
+                let mut keys: Vec<&str> = writes.iter().map(|w| w.key.as_str()).collect();
+                keys.sort_unstable();
+                keys.dedup();
+                self.lock_keys(&mut tx, producer, &keys).await?;
+            }
+        }
+        if let Some(then) = then {
+            let _ = then.send(());
         }
         let mut outcomes: HashMap<&str, std::vec::IntoIter<WriteOutcome>> = HashMap::new();
         for (producer, (bucket_bits, hasher, writes)) in batches {
@@ -305,10 +348,14 @@ impl Store {
         let new: Vec<&Settled> = out.iter().filter(|s| s.duplicate_of.is_none()).collect();
         record_all_in(&mut tx, self.backend, &new).await?;
         tx.commit().await.map_err(db("commit deltas"))?;
-        for ((entry, _), settled) in items.iter().zip(&out) {
-            if settled.changed {
-                self.changes_committed(&entry.producer);
-            }
+        let changed: std::collections::BTreeSet<&str> = items
+            .iter()
+            .zip(&out)
+            .filter(|(_, settled)| settled.changed)
+            .map(|((entry, _), _)| entry.producer.as_str())
+            .collect();
+        for producer in changed {
+            self.changes_committed(producer).await;
         }
         Ok(out)
     }
@@ -388,7 +435,7 @@ impl Store {
         }
         tx.commit().await.map_err(db("commit a settled delta"))?;
         if changed {
-            self.changes_committed(&entry.producer);
+            self.changes_committed(&entry.producer).await;
         }
         Ok(Some(Settled {
             id,

@@ -32,6 +32,7 @@ mod entities;
 mod feed;
 mod inbox;
 mod runs;
+mod seal;
 pub mod sql;
 mod work;
 
@@ -48,8 +49,8 @@ pub use sql::{Pool, Tx};
 
 pub use entities::{ChainBreak, Entity, Relayout};
 pub use feed::FeedChange;
-pub(crate) use inbox::SettleMode;
 pub use inbox::{Channel, InboxEffect, InboxEntry, InboxFilter, InboxOutcome, InboxRow, Settled};
+pub(crate) use inbox::{LockOrder, SettleMode};
 pub use runs::{DriftRow, Pruned, RunCounts, RunRow};
 pub use work::{Emitted, NewWork, WorkRow};
 

@@ -434,7 +434,7 @@ impl Store {
         }
         tx.commit().await.map_err(db("commit apply items"))?;
         if outcomes.contains(&crate::entity::WriteOutcome::Applied) {
-            self.changes_committed(producer);
+            self.changes_committed(producer).await;
         }
         Ok(items.iter().map(|(id, _)| *id).zip(outcomes).collect())
     }
@@ -496,7 +496,7 @@ impl Store {
         }
         tx.commit().await.map_err(db("commit mirrored work"))?;
         if outcomes.contains(&crate::entity::WriteOutcome::Applied) {
-            self.changes_committed(producer);
+            self.changes_committed(producer).await;
         }
         Ok(items.iter().map(|(id, _)| *id).zip(outcomes).collect())
     }
