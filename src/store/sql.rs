@@ -248,7 +248,13 @@ impl sqlx::postgres::PgHasArrayType for PgJsonb<'_> {
     }
 }
 
+/// A time as `timestamptz`. Times beyond what a calendar date can say (a
+/// caller's `i64::MAX` for "never") are the farthest instant there is, so
+/// they still compare as the farthest.
 fn pg_time(ms: i64) -> Result<DateTime<Utc>, sqlx::Error> {
+    /// About 4685 BC: PostgreSQL's calendar starts in 4713 BC.
+    const EARLIEST: i64 = -210_000_000_000_000;
+    let ms = ms.clamp(EARLIEST, DateTime::<Utc>::MAX_UTC.timestamp_millis());
     DateTime::from_timestamp_millis(ms)
         .ok_or_else(|| sqlx::Error::Encode(format!("time {ms} ms is out of range").into()))
 }
@@ -583,7 +589,17 @@ impl<A: Column, B: Column> Column for (A, B) {
 
 #[cfg(test)]
 mod tests {
-    use super::without_nul;
+    use super::{pg_time, without_nul};
+
+    #[test]
+    fn times_beyond_the_calendar_are_its_ends() {
+        assert!(pg_time(i64::MAX).unwrap() > pg_time(4_102_444_800_000).unwrap());
+        assert!(pg_time(i64::MIN).unwrap() < pg_time(0).unwrap());
+        assert_eq!(
+            pg_time(1_700_000_000_123).unwrap().timestamp_millis(),
+            1_700_000_000_123
+        );
+    }
 
     #[test]
     fn nul_escapes_become_replacement_characters_and_nothing_else_changes() {
