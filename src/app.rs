@@ -184,6 +184,11 @@ impl App {
             let cancel = shutdown.clone();
             async move { store.listen_changes(cancel).await }
         });
+        tasks.spawn({
+            let store = self.store.clone();
+            let cancel = shutdown.clone();
+            async move { store.run_sealer(cancel).await }
+        });
         for task in crate::ingest::background(&state, &shutdown) {
             tasks.spawn(task);
         }

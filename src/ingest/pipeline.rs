@@ -317,10 +317,6 @@ impl Pipeline {
             if let Err(e) = self.sweep_once(&mut failures, &cancel).await {
                 warn!(error = %e, "cannot apply pending deltas; retrying");
             }
-            // Changes a stopped process committed but did not seal.
-            if let Err(e) = self.store.seal_all().await {
-                warn!(error = %e, "cannot seal the changes log; retrying");
-            }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(SWEEP_EVERY) => {}

@@ -215,6 +215,8 @@ pub struct Store {
     backend: Backend,
     /// Wake-ups of change-feed consumers, shared by every clone.
     signals: std::sync::Arc<feed::Signals>,
+    /// The sealer task's inbox (PostgreSQL), shared by every clone.
+    sealer: std::sync::Arc<seal::Sealer>,
 }
 
 impl Store {
@@ -271,6 +273,7 @@ impl Store {
             pool,
             backend,
             signals: feed::Signals::new(),
+            sealer: std::sync::Arc::default(),
         })
     }
 

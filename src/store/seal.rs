@@ -7,8 +7,13 @@
 //! NULL and commits. A sealer then takes the producer's `chain_heads` row
 //! (the one lock no writer takes), numbers every committed unsealed row in
 //! `id` order, chains each to the one before, advances the head and sends
-//! `NOTIFY` in the same transaction. Every writer seals after it commits;
-//! the pipeline's sweep seals what a stopped process left.
+//! `NOTIFY` in the same transaction. In the daemon one sealer task
+//! ([`Store::run_sealer`]) does it in rounds for every producer whose log
+//! grew: a writer hands its producer over and waits for the next round, so
+//! one seal serves every commit meanwhile and a write is in the feed when
+//! it is acknowledged. Without that task (a one-shot command) a writer seals
+//! after it commits. The task also seals, on start and every few seconds,
+//! what a stopped process left.
 //!
 //! Why this is exact (ARCHITECTURE.md has the longer form):
 //! - Two writes of one key hold its lock in turn, and the first commits
@@ -24,6 +29,14 @@
 //!   transaction as the rows they describe, so the digests equal the rows
 //!   whatever the interleaving.
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
 use super::sql::{column, query, query_scalar, Tx};
 use super::{db, Backend, Store, StoreError};
 use crate::canonical::RecordHash;
@@ -31,6 +44,52 @@ use crate::entity::{ChainHead, ChangeLink};
 
 /// Rows sealed per transaction.
 const SEAL_BATCH: i64 = 10_000;
+/// How often the sealer task looks for rows another process left unsealed.
+const SEAL_SWEEP: Duration = Duration::from_secs(5);
+
+/// The sealer task's inbox, shared by every clone of a [`Store`].
+#[derive(Debug)]
+pub(super) struct Sealer {
+    /// Whether [`Store::run_sealer`] runs in this process.
+    running: AtomicBool,
+    /// Producers whose log grew since the task last sealed them, and the
+    /// rounds started (each round takes the set as it starts).
+    wanted: Mutex<(BTreeSet<String>, u64)>,
+    wake: Notify,
+    /// Rounds finished; `u64::MAX` once the task stopped.
+    done: watch::Sender<u64>,
+}
+
+impl Default for Sealer {
+    fn default() -> Self {
+        Self {
+            running: AtomicBool::new(false),
+            wanted: Mutex::default(),
+            wake: Notify::new(),
+            done: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Sealer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeSet<String>, u64)> {
+        self.wanted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a round: its number and the producers it seals.
+    fn start_round(&self) -> (u64, BTreeSet<String>) {
+        let mut w = self.lock();
+        w.1 += 1;
+        (w.1, std::mem::take(&mut w.0))
+    }
+
+    /// Hands `producer` to the task; returns the round that will include it.
+    fn hand_over(&self, producer: &str) -> u64 {
+        let mut w = self.lock();
+        w.0.insert(producer.to_string());
+        w.1 + 1
+    }
+}
 
 /// The advisory lock id of `producer`'s writers (shared) and re-layouts (exclusive).
 pub(super) fn producer_lock(producer: &str) -> i64 {
@@ -80,17 +139,68 @@ impl Store {
         Ok(())
     }
 
-    /// Called after a commit that appended to `producer`'s log: seals it
-    /// (PostgreSQL) and wakes this process's feed consumers. A failed seal
-    /// is logged and left to the next one; the write is committed either way.
+    /// Called after a commit that appended to `producer`'s log. On
+    /// PostgreSQL, hands the log to the sealer task, or without one seals it
+    /// here; then (once sealed) this process's feed consumers are woken. A
+    /// failed seal is logged and left to the next one; the write is
+    /// committed either way.
     pub(crate) async fn changes_committed(&self, producer: &str) {
         if self.backend == Backend::Postgres {
+            if self.sealer.running.load(Ordering::Acquire) {
+                let round = self.sealer.hand_over(producer);
+                let mut done = self.sealer.done.subscribe();
+                self.sealer.wake.notify_one();
+                // The task wakes this process's consumers itself.
+                let _ = done.wait_for(|d| *d >= round).await;
+                return;
+            }
             if let Err(e) = self.seal(producer).await {
                 tracing::warn!(producer, error = %e, "sealing the changes log failed; the next write or sweep seals it");
                 return;
             }
         }
         self.signals.bump(producer);
+    }
+
+    /// The daemon's sealer (PostgreSQL; returns at once on SQLite): seals
+    /// what a stopped process left, then every producer whose log grew, as
+    /// soon as it grew, until `cancel`; then once more what is left.
+    pub async fn run_sealer(&self, cancel: CancellationToken) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        self.sealer.running.store(true, Ordering::Release);
+        let mut sweep = tokio::time::interval(SEAL_SWEEP);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.sealer.wake.notified() => self.seal_wanted().await,
+                _ = sweep.tick() => {
+                    if let Err(e) = self.seal_all().await {
+                        tracing::warn!(error = %e, "cannot seal the changes log; retrying");
+                    }
+                }
+            }
+        }
+        self.sealer.running.store(false, Ordering::Release);
+        self.seal_wanted().await;
+        // Nobody waits for a round that will not come; a later commit seals itself.
+        self.sealer.done.send_replace(u64::MAX);
+    }
+
+    /// One round: seals every producer handed over, then says the round is done.
+    async fn seal_wanted(&self) {
+        let (round, producers) = self.sealer.start_round();
+        for producer in producers {
+            match self.seal(&producer).await {
+                Ok(_) => self.signals.bump(&producer),
+                Err(e) => {
+                    tracing::warn!(producer, error = %e, "sealing the changes log failed; retrying");
+                    self.sealer.hand_over(&producer);
+                }
+            }
+        }
+        self.sealer.done.send_modify(|d| *d = (*d).max(round));
     }
 
     /// Seals every committed, unsealed `changes` row of every producer;
