@@ -314,17 +314,32 @@ impl Store {
             }
         };
         // The first write of a producer records the layout its bucket numbers
-        // and hashes use.
-        query(
-            "INSERT INTO layouts (producer, bucket_bits, hash_rules) VALUES ($1, $2, $3)
-             ON CONFLICT (producer) DO NOTHING",
-        )
-        .bind(producer)
-        .bind(i64::from(bucket_bits))
-        .bind(hasher.fingerprint())
-        .execute(&mut *tx)
-        .await
-        .map_err(db("record the bucket layout"))?;
+        // and hashes use. A row found there is committed (an insert waits for
+        // a concurrent one to end), so this process need not look again.
+        let known = |layouts: &std::sync::Mutex<std::collections::HashSet<String>>| {
+            layouts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(producer)
+        };
+        if !known(&self.layouts) {
+            let inserted = query(
+                "INSERT INTO layouts (producer, bucket_bits, hash_rules) VALUES ($1, $2, $3)
+                 ON CONFLICT (producer) DO NOTHING",
+            )
+            .bind(producer)
+            .bind(i64::from(bucket_bits))
+            .bind(hasher.fingerprint())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("record the bucket layout"))?;
+            if inserted.rows_affected() == 0 {
+                self.layouts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(producer.to_string());
+            }
+        }
 
         // Read every touched row once, let the plan decide each write in
         // order, then flush it with multi-row statements: a batch costs a

@@ -217,6 +217,8 @@ pub struct Store {
     signals: std::sync::Arc<feed::Signals>,
     /// The sealer task's inbox (PostgreSQL), shared by every clone.
     sealer: std::sync::Arc<seal::Sealer>,
+    /// Producers whose `layouts` row is known to be committed.
+    layouts: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Store {
@@ -274,6 +276,7 @@ impl Store {
             backend,
             signals: feed::Signals::new(),
             sealer: std::sync::Arc::default(),
+            layouts: std::sync::Arc::default(),
         })
     }
 
@@ -377,8 +380,8 @@ impl Store {
         let pool = self.pool.clone();
         let begin = async move {
             match pool {
-                Pool::Sqlite(p) => p.begin_with("BEGIN IMMEDIATE").await.map(Tx::Sqlite),
-                Pool::Postgres(p) => p.begin().await.map(Tx::Postgres),
+                Pool::Sqlite(p) => p.begin_with("BEGIN IMMEDIATE").await.map(Tx::sqlite),
+                Pool::Postgres(p) => p.begin().await.map(Tx::postgres),
             }
         };
         let begun = match tokio::spawn(begin).await {

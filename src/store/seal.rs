@@ -116,26 +116,36 @@ fn lock_id(parts: &[&[u8]]) -> i64 {
 impl Store {
     /// PostgreSQL: takes the shared lock of `producer` and the lock of each
     /// of `keys`, in ascending lock-id order, until `tx` ends.
-    /// Taking a lock this transaction holds already returns at once.
+    /// Locks this transaction holds already are not asked for again.
     pub(super) async fn lock_keys(
         &self,
         tx: &mut Tx,
         producer: &str,
         keys: &[&str],
     ) -> Result<(), StoreError> {
-        let mut ids: Vec<i64> = keys.iter().map(|k| key_lock(producer, k)).collect();
+        let shared = producer_lock(producer);
+        let mut ids: Vec<i64> = keys
+            .iter()
+            .map(|k| key_lock(producer, k))
+            .filter(|id| !tx.locks.contains(id))
+            .collect();
         ids.sort_unstable();
         ids.dedup();
+        if ids.is_empty() && tx.locks.contains(&shared) {
+            return Ok(());
+        }
         // An array is scanned in order, so the locks are taken in that order.
         query(
             "SELECT pg_advisory_xact_lock_shared($1),
                     (SELECT COUNT(pg_advisory_xact_lock(id)) FROM UNNEST($2::bigint[]) AS id)",
         )
-        .bind(producer_lock(producer))
-        .bind(super::sql::Arr(ids))
+        .bind(shared)
+        .bind(super::sql::Arr(ids.clone()))
         .execute(&mut *tx)
         .await
         .map_err(db("lock the entities of a batch"))?;
+        tx.locks.extend(ids);
+        tx.locks.insert(shared);
         Ok(())
     }
 

@@ -43,23 +43,44 @@ impl Pool {
 
 /// An open transaction of either backend. Dropped without [`Tx::commit`], it rolls back.
 #[derive(Debug)]
-pub enum Tx {
+pub struct Tx {
+    conn: TxConn,
+    /// The advisory locks it holds (PostgreSQL), so a lock is asked for once.
+    pub(crate) locks: std::collections::HashSet<i64>,
+}
+
+#[derive(Debug)]
+enum TxConn {
     Sqlite(Transaction<'static, Sqlite>),
     Postgres(Transaction<'static, Postgres>),
 }
 
 impl Tx {
+    pub(crate) fn sqlite(t: Transaction<'static, Sqlite>) -> Self {
+        Self {
+            conn: TxConn::Sqlite(t),
+            locks: Default::default(),
+        }
+    }
+
+    pub(crate) fn postgres(t: Transaction<'static, Postgres>) -> Self {
+        Self {
+            conn: TxConn::Postgres(t),
+            locks: Default::default(),
+        }
+    }
+
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Sqlite(t) => t.commit().await,
-            Self::Postgres(t) => t.commit().await,
+        match self.conn {
+            TxConn::Sqlite(t) => t.commit().await,
+            TxConn::Postgres(t) => t.commit().await,
         }
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Sqlite(t) => t.rollback().await,
-            Self::Postgres(t) => t.rollback().await,
+        match self.conn {
+            TxConn::Sqlite(t) => t.rollback().await,
+            TxConn::Postgres(t) => t.rollback().await,
         }
     }
 }
@@ -340,8 +361,14 @@ impl<'q> Query<'q> {
         Ok(Done(match on.into() {
             On::Pool(Pool::Sqlite(p)) => self.sqlite()?.execute(p).await?.rows_affected(),
             On::Pool(Pool::Postgres(p)) => self.postgres()?.execute(p).await?.rows_affected(),
-            On::Tx(Tx::Sqlite(t)) => self.sqlite()?.execute(&mut **t).await?.rows_affected(),
-            On::Tx(Tx::Postgres(t)) => self.postgres()?.execute(&mut **t).await?.rows_affected(),
+            On::Tx(Tx {
+                conn: TxConn::Sqlite(t),
+                ..
+            }) => self.sqlite()?.execute(&mut **t).await?.rows_affected(),
+            On::Tx(Tx {
+                conn: TxConn::Postgres(t),
+                ..
+            }) => self.postgres()?.execute(&mut **t).await?.rows_affected(),
         }))
     }
 
@@ -351,10 +378,14 @@ impl<'q> Query<'q> {
             On::Pool(Pool::Postgres(p)) => {
                 rows(self.postgres()?.fetch_all(p).await?, Row::Postgres)
             }
-            On::Tx(Tx::Sqlite(t)) => rows(self.sqlite()?.fetch_all(&mut **t).await?, Row::Sqlite),
-            On::Tx(Tx::Postgres(t)) => {
-                rows(self.postgres()?.fetch_all(&mut **t).await?, Row::Postgres)
-            }
+            On::Tx(Tx {
+                conn: TxConn::Sqlite(t),
+                ..
+            }) => rows(self.sqlite()?.fetch_all(&mut **t).await?, Row::Sqlite),
+            On::Tx(Tx {
+                conn: TxConn::Postgres(t),
+                ..
+            }) => rows(self.postgres()?.fetch_all(&mut **t).await?, Row::Postgres),
         })
     }
 
@@ -367,12 +398,18 @@ impl<'q> Query<'q> {
             On::Pool(Pool::Postgres(p)) => {
                 self.postgres()?.fetch_optional(p).await?.map(Row::Postgres)
             }
-            On::Tx(Tx::Sqlite(t)) => self
+            On::Tx(Tx {
+                conn: TxConn::Sqlite(t),
+                ..
+            }) => self
                 .sqlite()?
                 .fetch_optional(&mut **t)
                 .await?
                 .map(Row::Sqlite),
-            On::Tx(Tx::Postgres(t)) => self
+            On::Tx(Tx {
+                conn: TxConn::Postgres(t),
+                ..
+            }) => self
                 .postgres()?
                 .fetch_optional(&mut **t)
                 .await?
