@@ -94,6 +94,8 @@ pub async fn emit_run(store: &Store, p: &Producer, run_id: i64) -> Result<u64, S
         total.skipped_running += e.skipped_running;
         total.skipped_delivered += e.skipped_delivered;
     }
+    // Every item now carries its document; the drift list need not too.
+    store.release_drift_docs(run_id).await?;
     let closed = store
         .close_vanished_work(
             &p.name,

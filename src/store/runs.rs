@@ -370,6 +370,18 @@ impl Store {
         tx.commit().await.map_err(db("commit drifts"))
     }
 
+    /// Drops the documents of run `run_id`'s drift list once its work items
+    /// carry them: the list keeps each drift's key, kind and hashes, and the
+    /// document is stored once, in the item (then in the mirror).
+    pub(crate) async fn release_drift_docs(&self, run_id: i64) -> Result<u64, StoreError> {
+        let done = query("UPDATE drifts SET doc = NULL WHERE run_id = $1 AND doc IS NOT NULL")
+            .bind(run_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("release drift documents"))?;
+        Ok(done.rows_affected())
+    }
+
     /// The drift list of a run, in key order.
     pub async fn drifts_of_run(&self, run_id: i64) -> Result<Vec<DriftRow>, StoreError> {
         self.drifts_page(run_id, "", i64::MAX).await

@@ -162,6 +162,24 @@ async fn exact_drift(db: &TestDb, style: &str) {
     assert_eq!(by_kind("missing"), ins);
     assert_eq!(by_kind("extra"), del);
     assert_eq!(by_kind("changed"), edit);
+    // Each document is stored once: the work item carries it, the drift
+    // list only its hash.
+    assert!(
+        drifts.iter().all(|d| d.doc.is_none()),
+        "drift docs released"
+    );
+    let snapshot = vendor.snapshot();
+    let items = store.list_work(None, 10_000).await.unwrap();
+    assert_eq!(items.len(), drifts.len());
+    for w in &items {
+        let spec: serde_json::Value = serde_json::from_str(&w.spec).unwrap();
+        assert_eq!(
+            spec["record"].as_object(),
+            snapshot.get(&w.key).and_then(|d| d.as_object()),
+            "{}",
+            w.key
+        );
+    }
     assert!(
         s.rows_read < 2_000 / 4,
         "only rows of mismatched buckets are read: {} of 2000",
