@@ -403,20 +403,7 @@ impl Store {
     /// answers the question (or tells why it cannot) and is closed.
     pub async fn readiness(&self) -> Result<(), String> {
         let unreachable = |e: sqlx::Error| format!("database unreachable: {e}");
-        let pooled = async {
-            match &self.pool {
-                Pool::Sqlite(p) => {
-                    sqlx::query_scalar::<_, i64>(APPLIED_MIGRATIONS)
-                        .fetch_one(&mut *p.acquire().await?)
-                        .await
-                }
-                Pool::Postgres(p) => {
-                    sqlx::query_scalar::<_, i64>(APPLIED_MIGRATIONS)
-                        .fetch_one(&mut *p.acquire().await?)
-                        .await
-                }
-            }
-        };
+        let pooled = query_scalar(APPLIED_MIGRATIONS).fetch_one::<i64>(&self.pool);
         let direct = async {
             match &self.pool {
                 Pool::Sqlite(p) => {

@@ -71,6 +71,16 @@ impl Default for Sealer {
     }
 }
 
+/// Marks the sealer task stopped when dropped.
+struct Stopped<'a>(&'a Sealer);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+        self.0.done.send_replace(u64::MAX);
+    }
+}
+
 impl Sealer {
     fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeSet<String>, u64)> {
         self.wanted.lock().unwrap_or_else(|e| e.into_inner())
@@ -180,6 +190,9 @@ impl Store {
             return;
         }
         self.sealer.running.store(true, Ordering::Release);
+        // However the task ends (a panic included), no writer waits for a
+        // round that will not come; a later commit seals itself.
+        let _stopped = Stopped(&self.sealer);
         let mut sweep = tokio::time::interval(SEAL_SWEEP);
         loop {
             tokio::select! {
@@ -194,8 +207,6 @@ impl Store {
         }
         self.sealer.running.store(false, Ordering::Release);
         self.seal_wanted().await;
-        // Nobody waits for a round that will not come; a later commit seals itself.
-        self.sealer.done.send_replace(u64::MAX);
     }
 
     /// One round: seals every producer handed over, then says the round is done.
