@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use super::fetch::DocAt;
 use crate::canonical::{Digest, RecordHash};
 use crate::entity::LocalRow;
 
@@ -16,8 +17,8 @@ pub(crate) struct Remote<'a> {
     pub bucket: u32,
     pub hash: RecordHash,
     pub version: Option<i64>,
-    /// Index of the record in the snapshot, to fetch its document later.
-    pub index: usize,
+    /// Where the record's document is in the snapshot, to read it later.
+    pub doc: DocAt,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -56,19 +57,9 @@ pub(crate) struct Drift {
     pub kind: DriftKind,
     pub(crate) remote_hash: Option<RecordHash>,
     pub local_hash: Option<RecordHash>,
-    /// Snapshot index of the producer's record (`missing`, `changed`).
-    pub(crate) remote_index: Option<usize>,
-}
-
-/// Builds per-bucket digests from snapshot records, exactly as the store builds local ones.
-pub(crate) fn remote_digests<'a>(
-    records: impl IntoIterator<Item = Remote<'a>>,
-) -> BTreeMap<u32, Digest> {
-    let mut out: BTreeMap<u32, Digest> = BTreeMap::new();
-    for r in records {
-        out.entry(r.bucket).or_default().add(r.key, &r.hash);
-    }
-    out
+    /// The producer's record (`missing`, `changed`): where its document is
+    /// in the snapshot, and its version.
+    pub(crate) remote: Option<(DocAt, Option<i64>)>,
 }
 
 /// Buckets whose digests differ (a bucket absent on one side counts as empty).
@@ -141,14 +132,14 @@ pub(crate) fn classify(
                 kind: DriftKind::Changed,
                 remote_hash: Some(r.hash),
                 local_hash: l.hash,
-                remote_index: Some(r.index),
+                remote: Some((r.doc, r.version)),
             },
             _ => Drift {
                 key: r.key.to_string(),
                 kind: DriftKind::Missing,
                 remote_hash: Some(r.hash),
                 local_hash: None,
-                remote_index: Some(r.index),
+                remote: Some((r.doc, r.version)),
             },
         };
         out.drifts.push(drift);
@@ -167,7 +158,7 @@ pub(crate) fn classify(
             kind: DriftKind::Extra,
             remote_hash: None,
             local_hash: l.hash,
-            remote_index: None,
+            remote: None,
         });
     }
     out.drifts.sort_by(|a, b| a.key.cmp(&b.key));
@@ -211,8 +202,17 @@ mod tests {
             bucket: bucket_of(key, 2),
             hash: h(content),
             version,
-            index: 0,
+            doc: DocAt { offset: 0, len: 0 },
         }
+    }
+
+    /// Per-bucket digests of `records`, as the snapshot sums them.
+    fn remote_digests<'a>(records: impl IntoIterator<Item = Remote<'a>>) -> BTreeMap<u32, Digest> {
+        let mut out: BTreeMap<u32, Digest> = BTreeMap::new();
+        for r in records {
+            out.entry(r.bucket).or_default().add(r.key, &r.hash);
+        }
+        out
     }
 
     fn local(key: &str, content: Option<i64>, version: Option<i64>, updated_at: i64) -> LocalRow {

@@ -28,6 +28,9 @@ use crate::work;
 const CLASSIFY_BUCKETS: usize = 1_024;
 /// Records a first sync writes per transaction.
 const LOAD_CHUNK: usize = 2_000;
+/// A mirror holding at most 1/FIRST_SYNC_SHARE of the snapshot's records is
+/// loaded in bulk (a first sync).
+const FIRST_SYNC_SHARE: u64 = 10;
 
 /// How long a keyframe lease lives without renewal, and how often it is renewed.
 /// A holder on this machine that stopped without releasing is seen at once
@@ -405,13 +408,27 @@ impl Keyframer {
                 return self.finish(p, summary, clock, None).await;
             }
         };
+        // A first sync: into an empty or nearly empty mirror most drift is
+        // missing records. An `apply` producer writes those in bulk rather
+        // than as one work item each; a delta that lands meanwhile wins
+        // (compare-and-set on an absent row), and an interrupted load is
+        // finished by the next run. The compare then counts them without
+        // keeping them.
+        let may_load = !dry_run && p.work.action == Action::Apply;
         let compared = tokio::select! {
-            r = self.compare(p, &snapshot) => Some(r?),
+            r = self.compare(p, &snapshot, may_load) => Some(r?),
             _ = stop.cancelled() => None,
         };
-        let Some((counts, drifts, local_rows)) = compared else {
+        let Some(compared) = compared else {
             return self.interrupted(p, summary, clock).await;
         };
+        let Compared {
+            counts,
+            drifts,
+            local_rows,
+            mismatched,
+            first_sync,
+        } = compared;
         summary.records = counts.records;
         summary.buckets_compared = counts.buckets_compared;
         summary.buckets_mismatched = counts.buckets_mismatched;
@@ -444,61 +461,79 @@ impl Keyframer {
                 run_id.unwrap_or_default()
             );
         }
-        // A first sync: into an empty mirror every drift is a missing record.
-        // An `apply` producer writes them in bulk rather than as one work
-        // item each; a delta that lands meanwhile wins (compare-and-set on
-        // an absent row), and an interrupted load is finished by the next run.
-        let first_sync = summary.state == RunState::Ok
-            && !dry_run
-            && p.work.action == Action::Apply
-            && local_rows == 0
-            && !drifts.is_empty();
-        if first_sync {
-            summary.loaded = self.load(p, &snapshot, &drifts).await?;
-            info!(producer = %p.name, run_id = ?run_id, loaded = summary.loaded, "first sync: records loaded into the empty mirror");
-            return self.finish(p, summary, clock, Some((&snapshot, &[]))).await;
+        if first_sync && summary.state == RunState::Ok && summary.missing > 0 {
+            match self.load(p, &snapshot, &mismatched, stop).await? {
+                Some(loaded) => summary.loaded = loaded,
+                None => return self.interrupted(p, summary, clock).await,
+            }
+            info!(producer = %p.name, run_id = ?run_id, loaded = summary.loaded, "first sync: records loaded into the mirror");
         }
         self.finish(p, summary, clock, Some((&snapshot, &drifts)))
             .await
     }
 
-    /// Writes the producer's records of `drifts` (all `missing`) into the
-    /// mirror, a chunk per transaction; returns the rows written.
+    /// Writes the producer's records that are missing locally into the
+    /// mirror, a chunk per transaction, classifying `mismatched` again a slice
+    /// at a time; returns the rows written, or `None` when `stop` cut it short
+    /// (what was written stays: each row is the producer's record).
     async fn load(
         &self,
         p: &Producer,
         snapshot: &Snapshot,
-        drifts: &[Drift],
-    ) -> Result<u64, KeyframeError> {
+        mismatched: &[u32],
+        stop: &CancellationToken,
+    ) -> Result<Option<u64>, KeyframeError> {
+        let spill = |e: fetch::PullError| KeyframeError::Config {
+            producer: p.name.clone(),
+            reason: format!("cannot read back a spilled record: {e}"),
+        };
         let mut loaded = 0;
-        for chunk in drifts.chunks(LOAD_CHUNK) {
-            let mut writes = Vec::with_capacity(chunk.len());
-            for d in chunk {
-                let Some(record) = d.remote_index.map(|i| &snapshot.records[i]) else {
+        let mut writes = Vec::with_capacity(LOAD_CHUNK);
+        for slice in mismatched.chunks(CLASSIFY_BUCKETS) {
+            let local = self.store.rows_in_buckets(&p.name, slice).await?;
+            let records = snapshot.in_buckets(slice).map_err(spill)?;
+            let c = compare::classify(&remotes(&records), &local, snapshot.started_at_ms, None);
+            for d in c.drifts {
+                let (DriftKind::Missing, Some((at, version))) = (d.kind, d.remote) else {
                     continue;
                 };
-                let doc = snapshot.doc(record).map_err(|e| KeyframeError::Config {
-                    producer: p.name.clone(),
-                    reason: format!("cannot read back a spilled record: {e}"),
-                })?;
                 writes.push(EntityWrite {
-                    key: d.key.clone(),
-                    change: Change::Replace(doc),
-                    version: record.version,
+                    change: Change::Replace(snapshot.doc_at(&d.key, at).map_err(spill)?),
+                    key: d.key,
+                    version,
                     source: Source::Keyframe,
                     rule: WriteRule::Correct { seen: None },
                 });
+                if writes.len() == LOAD_CHUNK {
+                    if stop.is_cancelled() {
+                        return Ok(None);
+                    }
+                    loaded += self.write_loaded(p, &mut writes).await?;
+                }
             }
-            let outcomes = self
-                .store
-                .write_entities(&p.name, p.bucket_bits, p.hasher(), &writes)
-                .await?;
-            loaded += outcomes
-                .iter()
-                .filter(|o| **o == WriteOutcome::Applied)
-                .count() as u64;
         }
-        Ok(loaded)
+        loaded += self.write_loaded(p, &mut writes).await?;
+        Ok(Some(loaded))
+    }
+
+    /// Writes one chunk of a first sync and empties it; returns the rows written.
+    async fn write_loaded(
+        &self,
+        p: &Producer,
+        writes: &mut Vec<EntityWrite>,
+    ) -> Result<u64, KeyframeError> {
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        let outcomes = self
+            .store
+            .write_entities(&p.name, p.bucket_bits, p.hasher(), writes)
+            .await?;
+        writes.clear();
+        Ok(outcomes
+            .iter()
+            .filter(|o| **o == WriteOutcome::Applied)
+            .count() as u64)
     }
 
     /// Records a run cut short as `failed`, with no drift. The producer's
@@ -527,74 +562,74 @@ impl Keyframer {
         Ok(summary)
     }
 
-    /// Compares the snapshot with the store; returns the counts, the drift list and the live local rows.
+    /// Compares the snapshot with the store: the counts, the drift list, the
+    /// live local rows and the mismatched buckets. With `may_load`, a mirror
+    /// holding at most a tenth of the snapshot's records is a first sync: its
+    /// `missing` drift is counted but not kept, for [`Self::load`] to write.
     async fn compare(
         &self,
         p: &Producer,
         snapshot: &Snapshot,
-    ) -> Result<(RunCounts, Vec<Drift>, u64), KeyframeError> {
-        let remote_digests = compare::remote_digests(snapshot.records.iter().map(|r| Remote {
-            key: &r.key,
-            bucket: r.bucket,
-            hash: r.hash,
-            version: r.version,
-            index: 0,
-        }));
+        may_load: bool,
+    ) -> Result<Compared, KeyframeError> {
+        let remote_digests = &snapshot.digests;
         let local_digests: BTreeMap<_, _> = self
             .store
             .bucket_digests(&p.name)
             .await?
             .into_iter()
             .collect();
-        let mismatched = compare::mismatched_buckets(&remote_digests, &local_digests);
+        // Live local rows, from the digests already read (no COUNT over the table).
+        let local_rows: u64 = local_digests.values().map(|d| d.rows.max(0) as u64).sum();
+        let first_sync = may_load && local_rows.saturating_mul(FIRST_SYNC_SHARE) <= snapshot.len();
+        let mismatched = compare::mismatched_buckets(remote_digests, &local_digests);
         let previous = self
             .store
             .previous_pull_started(&p.name, snapshot.started_at_ms)
             .await?;
-        // Classify a slice of mismatched buckets at a time, so the local rows
-        // in memory are those of one slice, not of every mismatched bucket.
+        // Classify a slice of mismatched buckets at a time, so the records
+        // and local rows in memory are those of one slice.
         let mut drifts = Vec::new();
-        let mut skipped_races = 0u64;
-        let mut rows_read = 0u64;
-        let records = &snapshot.records;
+        let (mut skipped_races, mut rows_read, mut missing) = (0u64, 0u64, 0u64);
         for slice in mismatched.chunks(CLASSIFY_BUCKETS) {
             let local = self.store.rows_in_buckets(&p.name, slice).await?;
             rows_read += local.len() as u64;
-            // Records are sorted by bucket: the slice's records are one range.
-            let (first, last) = (slice[0], slice[slice.len() - 1]);
-            let start = records.partition_point(|r| r.bucket < first);
-            let end = records.partition_point(|r| r.bucket <= last);
-            let in_slice: Vec<Remote<'_>> = (start..end)
-                .filter(|&i| slice.binary_search(&records[i].bucket).is_ok())
-                .map(|index| {
-                    let r = &records[index];
-                    Remote {
-                        key: &r.key,
-                        bucket: r.bucket,
-                        hash: r.hash,
-                        version: r.version,
-                        index,
-                    }
-                })
-                .collect();
-            let c = compare::classify(&in_slice, &local, snapshot.started_at_ms, previous);
+            let records = snapshot
+                .in_buckets(slice)
+                .map_err(|e| KeyframeError::Config {
+                    producer: p.name.clone(),
+                    reason: format!("cannot read back the record index: {e}"),
+                })?;
+            let c = compare::classify(&remotes(&records), &local, snapshot.started_at_ms, previous);
             skipped_races += c.skipped_races.len() as u64;
-            drifts.extend(c.drifts);
+            for d in c.drifts {
+                if d.kind == DriftKind::Missing {
+                    missing += 1;
+                    if first_sync {
+                        continue;
+                    }
+                }
+                drifts.push(d);
+            }
         }
         let count = |kind| drifts.iter().filter(|d: &&Drift| d.kind == kind).count() as u64;
         let counts = RunCounts {
-            records: snapshot.records.len() as u64,
-            buckets_compared: compare::compared_buckets(&remote_digests, &local_digests),
+            records: snapshot.len(),
+            buckets_compared: compare::compared_buckets(remote_digests, &local_digests),
             buckets_mismatched: mismatched.len() as u64,
             rows_read,
-            missing: count(DriftKind::Missing),
+            missing,
             extra: count(DriftKind::Extra),
             changed: count(DriftKind::Changed),
             skipped_races,
         };
-        // Live local rows, from the digests already read (no COUNT over the table).
-        let local_rows = local_digests.values().map(|d| d.rows.max(0) as u64).sum();
-        Ok((counts, drifts, local_rows))
+        Ok(Compared {
+            counts,
+            drifts,
+            local_rows,
+            mismatched,
+            first_sync,
+        })
     }
 
     /// Records the run, emits work for an `ok` run, updates health and metrics.
@@ -729,12 +764,36 @@ pub(crate) fn log_relayout(producer: &str, r: crate::store::Relayout) {
     }
 }
 
+/// What [`Keyframer::compare`] found.
+struct Compared {
+    counts: RunCounts,
+    /// Every drift, but a first sync's `missing` ones.
+    drifts: Vec<Drift>,
+    local_rows: u64,
+    mismatched: Vec<u32>,
+    first_sync: bool,
+}
+
+/// The records as the compare sees them.
+fn remotes(records: &[fetch::RemoteRecord]) -> Vec<Remote<'_>> {
+    records
+        .iter()
+        .map(|r| Remote {
+            key: &r.key,
+            bucket: r.bucket,
+            hash: r.hash,
+            version: r.version,
+            doc: r.doc,
+        })
+        .collect()
+}
+
 /// A drift as stored, with the producer's document read back from the spill file.
 fn drift_row(p: &Producer, snapshot: &Snapshot, d: &Drift) -> Result<DriftRow, KeyframeError> {
-    let doc = match d.remote_index {
-        Some(i) => Some(
+    let doc = match d.remote {
+        Some((at, _)) => Some(
             snapshot
-                .doc(&snapshot.records[i])
+                .doc_at(&d.key, at)
                 .map_err(|e| KeyframeError::Config {
                     producer: p.name.clone(),
                     reason: format!("cannot read back a spilled record: {e}"),

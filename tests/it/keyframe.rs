@@ -509,13 +509,13 @@ async fn duration_covers_storing_drift_and_emitting_work(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(6_000).await;
     let p = producer(&crate::support::snapshot_toml("none", addr), "");
-    // One row already: not a first sync, so the run emits work.
-    let first: BTreeMap<String, Value> = vendor.snapshot().into_iter().take(1).collect();
+    // A sixth of the rows already: not a first sync, so the run emits work.
+    let first: BTreeMap<String, Value> = vendor.snapshot().into_iter().take(1_000).collect();
     seed(&store, &p, &first).await;
     let started = Instant::now();
     let s = keyframe(&store, &p).await;
     let wall = started.elapsed().as_millis() as u64;
-    assert_eq!((s.state, s.work_emitted), (RunState::Ok, 5_999), "{s:?}");
+    assert_eq!((s.state, s.work_emitted), (RunState::Ok, 5_000), "{s:?}");
     assert!(
         s.duration_ms * 10 >= wall * 9,
         "duration {} ms of a {wall} ms run",
@@ -539,7 +539,8 @@ async fn buckets_compared_is_the_union_of_both_sides(db: &TestDb) {
 }
 
 /// Ten deltas before the first keyframe of a 300-record producer: the
-/// keyframe adds the other 290 without an approval (additions lose nothing).
+/// keyframe adds the other 290 without an approval (additions lose nothing),
+/// in bulk, since the mirror is nearly empty.
 async fn a_few_deltas_before_the_first_keyframe_do_not_guard_seeding(db: &TestDb) {
     let store = db.store().await;
     let (vendor, addr) = Vendor::start(300).await;
@@ -548,14 +549,48 @@ async fn a_few_deltas_before_the_first_keyframe_do_not_guard_seeding(db: &TestDb
     seed(&store, &p, &early).await;
     let s = keyframe(&store, &p).await;
     assert_eq!(
-        (s.state, s.missing, s.extra, s.changed, s.work_emitted),
-        (RunState::Ok, 290, 0, 0, 290),
+        (s.state, s.missing, s.extra, s.changed, s.loaded, s.work_emitted),
+        (RunState::Ok, 290, 0, 0, 290, 0),
         "{s:?}"
     );
     drain_work(&store, &p).await;
     let s = keyframe(&store, &p).await;
     assert_eq!((s.state, s.drift()), (RunState::Ok, 0), "{s:?}");
     assert_eq!(store.count_entities("orders").await.unwrap(), 300);
+}
+
+/// A nearly empty mirror (20 rows of a 400-record producer: 15 equal, 3
+/// stale, 2 the producer no longer has): the 385 missing records are loaded
+/// in bulk, the changed and extra rows become work as in any keyframe, and
+/// after that work the mirror equals the producer.
+async fn a_nearly_empty_mirror_loads_missing_records_and_corrects_the_rest(db: &TestDb) {
+    let store = db.store().await;
+    let (vendor, addr) = Vendor::start(400).await;
+    let p = producer(&crate::support::snapshot_toml("cursor", addr), "");
+    let mut early: BTreeMap<String, Value> = vendor.snapshot().into_iter().take(18).collect();
+    for (_, doc) in early.iter_mut().take(3) {
+        doc["status"] = Value::from("stale");
+    }
+    early.extend((1_000..1_002).map(|i| record(i, 0)));
+    seed(&store, &p, &early).await;
+    let s = keyframe(&store, &p).await;
+    assert_eq!(
+        (s.state, s.missing, s.changed, s.extra, s.loaded, s.work_emitted),
+        (RunState::Ok, 382, 3, 2, 382, 5),
+        "{s:?}"
+    );
+    assert_eq!(store.count_entities("orders").await.unwrap(), 402);
+    drain_work(&store, &p).await;
+    let s = keyframe(&store, &p).await;
+    assert_eq!((s.state, s.drift()), (RunState::Ok, 0), "{s:?}");
+    let local: BTreeMap<String, Value> = store
+        .entities("orders")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| Some((e.key, e.doc?)))
+        .collect();
+    assert_eq!(local, vendor.snapshot(), "record for record");
 }
 
 /// A guarded producer shows in the store's guarded runs and the
@@ -938,6 +973,7 @@ crate::on_both_backends!(
     approving_a_guarded_run_a_later_run_superseded_is_refused,
     guarded_runs_expire_and_are_pruned,
     a_few_deltas_before_the_first_keyframe_do_not_guard_seeding,
+    a_nearly_empty_mirror_loads_missing_records_and_corrects_the_rest,
     a_guarded_producer_is_visible_until_a_run_lets_it_through,
     duration_covers_storing_drift_and_emitting_work,
     buckets_compared_is_the_union_of_both_sides,

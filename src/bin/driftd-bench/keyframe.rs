@@ -273,7 +273,7 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
     let (records, rows_read, drifted) = match (a.mode, &store) {
         (ProbeMode::Fetch, _) => {
             let snap = fetch::pull(&client, p.snapshot_plan()).await?;
-            (snap.records.len() as u64, 0, 0)
+            (snap.len(), 0, 0)
         }
         (ProbeMode::Keyframe, Some(store)) => {
             let k = Keyframer::new(store.clone(), client.clone(), Metrics::new());
@@ -309,24 +309,22 @@ async fn naive(store: &Store, client: &reqwest::Client, p: &Producer) -> Result<
         .filter_map(|e| e.doc.as_ref().map(|d| (e.key.as_str(), d)))
         .collect();
     let (mut missing, mut changed, mut matched) = (0u64, 0u64, 0u64);
-    for r in &snap.records {
-        let doc = snap.doc(r)?;
-        match by_key.get(&*r.key) {
-            None => missing += 1,
-            Some(d) => {
-                matched += 1;
-                if **d != doc {
-                    changed += 1;
+    for chunk in snap.chunks() {
+        for r in chunk? {
+            let doc = snap.doc(&r)?;
+            match by_key.get(&*r.key) {
+                None => missing += 1,
+                Some(d) => {
+                    matched += 1;
+                    if **d != doc {
+                        changed += 1;
+                    }
                 }
             }
         }
     }
     let extra = by_key.len() as u64 - matched;
-    Ok((
-        snap.records.len() as u64,
-        local.len() as u64,
-        missing + changed + extra,
-    ))
+    Ok((snap.len(), local.len() as u64, missing + changed + extra))
 }
 
 fn peak_rss_mib() -> f64 {

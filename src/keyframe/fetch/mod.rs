@@ -10,9 +10,11 @@
 //!   (`Walk`) that descends only along the `items` pointer and the style's
 //!   pagination pointer, skips every other member with `IgnoredAny`, and hands
 //!   the array's elements to a callback one at a time;
-//! - per record only a [`RemoteRecord`] is kept (key, bucket, hash, version and
-//!   where its JSON sits); the JSON itself is appended to one spill temp file
-//!   that [`Snapshot::doc`] reads back with `pread`.
+//! - per record nothing stays in memory: its entry (key, bucket, hash,
+//!   version and where its JSON sits) goes to an on-disk index grouped by
+//!   bucket range (`index.rs`), sorted range by range when the pull ends, and
+//!   its JSON to one spill temp file that [`Snapshot::doc`] reads back with
+//!   `pread`; the bucket digests are summed while the index is sorted.
 //!
 //! A pull either returns the complete snapshot or fails as a whole: there is
 //! no partial result. Transient failures (timeouts, connection errors, 429,
@@ -29,7 +31,8 @@
 //! - `http.rs`: one page over HTTP (`fetch_page`): pacing, retries with
 //!   backoff, the body streamed to memory or a temp file;
 //! - `sink.rs`: one body parsed (`parse_page`): each item becomes a
-//!   [`RemoteRecord`], its JSON goes to the spill file (`Sink`);
+//!   [`RemoteRecord`] in the index, its JSON goes to the spill file (`Sink`);
+//! - `index.rs`: the records on disk by bucket range (`IndexWriter`, `RecordIndex`);
 //! - `walk.rs`: the streaming serde walker `parse_page` drives (pure);
 //! - `pager.rs`: `Pager::step`, a pure transition from what a page said to the
 //!   next URL, the end, or a `PagingError` (loops, `max_pages`, short pages);
@@ -41,6 +44,7 @@
 
 mod error;
 mod http;
+mod index;
 mod link;
 mod pager;
 mod plan;
@@ -54,15 +58,25 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use self::error::shown;
 pub use self::error::{PageAt, PullError};
 use self::http::{fetch_page, Fetched, Pace};
+use self::index::RecordIndex;
 use self::pager::{Page, Pager};
 pub use self::plan::Plan;
 use self::sink::{parse_page, Sink};
-use crate::canonical::RecordHash;
+use crate::canonical::{Digest, RecordHash};
+
+/// Where a record's raw JSON sits in the spill file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocAt {
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
+}
 
 /// One record of a snapshot: what the compare needs, plus where its JSON is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,16 +85,16 @@ pub struct RemoteRecord {
     pub bucket: u32,
     pub hash: RecordHash,
     pub version: Option<i64>,
-    /// Where the record's raw JSON starts in the spill file.
-    pub(crate) doc_offset: u64,
-    pub(crate) doc_len: u32,
+    pub doc: DocAt,
 }
 
-/// A producer's complete state as pulled.
+/// A producer's complete state as pulled: the records on disk, sorted by
+/// `(bucket, key)` with unique keys, and their bucket digests in memory.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Sorted by `(bucket, key)`; keys are unique.
-    pub records: Vec<RemoteRecord>,
+    index: RecordIndex,
+    /// The digest of every bucket that holds a record.
+    pub(crate) digests: BTreeMap<u32, Digest>,
     /// Pages fetched, a final empty page included.
     pub pages: u64,
     /// HTTP requests sent, retries included.
@@ -91,17 +105,51 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Records in the snapshot.
+    pub fn len(&self) -> u64 {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The records a bucket range at a time, in `(bucket, key)` order; each
+    /// item holds one range (at most 1/256 of the snapshot).
+    pub fn chunks(&self) -> impl Iterator<Item = Result<Vec<RemoteRecord>, PullError>> + '_ {
+        (0..self.index.ranges()).map(|i| self.index.range(i))
+    }
+
+    /// Every record, in `(bucket, key)` order, in memory: for small snapshots and tests.
+    pub fn records(&self) -> Result<Vec<RemoteRecord>, PullError> {
+        let mut out = Vec::new();
+        for chunk in self.chunks() {
+            out.extend(chunk?);
+        }
+        Ok(out)
+    }
+
+    /// The records of `buckets` (sorted ascending), in `(bucket, key)` order.
+    pub(crate) fn in_buckets(&self, buckets: &[u32]) -> Result<Vec<RemoteRecord>, PullError> {
+        self.index.in_buckets(buckets)
+    }
+
     /// Reads a record's JSON back from the spill file.
     pub fn doc(&self, r: &RemoteRecord) -> Result<Value, PullError> {
+        self.doc_at(&r.key, r.doc)
+    }
+
+    /// Reads the JSON of the record `key` at `at` back from the spill file.
+    pub(crate) fn doc_at(&self, key: &str, at: DocAt) -> Result<Value, PullError> {
         let action = || {
             format!(
                 "reading the document of key {:?} at offset {} ({} bytes)",
-                r.key, r.doc_offset, r.doc_len
+                key, at.offset, at.len
             )
         };
-        let mut buf = vec![0; r.doc_len as usize];
+        let mut buf = vec![0; at.len as usize];
         self.spill
-            .read_exact_at(&mut buf, r.doc_offset)
+            .read_exact_at(&mut buf, at.offset)
             .map_err(|source| PullError::Spill {
                 action: action(),
                 source,
@@ -119,7 +167,7 @@ pub async fn pull(client: &reqwest::Client, plan: &Plan) -> Result<Snapshot, Pul
     let cfg = &plan.cfg;
     let (mut pager, mut url) = Pager::start(cfg, plan.base.clone(), plan.capture_pointer.clone());
     let mut pace = Pace::new(plan.interval);
-    let mut sink = Sink::new()?;
+    let mut sink = Sink::new(plan.rules.bucket_bits)?;
     let (mut pages, mut requests) = (0u64, 0u64);
     loop {
         pages += 1;
@@ -169,14 +217,15 @@ pub async fn pull(client: &reqwest::Client, plan: &Plan) -> Result<Snapshot, Pul
             Some(next) => url = next,
         }
     }
-    let (records, spill) = tokio::task::spawn_blocking(move || sink.finish())
+    let (index, digests, spill) = tokio::task::spawn_blocking(move || sink.finish())
         .await
         .map_err(|e| PullError::Spill {
             action: "sorting the records".into(),
             source: io::Error::other(e.to_string()),
         })??;
     Ok(Snapshot {
-        records,
+        index,
+        digests,
         pages,
         requests,
         started_at_ms,

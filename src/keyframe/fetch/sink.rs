@@ -1,5 +1,5 @@
 //! One page body parsed on the blocking pool: each item becomes a
-//! `RemoteRecord` and its JSON is appended to the spill file.
+//! `RemoteRecord` in the on-disk index and its JSON is appended to the spill file.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
@@ -8,11 +8,14 @@ use serde_json::Value;
 
 use super::error::{PageAt, PullError};
 use super::http::Body;
+use super::index::{IndexWriter, RecordIndex};
 use super::plan::Rules;
 use super::walk::{lookup, Found, Walk, WalkError};
-use super::RemoteRecord;
+use super::{DocAt, RemoteRecord};
 use crate::canonical::type_name;
+use crate::canonical::Digest;
 use crate::canonical::{bucket_of, key_string, version_value};
+use std::collections::BTreeMap;
 
 /// What a page said about pagination.
 pub(super) struct PageOutcome {
@@ -23,20 +26,18 @@ pub(super) struct PageOutcome {
     pub(super) last_key: Option<String>,
 }
 
-/// Accumulates records and their spilled JSON across pages.
+/// Accumulates records (in the on-disk index) and their spilled JSON across pages.
 pub(super) struct Sink {
     spill: BufWriter<File>,
     offset: u64,
-    /// Fixed-size blocks, so growing never copies (and briefly doubles) every record.
-    blocks: Vec<Vec<RemoteRecord>>,
+    index: IndexWriter,
+    /// Key of the last record accepted (for `after_key` pagination).
+    last_key: String,
     scratch: Vec<u8>,
 }
 
-/// Records per block of [`Sink::blocks`].
-const BLOCK: usize = 1 << 16;
-
 impl Sink {
-    pub(super) fn new() -> Result<Self, PullError> {
+    pub(super) fn new(bucket_bits: u8) -> Result<Self, PullError> {
         let file = tempfile::tempfile().map_err(|source| PullError::Spill {
             action: "creating the spill file".into(),
             source,
@@ -44,7 +45,8 @@ impl Sink {
         Ok(Self {
             spill: BufWriter::with_capacity(256 << 10, file),
             offset: 0,
-            blocks: Vec::new(),
+            index: IndexWriter::new(bucket_bits)?,
+            last_key: String::new(),
             scratch: Vec::new(),
         })
     }
@@ -103,41 +105,33 @@ impl Sink {
                 action: format!("writing record {index} of {at}"),
                 source,
             })?;
-        if self.blocks.last().is_none_or(|b| b.len() == BLOCK) {
-            self.blocks.push(Vec::with_capacity(BLOCK));
-        }
-        let block = self.blocks.last_mut().expect("a block was just ensured");
-        block.push(RemoteRecord {
+        let record = RemoteRecord {
             key: key.into_boxed_str(),
             bucket,
             hash,
             version,
-            doc_offset: self.offset,
-            doc_len,
-        });
+            doc: DocAt {
+                offset: self.offset,
+                len: doc_len,
+            },
+        };
+        self.index.push(&record)?;
+        self.last_key.clear();
+        self.last_key.push_str(&record.key);
         self.offset += u64::from(doc_len);
         Ok(())
     }
 
-    /// Sorts by `(bucket, key)`, rejects duplicate keys, flushes the spill file.
-    pub(super) fn finish(self) -> Result<(Vec<RemoteRecord>, File), PullError> {
-        let Sink { spill, blocks, .. } = self;
-        // One exactly sized vector; each block is freed as soon as it is moved.
-        let mut records = Vec::with_capacity(blocks.iter().map(Vec::len).sum());
-        for block in blocks {
-            records.extend(block);
-        }
-        records.sort_unstable_by(|a, b| a.bucket.cmp(&b.bucket).then_with(|| a.key.cmp(&b.key)));
-        if let Some(w) = records.windows(2).find(|w| w[0].key == w[1].key) {
-            return Err(PullError::DuplicateKey {
-                key: w[0].key.to_string(),
-            });
-        }
+    /// Sorts the index by `(bucket, key)`, rejects duplicate keys, sums the
+    /// bucket digests, flushes the spill file.
+    pub(super) fn finish(self) -> Result<(RecordIndex, BTreeMap<u32, Digest>, File), PullError> {
+        let Sink { spill, index, .. } = self;
         let spill = spill.into_inner().map_err(|e| PullError::Spill {
             action: "flushing".into(),
             source: e.into_error(),
         })?;
-        Ok((records, spill))
+        let (index, digests) = index.finish()?;
+        Ok((index, digests, spill))
     }
 }
 
@@ -193,10 +187,7 @@ pub(super) fn parse_page(
             items: index,
             captured: captured.into_iter().next().flatten(),
             // The last record this page added, if it added any.
-            last_key: (index > 0)
-                .then(|| sink.blocks.last().and_then(|b| b.last()))
-                .flatten()
-                .map(|r| r.key.to_string()),
+            last_key: (index > 0).then(|| sink.last_key.clone()),
         }),
     }
 }

@@ -1,7 +1,7 @@
 //! `pull` end to end against loopback HTTP servers: every pagination style,
 //! retries, timeouts, malformed pages, versions, headers and the rate limit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::error::transient_status;
 use super::http::MEMORY_BODY_MAX;
 use super::{pull, Plan, PullError, Snapshot};
-use crate::canonical::{bucket_of, key_string, RecordHasher};
+use crate::canonical::{bucket_of, key_string, Digest, RecordHasher};
 use crate::config::SnapshotConfig;
 
 const BITS: u8 = 8;
@@ -84,7 +84,7 @@ async fn pull_ok(cfg: &SnapshotConfig) -> Snapshot {
 
 async fn pull_err(cfg: &SnapshotConfig) -> PullError {
     match pull_planned(cfg).await {
-        Ok(s) => panic!("pull succeeded with {} records", s.records.len()),
+        Ok(s) => panic!("pull succeeded with {} records", s.len()),
         Err(e) => e,
     }
 }
@@ -97,14 +97,23 @@ fn check(snap: &Snapshot, served: &[Value]) {
         .map(|v| (key_string(&v["id"]).unwrap(), v))
         .collect();
     assert_eq!(by_key.len(), served.len(), "served keys are unique");
-    assert_eq!(snap.records.len(), served.len());
-    for w in snap.records.windows(2) {
+    let records = snap.records().unwrap();
+    assert_eq!(snap.len(), served.len() as u64);
+    assert_eq!(records.len(), served.len());
+    for w in records.windows(2) {
         assert!(
             (w[0].bucket, &w[0].key) < (w[1].bucket, &w[1].key),
             "records sorted by (bucket, key) without duplicates"
         );
     }
-    for r in &snap.records {
+    let digests: BTreeMap<u32, Digest> = records.iter().fold(BTreeMap::new(), |mut m, r| {
+        m.entry(r.bucket)
+            .or_insert_with(Digest::default)
+            .add(&r.key, &r.hash);
+        m
+    });
+    assert_eq!(snap.digests, digests, "bucket digests sum the records");
+    for r in &records {
         let v = by_key
             .get(&*r.key)
             .unwrap_or_else(|| panic!("key {:?} was not served", r.key));
@@ -395,7 +404,7 @@ async fn after_key_style_passes_the_last_integer_key() {
     let snap = pull_ok(&cfg).await;
     check(&snap, &recs);
     assert_eq!(snap.pages, 11);
-    assert!(snap.records.iter().any(|r| &*r.key == "27490"));
+    assert!(snap.records().unwrap().iter().any(|r| &*r.key == "27490"));
 }
 
 #[tokio::test]
@@ -514,7 +523,7 @@ async fn transient_errors_then_success_honour_retry_after() {
     ));
     let began = Instant::now();
     let snap = pull_ok(&cfg).await;
-    assert_eq!((snap.requests, snap.pages, snap.records.len()), (3, 1, 2));
+    assert_eq!((snap.requests, snap.pages, snap.len()), (3, 1, 2));
     assert!(
         began.elapsed() >= Duration::from_secs(1),
         "Retry-After: 1 was honoured"
@@ -929,8 +938,12 @@ async fn versions_from_integers_and_rfc3339_strings() {
     )
     .await;
     let snap = pull_ok(&config(&format!("url = \"{base}/v\"\nversion = \"/v\"\n"))).await;
-    let versions: HashMap<&str, Option<i64>> =
-        snap.records.iter().map(|r| (&*r.key, r.version)).collect();
+    let versions: HashMap<String, Option<i64>> = snap
+        .records()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.key.to_string(), r.version))
+        .collect();
     let jan1 = 1_767_225_600_000_000_000;
     assert_eq!(versions["a"], Some(jan1));
     assert_eq!(versions["b"], Some(42));
@@ -939,7 +952,11 @@ async fn versions_from_integers_and_rfc3339_strings() {
     assert_eq!(versions["e"], Some(jan1 + 500_000_000));
 
     let unversioned = pull_ok(&config(&format!("url = \"{base}/v\"\n"))).await;
-    assert!(unversioned.records.iter().all(|r| r.version.is_none()));
+    assert!(unversioned
+        .records()
+        .unwrap()
+        .iter()
+        .all(|r| r.version.is_none()));
 
     let err = pull_err(&config(&format!(
         "url = \"{base}/bad\"\nversion = \"/v\"\n"
@@ -1005,7 +1022,7 @@ headers = {{ Authorization = "Bearer ${{TOKEN}}", X-Api-Key = "${{KEY}}"{extra} 
             .unwrap_or_else(|| panic!("{path} parses"))
     };
     let snap = pull_ok(&valid("secure")).await;
-    assert_eq!(snap.records.len(), 1, "the server accepted the headers");
+    assert_eq!(snap.len(), 1, "the server accepted the headers");
 
     let mut errors = Vec::new();
     for path in ["fail", "deny", "garbage"] {
@@ -1056,7 +1073,7 @@ async fn the_rate_limit_spaces_requests() {
     ));
     let began = Instant::now();
     let snap = pull_ok(&cfg).await;
-    assert_eq!((snap.pages, snap.records.len()), (5, 4));
+    assert_eq!((snap.pages, snap.len()), (5, 4));
     assert!(
         began.elapsed() >= Duration::from_millis(200),
         "5 requests at 20/s"
