@@ -115,6 +115,8 @@ pub(super) enum ProbeMode {
     Fetch,
     /// A real keyframe run (`Keyframer::run`, not dry: records the run and emits work).
     Keyframe,
+    /// A keyframe of an `apply` producer into the empty mirror: the bulk load.
+    FirstSync,
     /// Pull, then load every local row with `Store::entities` and compare documents.
     Naive,
 }

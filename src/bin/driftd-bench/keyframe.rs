@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use driftd::canonical::RecordHasher;
 use driftd::config::{Config, Producer};
-use driftd::entity::{Change, EntityWrite, Source, WriteRule};
 use driftd::keyframe::fetch;
 use driftd::keyframe::run::Keyframer;
 use driftd::metrics::Metrics;
@@ -25,8 +23,6 @@ use driftd::store::sql::query;
 
 /// Producer name used by the keyframe scenarios.
 const KF_PRODUCER: &str = "bench";
-/// Entities per `write_entities` call while seeding.
-const SEED_BATCH: usize = 5_000;
 /// Longest a child `probe` may run before it is killed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -48,6 +44,9 @@ struct Probe {
     records: u64,
     rows_read: u64,
     drifted: u64,
+    /// Records a first sync wrote into the mirror.
+    #[serde(default)]
+    loaded: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,14 +61,15 @@ struct DriftLevel {
 pub(super) struct KeyframeReport {
     backend: BackendArg,
     records: u64,
-    seed_secs: f64,
-    seed_rows_per_sec: f64,
+    /// The seeding: a first sync (a keyframe into the empty mirror).
+    first_sync: Probe,
+    footprint: Footprint,
     fetch: Probe,
     levels: Vec<DriftLevel>,
 }
 
-/// The producer that pulls the vendor at `addr`.
-fn kf_producer(addr: SocketAddr) -> Result<Producer> {
+/// The producer that pulls the vendor at `addr`, with work `action`.
+fn kf_producer(addr: SocketAddr, action: &str) -> Result<Producer> {
     let text = format!(
         r#"
 [[producer]]
@@ -85,7 +85,7 @@ timeout_secs = 60
 retries = 0
 pagination = {{ style = "cursor", cursor = "/next_cursor", param = "cursor", limit = {PAGE}, limit_param = "limit" }}
 [producer.work]
-action = "none"
+action = "{action}"
 "#
     );
     let loaded = Config::parse("bench.toml", &text, &|_| None).map_err(|e| anyhow!("{e}"))?;
@@ -113,66 +113,77 @@ fn expected_drift(records: u64, every: u64) -> u64 {
     }
 }
 
-async fn seed(url: &str, records: u64) -> Result<f64> {
-    let store = Store::open(url, PG_POOL).await?;
-    let hasher = RecordHasher::new::<&str>(&[]).map_err(|e| anyhow!("{e}"))?;
-    let clock = Instant::now();
-    let mut next_note = Instant::now() + Duration::from_secs(10);
-    let mut i = 0u64;
-    while i < records {
-        let end = (i + SEED_BATCH as u64).min(records);
-        let writes = (i..end)
-            .map(|j| {
-                Ok(EntityWrite {
-                    key: format!("rec-{j:08}"),
-                    change: Change::Replace(serde_json::from_str(&record_json(j, 0))?),
-                    version: None,
-                    source: Source::Webhook,
-                    rule: WriteRule::IfNewer,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        store
-            .write_entities(KF_PRODUCER, 16, &hasher, &writes)
-            .await?;
-        i = end;
-        if Instant::now() >= next_note {
-            let secs = clock.elapsed().as_secs_f64();
-            note(format!(
-                "  seeded {i}/{records} ({:.0} rows/s)",
-                i as f64 / secs
-            ));
-            next_note += Duration::from_secs(10);
-        }
-    }
-    let secs = clock.elapsed().as_secs_f64();
-    let counted = store.count_entities(KF_PRODUCER).await?;
-    if counted as u64 != records {
-        bail!("seeded {records} rows but the store counts {counted}");
-    }
-    store.pool().close().await;
-    Ok(secs)
+/// Bytes the database holds after the first sync: its tables (TOAST and
+/// all), its indexes, and the records' own JSON for comparison.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Footprint {
+    json_bytes: u64,
+    table_bytes: u64,
+    index_bytes: u64,
 }
 
-/// Seeds `records` rows, then measures the fetch-only pull once and the
-/// keyframe (and, at the chosen levels, the naive compare) at each drift level.
+impl Footprint {
+    fn per_record(bytes: u64, records: u64) -> f64 {
+        bytes as f64 / records.max(1) as f64
+    }
+}
+
+/// The database's table and index bytes (SQLite: `dbstat`; PostgreSQL:
+/// `pg_table_size` and `pg_indexes_size` of the public tables).
+async fn footprint(url: &str, records: u64) -> Result<Footprint> {
+    let store = Store::open(url, PG_POOL).await?;
+    let sql = if url.starts_with("sqlite:") {
+        "SELECT CAST(COALESCE(SUM(CASE WHEN m.type = 'table' THEN d.pgsize END), 0) AS INTEGER),
+                CAST(COALESCE(SUM(CASE WHEN m.type = 'index' THEN d.pgsize END), 0) AS INTEGER)
+         FROM dbstat d JOIN sqlite_master m ON m.name = d.name"
+    } else {
+        "SELECT CAST(SUM(pg_table_size(c.oid)) AS BIGINT), CAST(SUM(pg_indexes_size(c.oid)) AS BIGINT)
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND c.relkind = 'r'"
+    };
+    let row = query(sql).fetch_one(store.pool()).await?;
+    let (table, index): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    store.pool().close().await;
+    let json_bytes = (0..records).map(|i| record_json(i, 0).len() as u64).sum();
+    Ok(Footprint {
+        json_bytes,
+        table_bytes: table as u64,
+        index_bytes: index as u64,
+    })
+}
+
+/// Measures the fetch-only pull, seeds `records` rows by a first sync (a
+/// keyframe into the empty mirror, which loads in bulk), measures what the
+/// database then holds, and measures the keyframe (and, at the chosen
+/// levels, the naive compare) at each drift level.
 pub(super) async fn scenario(
     backend: BackendArg,
     records: u64,
     knobs: &KeyframeKnobs,
 ) -> Result<KeyframeReport> {
     with_db(backend, "kf", |url| async move {
-        note(format!(
-            "keyframe/{}: seeding {records} rows with write_entities batches of {SEED_BATCH}",
-            backend.name()
-        ));
-        let seed_secs = seed(&url, records).await?;
-        note(format!(
-            "keyframe/{}: seeded in {seed_secs:.1}s ({:.0} rows/s)",
-            backend.name(),
-            records as f64 / seed_secs
-        ));
+        let name = backend.name();
         let fetch = run_probe(&url, records, drift_every(0.1), ProbeMode::Fetch).await?;
+        note(format!("keyframe/{name}: seeding {records} rows by a first sync"));
+        let first_sync = run_probe(&url, records, 0, ProbeMode::FirstSync).await?;
+        if first_sync.loaded != records {
+            bail!(
+                "the first sync loaded {} of {records} records",
+                first_sync.loaded
+            );
+        }
+        note(format!(
+            "keyframe/{name}: seeded in {:.1}s ({:.0} rows/s)",
+            first_sync.wall_ms / 1000.0,
+            records as f64 * 1000.0 / first_sync.wall_ms
+        ));
+        let footprint = footprint(&url, records).await?;
+        note(format!(
+            "keyframe/{name}: {:.0} bytes/record in tables, {:.0} in indexes, JSON {:.0}",
+            Footprint::per_record(footprint.table_bytes, records),
+            Footprint::per_record(footprint.index_bytes, records),
+            Footprint::per_record(footprint.json_bytes, records),
+        ));
         let mut levels = Vec::new();
         for &pct in &knobs.drifts {
             let every = drift_every(pct);
@@ -192,8 +203,8 @@ pub(super) async fn scenario(
         Ok(KeyframeReport {
             backend,
             records,
-            seed_secs,
-            seed_rows_per_sec: records as f64 / seed_secs,
+            first_sync,
+            footprint,
             fetch,
             levels,
         })
@@ -217,6 +228,7 @@ async fn run_probe(url: &str, records: u64, every: u64, mode: ProbeMode) -> Resu
         match mode {
             ProbeMode::Fetch => "fetch",
             ProbeMode::Keyframe => "keyframe",
+            ProbeMode::FirstSync => "first-sync",
             ProbeMode::Naive => "naive",
         },
     ])
@@ -256,7 +268,15 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
         drift_every: a.drift_every,
     };
     let addr = start_vendor(g, stop.clone()).await?;
-    let p = kf_producer(addr)?;
+    // The first sync loads the mirror (an `apply` producer); the drift
+    // levels emit `none` items, which nothing carries out, so every level
+    // compares against the same seeded rows.
+    let action = if a.mode == ProbeMode::FirstSync {
+        "apply"
+    } else {
+        "none"
+    };
+    let p = kf_producer(addr, action)?;
     let client = reqwest::Client::new();
     let store = match a.mode {
         ProbeMode::Fetch => None,
@@ -270,17 +290,19 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
             .await?;
     }
     let clock = Instant::now();
+    let mut loaded = 0;
     let (records, rows_read, drifted) = match (a.mode, &store) {
         (ProbeMode::Fetch, _) => {
             let snap = fetch::pull(&client, p.snapshot_plan()).await?;
             (snap.len(), 0, 0)
         }
-        (ProbeMode::Keyframe, Some(store)) => {
+        (ProbeMode::Keyframe | ProbeMode::FirstSync, Some(store)) => {
             let k = Keyframer::new(store.clone(), client.clone(), Metrics::new());
             let s = k.run(&p, false).await?;
             if let Some(e) = &s.error {
                 bail!("keyframe failed: {e}");
             }
+            loaded = s.loaded;
             (s.records, s.rows_read, s.drift())
         }
         (ProbeMode::Naive, Some(store)) => naive(store, &client, &p).await?,
@@ -295,6 +317,7 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
         records,
         rows_read,
         drifted,
+        loaded,
     };
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
@@ -342,11 +365,26 @@ pub(super) fn table(reports: &[KeyframeReport], s: &mut String) {
     for r in reports {
         let _ = writeln!(
             s,
-            "\n### Keyframe, {} ({} records of ~500 bytes; seeded in {:.1} s, {:.0} rows/s)\n",
+            "\n### Keyframe, {} ({} records of ~500 bytes)\n",
             r.backend.name(),
             r.records,
-            r.seed_secs,
-            r.seed_rows_per_sec
+        );
+        let f = &r.footprint;
+        let per = |b| Footprint::per_record(b, r.records);
+        let _ = writeln!(
+            s,
+            "Seeded by a first sync (a keyframe into the empty mirror) in {:.1} s, {:.0} rows/s, \
+             {:.2}× the fetch-only pull, peak RSS {:.0} MiB. The database then holds \
+             {:.0} bytes/record in tables and {:.0} in indexes, for {:.0} bytes/record of JSON \
+             (tables {:.2}× the JSON).\n",
+            r.first_sync.wall_ms / 1000.0,
+            r.records as f64 * 1000.0 / r.first_sync.wall_ms,
+            ratio(r.first_sync.wall_ms, r.fetch.wall_ms),
+            r.first_sync.peak_rss_mib,
+            per(f.table_bytes),
+            per(f.index_bytes),
+            per(f.json_bytes),
+            ratio(f.table_bytes as f64, f.json_bytes as f64),
         );
         let _ = writeln!(
             s,
@@ -408,7 +446,7 @@ pub(super) fn targets(
                 "keyframe at 0.1% / fetch-only",
                 ratio(l.keyframe.wall_ms, k.fetch.wall_ms),
                 "×",
-                1.25,
+                1.1,
                 true,
             );
             push(
@@ -438,9 +476,25 @@ pub(super) fn targets(
         push(
             k.backend,
             &format!("keyframe peak RSS at {} records", k.records),
-            peak,
+            peak.max(k.first_sync.peak_rss_mib),
             " MiB",
-            128.0,
+            96.0,
+            true,
+        );
+        push(
+            k.backend,
+            &format!("first sync of {} records / fetch-only", k.records),
+            ratio(k.first_sync.wall_ms, k.fetch.wall_ms),
+            "×",
+            2.0,
+            true,
+        );
+        push(
+            k.backend,
+            "tables after the first sync / the records' JSON",
+            ratio(k.footprint.table_bytes as f64, k.footprint.json_bytes as f64),
+            "×",
+            2.0,
             true,
         );
     }
