@@ -26,6 +26,10 @@ pub(crate) use rule::{decide, Next, StoredRow};
 pub enum Change {
     /// The full record.
     Replace(Value),
+    /// The full record with its hash under the producer's hasher, already
+    /// computed (a keyframe hashed every record it pulled): written as
+    /// `Replace`, without hashing it again.
+    Hashed(Value, RecordHash),
     /// An RFC 7396 merge patch applied to the stored record (or to `{}`).
     MergePatch(Value),
     Delete,

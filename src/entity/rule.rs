@@ -62,6 +62,10 @@ pub(crate) fn decide(
             hash: hasher.hash(doc),
             doc: doc.clone(),
         },
+        Change::Hashed(doc, hash) => Next::Put {
+            hash: *hash,
+            doc: doc.clone(),
+        },
         Change::MergePatch(patch) => {
             let mut doc = live
                 .and_then(|c| c.doc.clone())
@@ -106,6 +110,37 @@ mod tests {
             source: Source::Webhook,
             rule,
         }
+    }
+
+    #[test]
+    fn a_hashed_replace_writes_as_a_replace_with_the_hash_it_carries() {
+        let h = RecordHasher::default();
+        let doc = json!({"a": 2});
+        let plain = decide(
+            None,
+            &write(Change::Replace(doc.clone()), None, WriteRule::IfNewer),
+            &h,
+        );
+        let hash = h.hash(&doc);
+        let hashed = decide(
+            None,
+            &write(Change::Hashed(doc.clone(), hash), None, WriteRule::IfNewer),
+            &h,
+        );
+        assert_eq!(plain, hashed);
+        assert_eq!(
+            hashed,
+            (WriteOutcome::Applied, Some(Next::Put { doc, hash }))
+        );
+        // The same content as stored: unchanged either way.
+        let same = cur(None, false);
+        let again = json!({"a": 1});
+        let w = write(
+            Change::Hashed(again.clone(), h.hash(&again)),
+            None,
+            WriteRule::IfNewer,
+        );
+        assert_eq!(decide(Some(&same), &w, &h).0, WriteOutcome::Unchanged);
     }
 
     #[test]

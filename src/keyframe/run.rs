@@ -494,11 +494,14 @@ impl Keyframer {
             let records = snapshot.in_buckets(slice).map_err(spill)?;
             let c = compare::classify(&remotes(&records), &local, snapshot.started_at_ms, None);
             for d in c.drifts {
-                let (DriftKind::Missing, Some((at, version))) = (d.kind, d.remote) else {
+                let (DriftKind::Missing, Some((at, version)), Some(hash)) =
+                    (d.kind, d.remote, d.remote_hash)
+                else {
                     continue;
                 };
                 writes.push(EntityWrite {
-                    change: Change::Replace(snapshot.doc_at(&d.key, at).map_err(spill)?),
+                    // The snapshot hashed it under the producer's hasher.
+                    change: Change::Hashed(snapshot.doc_at(&d.key, at).map_err(spill)?, hash),
                     key: d.key,
                     version,
                     source: Source::Keyframe,

@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use serde_json::Value;
 
 use super::sql::{column, query, Arr, At, Json, Row, Tx};
-use super::{db, now_ms, placeholders, Backend, Store, StoreError};
+use super::{anonymous_rows, db, now_ms, placeholders, Backend, Store, StoreError};
 use crate::canonical::{bucket_of, Digest, RecordHash, RecordHasher};
 use crate::entity::{
     plan_batch, ChainHead, ChangeLink, EntityWrite, LocalRow, RowWrite, Source, StoredRow,
@@ -355,18 +355,20 @@ impl Store {
                     let sql = format!(
                         "INSERT INTO entities (producer, key, doc, hash, bucket, version, deleted, source, updated_at)
                          VALUES {} {UPSERT}",
-                        placeholders(chunk.len(), 3, "($1, ?, ?, ?, ?, ?, ?, ?, $2)")
+                        anonymous_rows(chunk.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?)")
                     );
-                    let mut q = query(&sql).bind(producer).bind(At(now));
+                    let mut q = query(&sql);
                     for RowWrite { key, row, source } in chunk {
                         q = q
+                            .bind(producer)
                             .bind(*key)
                             .bind(row.doc.as_ref().map(Json::of))
                             .bind(row.hash.map(|h| h.0.to_vec()))
                             .bind(i64::from(row.bucket))
                             .bind(row.version)
                             .bind(row.deleted)
-                            .bind(source.as_str());
+                            .bind(source.as_str())
+                            .bind(At(now));
                     }
                     q.execute(&mut *tx).await
                 }
@@ -398,17 +400,19 @@ impl Store {
                 Backend::Sqlite => {
                     let sql = format!(
                         "INSERT INTO changes (producer, seq, key, op, hash, version, source, at, chain) VALUES {}",
-                        placeholders(chunk.len(), 3, "($1, ?, ?, ?, ?, ?, ?, $2, ?)")
+                        anonymous_rows(chunk.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?)")
                     );
-                    let mut q = query(&sql).bind(producer).bind(At(now));
+                    let mut q = query(&sql);
                     for l in chunk {
                         q = q
+                            .bind(producer)
                             .bind(l.seq)
                             .bind(l.key)
                             .bind(l.op)
                             .bind(l.hash.map(|h| h.0.to_vec()))
                             .bind(l.version)
                             .bind(l.source.as_str())
+                            .bind(At(now))
                             .bind(l.chain.to_vec());
                     }
                     q.execute(&mut *tx).await
@@ -506,11 +510,12 @@ impl Store {
                 Backend::Sqlite => {
                     let sql = format!(
                         "INSERT INTO buckets (producer, bucket, rows, l0, l1, l2, l3) VALUES {} {ADD}",
-                        placeholders(chunk.len(), 2, "($1, ?, ?, ?, ?, ?, ?)")
+                        anonymous_rows(chunk.len(), "(?, ?, ?, ?, ?, ?, ?)")
                     );
-                    let mut q = query(&sql).bind(producer);
+                    let mut q = query(&sql);
                     for (bucket, d) in chunk {
                         q = q
+                            .bind(producer)
                             .bind(i64::from(**bucket))
                             .bind(d.rows)
                             .bind(d.lanes[0])

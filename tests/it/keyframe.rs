@@ -549,7 +549,14 @@ async fn a_few_deltas_before_the_first_keyframe_do_not_guard_seeding(db: &TestDb
     seed(&store, &p, &early).await;
     let s = keyframe(&store, &p).await;
     assert_eq!(
-        (s.state, s.missing, s.extra, s.changed, s.loaded, s.work_emitted),
+        (
+            s.state,
+            s.missing,
+            s.extra,
+            s.changed,
+            s.loaded,
+            s.work_emitted
+        ),
         (RunState::Ok, 290, 0, 0, 290, 0),
         "{s:?}"
     );
@@ -575,7 +582,14 @@ async fn a_nearly_empty_mirror_loads_missing_records_and_corrects_the_rest(db: &
     seed(&store, &p, &early).await;
     let s = keyframe(&store, &p).await;
     assert_eq!(
-        (s.state, s.missing, s.changed, s.extra, s.loaded, s.work_emitted),
+        (
+            s.state,
+            s.missing,
+            s.changed,
+            s.extra,
+            s.loaded,
+            s.work_emitted
+        ),
         (RunState::Ok, 382, 3, 2, 382, 5),
         "{s:?}"
     );

@@ -164,7 +164,9 @@ pub(super) async fn scenario(
     with_db(backend, "kf", |url| async move {
         let name = backend.name();
         let fetch = run_probe(&url, records, drift_every(0.1), ProbeMode::Fetch).await?;
-        note(format!("keyframe/{name}: seeding {records} rows by a first sync"));
+        note(format!(
+            "keyframe/{name}: seeding {records} rows by a first sync"
+        ));
         let first_sync = run_probe(&url, records, 0, ProbeMode::FirstSync).await?;
         if first_sync.loaded != records {
             bail!(
@@ -492,7 +494,10 @@ pub(super) fn targets(
         push(
             k.backend,
             "tables after the first sync / the records' JSON",
-            ratio(k.footprint.table_bytes as f64, k.footprint.json_bytes as f64),
+            ratio(
+                k.footprint.table_bytes as f64,
+                k.footprint.json_bytes as f64,
+            ),
             "×",
             2.0,
             true,
