@@ -288,6 +288,7 @@ type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>
 pub struct Query<'q> {
     sql: &'q str,
     args: Vec<Arg<'q>>,
+    persistent: bool,
 }
 
 /// A statement with no arguments bound yet.
@@ -295,6 +296,7 @@ pub fn query(sql: &str) -> Query<'_> {
     Query {
         sql,
         args: Vec::new(),
+        persistent: true,
     }
 }
 
@@ -314,8 +316,18 @@ impl<'q> Query<'q> {
         self
     }
 
+    /// Plans the statement at each execution, for the values bound and the
+    /// table as it is then, instead of preparing it once per connection.
+    /// For a lookup whose table grows while the same statement runs page
+    /// after page: a plan cached while the table was small (a scan) is
+    /// kept by PostgreSQL once it is generic, and costs a scan per key later.
+    pub fn planned_each_time(mut self) -> Self {
+        self.persistent = false;
+        self
+    }
+
     fn sqlite(self) -> Result<SqliteQuery<'q>, sqlx::Error> {
-        let mut q = sqlx::query(self.sql);
+        let mut q = sqlx::query(self.sql).persistent(self.persistent);
         for a in self.args {
             q = match a {
                 Arg::Int(v) => q.bind(v),
@@ -334,7 +346,7 @@ impl<'q> Query<'q> {
     }
 
     fn postgres(self) -> Result<PgQuery<'q>, sqlx::Error> {
-        let mut q = sqlx::query(self.sql);
+        let mut q = sqlx::query(self.sql).persistent(self.persistent);
         for a in self.args {
             q = match a {
                 Arg::Int(v) => q.bind(v),

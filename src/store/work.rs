@@ -109,15 +109,25 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let mut open: Vec<(i64, String, String)> = Vec::new();
         let keys = |chunk: &[NewWork]| chunk.iter().map(|w| w.key.clone()).collect();
+        // The lookups are planned at each page: the table grows page by page
+        // while a run emits, and a plan cached while it was nearly empty
+        // scanned all of it for every key. On PostgreSQL the keys are
+        // joined from an array.
         for chunk in items.chunks(self.backend.batch()) {
-            let sql = format!(
-                "SELECT id, key, state FROM work WHERE producer = $1
-                 AND state IN ('pending', 'running') AND key {}",
-                self.backend.any(2, chunk.len())
-            );
+            let sql = match self.backend {
+                Backend::Sqlite => format!(
+                    "SELECT id, key, state FROM work WHERE producer = $1
+                     AND state IN ('pending', 'running') AND key {}",
+                    self.backend.any(2, chunk.len())
+                ),
+                Backend::Postgres => "SELECT w.id, w.key, w.state
+                     FROM UNNEST($2::text[]) AS k (key) JOIN work w ON w.key = k.key
+                     WHERE w.producer = $1 AND w.state IN ('pending', 'running')"
+                    .to_string(),
+            };
             let q = self
                 .backend
-                .bind_any(query(&sql).bind(producer), keys(chunk));
+                .bind_any(query(&sql).planned_each_time().bind(producer), keys(chunk));
             for r in q.fetch_all(&mut tx).await.map_err(db("read open work"))? {
                 let e = db("read open work");
                 open.push((
@@ -133,12 +143,22 @@ impl Store {
             .collect();
         let mut delivered: std::collections::BTreeSet<(String, String)> = Default::default();
         for chunk in items.chunks(self.backend.batch()) {
-            let sql = format!(
-                "SELECT key, dedup_key FROM work WHERE producer = $1 AND state = 'done'
-                 AND (mirrored = FALSE OR updated_at >= $2) AND key {}",
-                self.backend.any(3, chunk.len())
-            );
-            let q = query(&sql).bind(producer).bind(At(done_since));
+            let sql = match self.backend {
+                Backend::Sqlite => format!(
+                    "SELECT key, dedup_key FROM work WHERE producer = $1 AND state = 'done'
+                     AND (mirrored = FALSE OR updated_at >= $2) AND key {}",
+                    self.backend.any(3, chunk.len())
+                ),
+                Backend::Postgres => "SELECT w.key, w.dedup_key
+                     FROM UNNEST($3::text[]) AS k (key) JOIN work w ON w.key = k.key
+                     WHERE w.producer = $1 AND w.state = 'done'
+                       AND (w.mirrored = FALSE OR w.updated_at >= $2)"
+                    .to_string(),
+            };
+            let q = query(&sql)
+                .planned_each_time()
+                .bind(producer)
+                .bind(At(done_since));
             let q = self.backend.bind_any(q, keys(chunk));
             for r in q.fetch_all(&mut tx).await.map_err(db("read done work"))? {
                 let e = db("read done work");

@@ -56,8 +56,8 @@ pub(super) struct AllArgs {
     /// Records of the keyframe scenarios on SQLite.
     #[arg(long, default_value_t = 1_000_000)]
     pub(super) records: u64,
-    /// Records of the keyframe scenarios on PostgreSQL (seeding is slower there).
-    #[arg(long, default_value_t = 100_000)]
+    /// Records of the keyframe scenarios on PostgreSQL.
+    #[arg(long, default_value_t = 1_000_000)]
     pub(super) pg_records: u64,
     /// Where to write the results as JSON.
     #[arg(long)]
