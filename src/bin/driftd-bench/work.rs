@@ -266,7 +266,7 @@ pub(super) fn targets(
             "work queue / raw SQL",
             ratio(w.driftd.per_sec, w.raw_sql.per_sec),
             "×",
-            0.5,
+            1.0,
             false,
         );
     }
