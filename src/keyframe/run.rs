@@ -416,7 +416,7 @@ impl Keyframer {
         // keeping them.
         let may_load = !dry_run && p.work.action == Action::Apply;
         let compared = tokio::select! {
-            r = self.compare(p, &snapshot, may_load) => Some(r?),
+            r = self.compare(p, &snapshot, may_load, !dry_run) => Some(r?),
             _ = stop.cancelled() => None,
         };
         let Some(compared) = compared else {
@@ -569,11 +569,13 @@ impl Keyframer {
     /// live local rows and the mismatched buckets. With `may_load`, a mirror
     /// holding at most a tenth of the snapshot's records is a first sync: its
     /// `missing` drift is counted but not kept, for [`Self::load`] to write.
+    /// Without `keep` (a dry run, which stores nothing) neither is it.
     async fn compare(
         &self,
         p: &Producer,
         snapshot: &Snapshot,
         may_load: bool,
+        keep: bool,
     ) -> Result<Compared, KeyframeError> {
         let remote_digests = &snapshot.digests;
         let local_digests: BTreeMap<_, _> = self
@@ -608,7 +610,7 @@ impl Keyframer {
             for d in c.drifts {
                 if d.kind == DriftKind::Missing {
                     missing += 1;
-                    if first_sync {
+                    if first_sync || !keep {
                         continue;
                     }
                 }
