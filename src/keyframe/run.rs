@@ -483,15 +483,11 @@ impl Keyframer {
         mismatched: &[u32],
         stop: &CancellationToken,
     ) -> Result<Option<u64>, KeyframeError> {
-        let spill = |e: fetch::PullError| KeyframeError::Config {
-            producer: p.name.clone(),
-            reason: format!("cannot read back a spilled record: {e}"),
-        };
         let mut loaded = 0;
         let mut writes = Vec::with_capacity(LOAD_CHUNK);
         for slice in mismatched.chunks(CLASSIFY_BUCKETS) {
             let local = self.store.rows_in_buckets(&p.name, slice).await?;
-            let records = snapshot.in_buckets(slice).map_err(spill)?;
+            let records = snapshot.in_buckets(slice).map_err(unreadable(p))?;
             let c = compare::classify(&remotes(&records), &local, snapshot.started_at_ms, None);
             for d in c.drifts {
                 let (DriftKind::Missing, Some((at, version)), Some(hash)) =
@@ -501,7 +497,10 @@ impl Keyframer {
                 };
                 writes.push(EntityWrite {
                     // The snapshot hashed it under the producer's hasher.
-                    change: Change::Hashed(snapshot.doc_at(&d.key, at).map_err(spill)?, hash),
+                    change: Change::Hashed(
+                        snapshot.doc_at(&d.key, at).map_err(unreadable(p))?,
+                        hash,
+                    ),
                     key: d.key,
                     version,
                     source: Source::Keyframe,
@@ -599,12 +598,7 @@ impl Keyframer {
         for slice in mismatched.chunks(CLASSIFY_BUCKETS) {
             let local = self.store.rows_in_buckets(&p.name, slice).await?;
             rows_read += local.len() as u64;
-            let records = snapshot
-                .in_buckets(slice)
-                .map_err(|e| KeyframeError::Config {
-                    producer: p.name.clone(),
-                    reason: format!("cannot read back the record index: {e}"),
-                })?;
+            let records = snapshot.in_buckets(slice).map_err(unreadable(p))?;
             let c = compare::classify(&remotes(&records), &local, snapshot.started_at_ms, previous);
             skipped_races += c.skipped_races.len() as u64;
             for d in c.drifts {
@@ -793,16 +787,22 @@ fn remotes(records: &[fetch::RemoteRecord]) -> Vec<Remote<'_>> {
         .collect()
 }
 
+/// The error of a snapshot's records or documents that cannot be read back
+/// from their temp files (the error names which, and where).
+fn unreadable(p: &Producer) -> impl Fn(fetch::PullError) -> KeyframeError + '_ {
+    move |e| KeyframeError::Config {
+        producer: p.name.clone(),
+        reason: format!("cannot read back the pulled snapshot: {e}"),
+    }
+}
+
 /// A drift as stored, with the producer's document read back from the spill file.
 fn drift_row(p: &Producer, snapshot: &Snapshot, d: &Drift) -> Result<DriftRow, KeyframeError> {
     let doc = match d.remote {
         Some((at, _)) => Some(
             snapshot
                 .doc_at(&d.key, at)
-                .map_err(|e| KeyframeError::Config {
-                    producer: p.name.clone(),
-                    reason: format!("cannot read back a spilled record: {e}"),
-                })?
+                .map_err(unreadable(p))?
                 .to_string(),
         ),
         None => None,

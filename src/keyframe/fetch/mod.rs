@@ -53,12 +53,11 @@ mod sink;
 mod tests;
 mod walk;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-
-use std::collections::BTreeMap;
 
 use serde_json::Value;
 

@@ -1,6 +1,7 @@
 //! One page body parsed on the blocking pool: each item becomes a
 //! `RemoteRecord` in the on-disk index and its JSON is appended to the spill file.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
 
@@ -12,10 +13,7 @@ use super::index::{IndexWriter, RecordIndex};
 use super::plan::Rules;
 use super::walk::{lookup, Found, Walk, WalkError};
 use super::{DocAt, RemoteRecord};
-use crate::canonical::type_name;
-use crate::canonical::Digest;
-use crate::canonical::{bucket_of, key_string, version_value};
-use std::collections::BTreeMap;
+use crate::canonical::{bucket_of, key_string, type_name, version_value, Digest};
 
 /// What a page said about pagination.
 pub(super) struct PageOutcome {
