@@ -119,4 +119,7 @@ pub(super) enum ProbeMode {
     FirstSync,
     /// Pull, then load every local row with `Store::entities` and compare documents.
     Naive,
+    /// A keyframe of an `apply` producer, then its corrections carried out by
+    /// driftd's workers, then the same documents inserted into a plain table.
+    Corrections,
 }

@@ -218,6 +218,72 @@ impl<S: Subscriber> Layer<S> for StatementCounter {
         if reads.0 {
             FEED_READS.fetch_add(1, Ordering::Relaxed);
         }
+        let mut profile = PROFILE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(by_statement) = profile.as_mut() {
+            let mut timed = Timed::default();
+            event.record(&mut timed);
+            let entry = by_statement.entry(timed.summary).or_default();
+            entry.count += 1;
+            entry.secs += timed.secs;
+        }
+    }
+}
+
+/// While on, the statements sqlx ran, by their summary (sqlx's first words
+/// of the SQL): how many and their total time. A tracing-span profile of a
+/// phase: which statements its time goes to.
+static PROFILE: std::sync::Mutex<Option<HashMap<String, StatementTime>>> =
+    std::sync::Mutex::new(None);
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct StatementTime {
+    pub(super) summary: String,
+    pub(super) count: u64,
+    pub(super) secs: f64,
+}
+
+#[derive(Default)]
+struct Timed {
+    summary: String,
+    secs: f64,
+}
+
+impl tracing::field::Visit for Timed {
+    fn record_str(&mut self, f: &tracing::field::Field, value: &str) {
+        if f.name() == "summary" {
+            self.summary = value.to_string();
+        }
+    }
+
+    fn record_f64(&mut self, f: &tracing::field::Field, value: f64) {
+        if f.name() == "elapsed_secs" {
+            self.secs = value;
+        }
+    }
+
+    fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+}
+
+/// Profiles the statements run until [`Profiling::take`]: counting is on
+/// for as long.
+pub(super) struct Profiling(#[allow(dead_code)] Counting);
+
+impl Profiling {
+    pub(super) fn on() -> Self {
+        *PROFILE.lock().unwrap_or_else(|e| e.into_inner()) = Some(HashMap::new());
+        Profiling(Counting::on())
+    }
+
+    /// The statements by total time, longest first.
+    pub(super) fn take(self) -> Vec<StatementTime> {
+        let found = PROFILE.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut all: Vec<StatementTime> = found
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(summary, t)| StatementTime { summary, ..t })
+            .collect();
+        all.sort_by(|a, b| b.secs.total_cmp(&a.secs));
+        all
     }
 }
 

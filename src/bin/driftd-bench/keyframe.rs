@@ -11,12 +11,14 @@ use driftd::keyframe::fetch;
 use driftd::keyframe::run::Keyframer;
 use driftd::metrics::Metrics;
 use driftd::store::Store;
+use driftd::work::Workers;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{BackendArg, ProbeArgs, ProbeMode};
 use crate::db::{with_db, PG_POOL};
+use crate::feed::{Profiling, StatementTime};
 use crate::report::{note, proc_kib, ratio};
 use crate::vendor::{record_json, start_vendor, Generator, PAGE};
 use driftd::store::sql::query;
@@ -34,6 +36,10 @@ pub(super) struct KeyframeKnobs {
     /// Drift levels (percent) at which the naive compare is measured too.
     #[arg(long, value_delimiter = ',', default_values = ["0.1"])]
     naive_drifts: Vec<f64>,
+    /// Drift (percent) whose corrections driftd's `apply` workers carry out,
+    /// measured against a multi-row INSERT of the same documents (0: skip).
+    #[arg(long, default_value_t = 1.0)]
+    corrections_drift: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +53,22 @@ struct Probe {
     /// Records a first sync wrote into the mirror.
     #[serde(default)]
     loaded: u64,
+    /// Corrections only: what the workers and the plain INSERT took.
+    #[serde(default)]
+    corrections: Option<Corrections>,
+}
+
+/// Corrections carried out by driftd's `apply` workers (claim, write the
+/// mirror compare-and-set, mark done) against a multi-row INSERT of the same
+/// documents into a plain table, in statements of as many rows as a worker
+/// claims at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Corrections {
+    items: u64,
+    apply_ms: f64,
+    insert_ms: f64,
+    /// The workers' statements by total time, longest first.
+    statements: Vec<StatementTime>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +88,8 @@ pub(super) struct KeyframeReport {
     footprint: Footprint,
     fetch: Probe,
     levels: Vec<DriftLevel>,
+    /// The apply workers' run, after the drift levels (it changes the mirror).
+    corrections: Option<Probe>,
 }
 
 /// The producer that pulls the vendor at `addr`, with work `action`.
@@ -202,6 +226,12 @@ pub(super) async fn scenario(
                 naive,
             });
         }
+        let corrections = if knobs.corrections_drift > 0.0 {
+            let every = drift_every(knobs.corrections_drift);
+            Some(run_probe(&url, records, every, ProbeMode::Corrections).await?)
+        } else {
+            None
+        };
         Ok(KeyframeReport {
             backend,
             records,
@@ -209,6 +239,7 @@ pub(super) async fn scenario(
             footprint,
             fetch,
             levels,
+            corrections,
         })
     })
     .await
@@ -232,6 +263,7 @@ async fn run_probe(url: &str, records: u64, every: u64, mode: ProbeMode) -> Resu
             ProbeMode::Keyframe => "keyframe",
             ProbeMode::FirstSync => "first-sync",
             ProbeMode::Naive => "naive",
+            ProbeMode::Corrections => "corrections",
         },
     ])
     .stdout(std::process::Stdio::piped())
@@ -272,11 +304,11 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
     let addr = start_vendor(g, stop.clone()).await?;
     // The first sync loads the mirror (an `apply` producer); the drift
     // levels emit `none` items, which nothing carries out, so every level
-    // compares against the same seeded rows.
-    let action = if a.mode == ProbeMode::FirstSync {
-        "apply"
-    } else {
-        "none"
+    // compares against the same seeded rows. The corrections run comes last
+    // and carries its items out.
+    let action = match a.mode {
+        ProbeMode::FirstSync | ProbeMode::Corrections => "apply",
+        _ => "none",
     };
     let p = kf_producer(addr, action)?;
     let client = reqwest::Client::new();
@@ -293,6 +325,7 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
     }
     let clock = Instant::now();
     let mut loaded = 0;
+    let mut corrections = None;
     let (records, rows_read, drifted) = match (a.mode, &store) {
         (ProbeMode::Fetch, _) => {
             let snap = fetch::pull(&client, p.snapshot_plan()).await?;
@@ -308,6 +341,15 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
             (s.records, s.rows_read, s.drift())
         }
         (ProbeMode::Naive, Some(store)) => naive(store, &client, &p).await?,
+        (ProbeMode::Corrections, Some(store)) => {
+            let k = Keyframer::new(store.clone(), client.clone(), Metrics::new());
+            let s = k.run(&p, false).await?;
+            if let Some(e) = &s.error {
+                bail!("keyframe failed: {e}");
+            }
+            corrections = Some(carry_out(store, &client, &p, s.work_emitted, &g).await?);
+            (s.records, s.rows_read, s.drift())
+        }
         _ => unreachable!("a store is opened for every mode but fetch"),
     };
     let wall_ms = clock.elapsed().as_secs_f64() * 1000.0;
@@ -320,10 +362,110 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
         rows_read,
         drifted,
         loaded,
+        corrections,
     };
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
 }
+
+impl Corrections {
+    fn apply_rate(&self) -> f64 {
+        ratio(self.items as f64 * 1000.0, self.apply_ms)
+    }
+
+    fn insert_rate(&self) -> f64 {
+        ratio(self.items as f64 * 1000.0, self.insert_ms)
+    }
+}
+
+/// Drains the `items` corrections a keyframe emitted through driftd's
+/// workers, then inserts the same documents into a plain table.
+async fn carry_out(
+    store: &Store,
+    client: &reqwest::Client,
+    p: &Producer,
+    items: u64,
+    g: &Generator,
+) -> Result<Corrections> {
+    let workers = Workers {
+        store: store.clone(),
+        client: client.clone(),
+        metrics: Metrics::new(),
+        wake: Default::default(),
+        id: "bench-apply".into(),
+    };
+    let profiling = Profiling::on();
+    let clock = Instant::now();
+    let mut done = 0u64;
+    // Bounded: a batch claims at least one item, so `items` rounds suffice.
+    for _ in 0..=items {
+        let n = workers.tick(p).await? as u64;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    let apply_ms = clock.elapsed().as_secs_f64() * 1000.0;
+    let statements = profiling.take();
+    let open = store.open_work_by_producer().await?;
+    if done != items || open.get(&p.name).copied().unwrap_or(0) != 0 {
+        bail!("the workers carried out {done} of {items} corrections ({open:?} still open)");
+    }
+
+    let pool = store.pool();
+    let postgres = !matches!(pool, driftd::store::sql::Pool::Sqlite(_));
+    let doc_type = if postgres { "JSONB" } else { "TEXT" };
+    query(&format!(
+        "CREATE TABLE bench_docs (key TEXT PRIMARY KEY, doc {doc_type} NOT NULL)"
+    ))
+    .execute(pool)
+    .await?;
+    let drifted: Vec<u64> = (0..g.records).filter(|&i| g.rev(i) == 1).collect();
+    let rows = APPLY_ROWS.min(drifted.len().max(1));
+    let statement = |n: usize| {
+        let values: Vec<String> = (0..n)
+            .map(|r| {
+                if postgres {
+                    format!("(${}, ${})", 2 * r + 1, 2 * r + 2)
+                } else {
+                    "(?, ?)".to_string()
+                }
+            })
+            .collect();
+        format!(
+            "INSERT INTO bench_docs (key, doc) VALUES {}",
+            values.join(", ")
+        )
+    };
+    let full = statement(rows);
+    let clock = Instant::now();
+    for chunk in drifted.chunks(rows) {
+        let last;
+        let sql = if chunk.len() == rows {
+            &full
+        } else {
+            last = statement(chunk.len());
+            &last
+        };
+        let mut q = query(sql);
+        for &i in chunk {
+            q = q
+                .bind(format!("rec-{i:08}"))
+                .bind(driftd::store::sql::Json(record_json(i, 1).into()));
+        }
+        q.execute(pool).await?;
+    }
+    let insert_ms = clock.elapsed().as_secs_f64() * 1000.0;
+    Ok(Corrections {
+        items: done,
+        apply_ms,
+        insert_ms,
+        statements,
+    })
+}
+
+/// Rows per baseline INSERT: as many as an `apply` worker claims at once.
+const APPLY_ROWS: usize = 200;
 
 /// The naive alternative: pull, load every local row, compare every document.
 async fn naive(store: &Store, client: &reqwest::Client, p: &Producer) -> Result<(u64, u64, u64)> {
@@ -432,6 +574,35 @@ pub(super) fn table(reports: &[KeyframeReport], s: &mut String) {
                 );
             }
         }
+        if let Some(c) = r.corrections.as_ref().and_then(|p| p.corrections.as_ref()) {
+            let _ = writeln!(
+                s,
+                "\nCorrections: {} `apply` items carried out by driftd's workers in {:.2} s \
+                 ({:.0}/s); the same documents by multi-row INSERT ({APPLY_ROWS} rows a \
+                 statement) into a plain table in {:.2} s ({:.0}/s): {:.2}×.",
+                c.items,
+                c.apply_ms / 1000.0,
+                c.apply_rate(),
+                c.insert_ms / 1000.0,
+                c.insert_rate(),
+                ratio(c.apply_rate(), c.insert_rate()),
+            );
+            let _ = writeln!(
+                s,
+                "\nThe workers' statements, by total time (sqlx's timing of each):\n\n\
+                 | statement | count | total s | per item µs |\n|---|---:|---:|---:|"
+            );
+            for t in c.statements.iter().take(8) {
+                let _ = writeln!(
+                    s,
+                    "| `{}` | {} | {:.3} | {:.0} |",
+                    t.summary.replace('|', "\\|"),
+                    t.count,
+                    t.secs,
+                    t.secs * 1e6 / c.items.max(1) as f64
+                );
+            }
+        }
     }
 }
 
@@ -491,6 +662,16 @@ pub(super) fn targets(
             2.0,
             true,
         );
+        if let Some(c) = k.corrections.as_ref().and_then(|p| p.corrections.as_ref()) {
+            push(
+                k.backend,
+                "corrections applied / multi-row INSERT",
+                ratio(c.apply_rate(), c.insert_rate()),
+                "×",
+                0.25,
+                false,
+            );
+        }
         push(
             k.backend,
             "tables after the first sync / the records' JSON",

@@ -60,7 +60,7 @@ pub(super) struct Generator {
 }
 
 impl Generator {
-    fn rev(&self, i: u64) -> u64 {
+    pub(super) fn rev(&self, i: u64) -> u64 {
         u64::from(self.drift_every > 0 && i.is_multiple_of(self.drift_every))
     }
 }
