@@ -13,11 +13,14 @@ use crate::keyframe::run::KeyframeError;
 use crate::server::AppState;
 use crate::store::{Store, StoreError};
 
-/// Per producer: health, the guarded run awaiting approval, entities, open drift, the last runs; and the work queue by state.
+/// Per producer: health, the guarded run awaiting approval, entities, open
+/// drift, the last runs, keys waiting to be fetched, the last catch-up; and
+/// the work queue by state.
 pub(crate) async fn status_report(config: &Config, store: &Store) -> Result<Value, StoreError> {
     let health = store.producer_health().await?;
     let open = store.open_work_by_producer().await?;
     let guarded = store.guarded_runs().await?;
+    let backlog = store.fetch_backlog().await?;
     let mut producers = Vec::new();
     for p in &config.producers {
         let runs = store.runs(&p.name, 5).await?;
@@ -33,6 +36,16 @@ pub(crate) async fn status_report(config: &Config, store: &Store) -> Result<Valu
             "entities": store.count_entities(&p.name).await?,
             "open_drift": open.get(&p.name).copied().unwrap_or(0),
             "runs": runs,
+            "fetch": p.fetch.as_ref().map(|_| json!({
+                "waiting": backlog.get(&p.name).copied().unwrap_or(0),
+            })),
+            "catchup": match &p.catchup {
+                Some(c) => Some(json!({
+                    "every_secs": c.every_secs,
+                    "last": store.catchup_state(&p.name).await?,
+                })),
+                None => None,
+            },
         }));
     }
     Ok(json!({ "producers": producers, "work": store.work_counts().await? }))
@@ -43,6 +56,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/admin/status", get(status))
         .route("/admin/keyframe/{producer}", post(keyframe))
         .route("/admin/approve/{run_id}", post(approve))
+        .route("/admin/refresh/{producer}/{key}", post(refresh))
 }
 
 /// An admin error: a status and a message safe to show the caller.
@@ -123,6 +137,30 @@ async fn keyframe(
         }
         Err(e) => Err(keyframe_error(e)),
     }
+}
+
+/// Fetches one record from its producer now and applies it (a versioned
+/// write that wins a version tie); answers what the fetch did.
+async fn refresh(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((producer, key)): Path<(String, String)>,
+) -> Result<Json<Value>, AdminError> {
+    authorize(&s, &headers)?;
+    let Some(p) = s.config.producer(&producer) else {
+        return Err(AdminError(
+            StatusCode::NOT_FOUND,
+            format!("unknown producer {producer:?}"),
+        ));
+    };
+    // In a task the request awaits: a client hanging up never leaves the
+    // key leased mid-fetch or its record half-committed.
+    let (refresher, producer, cancel) = (s.refresher.clone(), p.clone(), s.shutdown.clone());
+    let done = crate::server::uncancelled(&s.tasks, async move {
+        refresher.refresh(&producer, &[key.as_str()], &cancel).await
+    })
+    .await?;
+    Ok(Json(json!({ "producer": p.name, "fetched": done })))
 }
 
 async fn approve(

@@ -164,14 +164,38 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        let pipeline = crate::ingest::pipeline::Pipeline::new(
+            self.store.clone(),
+            self.metrics.clone(),
+            &self.config,
+            tasks.clone(),
+        );
+        let refresher = crate::refresh::Refresher {
+            store: self.store.clone(),
+            client: self.client.clone(),
+            metrics: self.metrics.clone(),
+            wake: pipeline.fetch_asked.clone(),
+            id: crate::refresh::Refresher::holder_id(),
+        };
+        tasks.spawn({
+            let refresher = refresher.clone();
+            let producers = self.config.producers.clone();
+            let cancel = shutdown.clone();
+            async move { refresher.run(producers, cancel).await }
+        });
+        for p in self.config.producers.iter().filter(|p| p.catchup.is_some()) {
+            tasks.spawn(crate::catchup::run_catchups(
+                self.store.clone(),
+                self.client.clone(),
+                self.metrics.clone(),
+                p.clone(),
+                shutdown.clone(),
+            ));
+        }
         let state = AppState {
             tasks: tasks.clone(),
-            pipeline: crate::ingest::pipeline::Pipeline::new(
-                self.store.clone(),
-                self.metrics.clone(),
-                &self.config,
-                tasks.clone(),
-            ),
+            pipeline,
+            refresher,
             config: self.config.clone(),
             store: self.store.clone(),
             metrics: self.metrics.clone(),
@@ -306,7 +330,14 @@ pub(crate) async fn refresh_once(
     let open = store.open_work_by_producer().await?;
     let health = store.producer_health().await?;
     let guarded = store.guarded_runs().await?;
+    let backlog = store.fetch_backlog().await?;
     for p in &config.producers {
+        if p.fetch.is_some() {
+            metrics
+                .fetch_backlog
+                .with_label_values(&[&p.name])
+                .set(backlog.get(&p.name).copied().unwrap_or(0));
+        }
         metrics
             .keyframe_guarded
             .with_label_values(&[&p.name])

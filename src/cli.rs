@@ -83,6 +83,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch records of PRODUCER by key through `[producer.fetch]` now and
+    /// apply them (never older over newer); prints what each fetch did.
+    Refresh {
+        #[command(flatten)]
+        config: ConfigArg,
+        producer: String,
+        /// The records' keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+        /// Print one JSON object per key.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one catch-up of PRODUCER now (`[producer.catchup]`) and print what it applied.
+    Catchup {
+        #[command(flatten)]
+        config: ConfigArg,
+        producer: String,
+        /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Approve a guarded keyframe run: its drift becomes work.
     Approve {
         #[command(flatten)]
@@ -239,6 +261,123 @@ pub fn main() -> ExitCode {
                 _ => ExitCode::SUCCESS,
             })
         }),
+        Command::Refresh {
+            config,
+            producer,
+            keys,
+            json,
+        } => with_store(&config.config, move |loaded, store| async move {
+            let Some(p) = loaded.config.producer(&producer) else {
+                eprintln!(
+                    "unknown producer {producer:?}; configured: {}",
+                    producer_names(&loaded.config)
+                );
+                return Ok(ExitCode::from(EXIT_USAGE));
+            };
+            if p.fetch.is_none() {
+                eprintln!("producer {producer:?} has no [producer.fetch]: there is no URL to fetch one record from");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+            let refresher = crate::refresh::Refresher {
+                store,
+                client: crate::client::http_client()?,
+                metrics: Metrics::new(),
+                wake: Default::default(),
+                id: crate::refresh::Refresher::holder_id(),
+            };
+            // SIGINT/SIGTERM release the keys being fetched, due at once.
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let run = refresher.refresh(p, &keys, &shutdown);
+            tokio::pin!(run);
+            let done = tokio::select! {
+                d = &mut run => d?,
+                _ = wait_for_signal() => {
+                    shutdown.cancel();
+                    run.await?
+                }
+            };
+            let mut failed = false;
+            for r in &done {
+                failed |= matches!(r.outcome, "failed" | "gave_up");
+                if json {
+                    println!("{}", serde_json::to_string(r)?);
+                } else {
+                    println!(
+                        "{:<24} {}{}",
+                        r.key,
+                        r.outcome,
+                        r.error
+                            .as_deref()
+                            .map(|e| format!("  {e}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            for key in keys.iter().filter(|k| !done.iter().any(|r| r.key == **k)) {
+                failed = true;
+                println!(
+                    "{key:<24} busy  another process is fetching it; it will apply the record"
+                );
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }),
+        Command::Catchup {
+            config,
+            producer,
+            json,
+        } => {
+            with_store(&config.config, move |loaded, store| async move {
+                let Some(p) = loaded.config.producer(&producer) else {
+                    eprintln!(
+                        "unknown producer {producer:?}; configured: {}",
+                        producer_names(&loaded.config)
+                    );
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                };
+                if p.catchup.is_none() {
+                    eprintln!("producer {producer:?} has no [producer.catchup]");
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let client = crate::client::http_client()?;
+                let metrics = Metrics::new();
+                let run = crate::catchup::catch_up(&store, &client, &metrics, p, &shutdown);
+                tokio::pin!(run);
+                let c = tokio::select! {
+                    c = &mut run => c?,
+                    _ = wait_for_signal() => {
+                        shutdown.cancel();
+                        run.await?
+                    }
+                };
+                if json {
+                    println!("{}", serde_json::to_string(&c)?);
+                } else if let Some(why) = &c.skipped {
+                    println!("catch-up of {:?} skipped: {why}", c.producer);
+                } else {
+                    println!(
+                    "catch-up of {:?} since {}: records {}  applied {}  unchanged {}  stale {}{}",
+                    c.producer,
+                    c.since.map_or_else(|| "-".to_string(), |v| v.to_string()),
+                    c.records,
+                    c.applied,
+                    c.unchanged,
+                    c.stale,
+                    c.error.as_deref().map(|e| format!("  error: {e}")).unwrap_or_default()
+                );
+                }
+                Ok(if c.error.is_some() {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                })
+            })
+        }
         Command::Approve { config, run_id } => {
             with_store(&config.config, move |loaded, store| async move {
                 let keyframer =
@@ -475,6 +614,35 @@ async fn status(config: &Config, store: &Store, json: bool) -> anyhow::Result<Ex
                  nothing is corrected until `driftd approve {run}` (or a later keyframe finds less)"
             );
         }
+        if let Some(n) = p["fetch"]["waiting"].as_i64() {
+            println!("  fetch: {n} keys waiting");
+        }
+        if p["catchup"].is_object() {
+            let last = &p["catchup"]["last"];
+            match last["last_at"].as_i64() {
+                None => println!(
+                    "  catch-up every {}s: not run yet",
+                    p["catchup"]["every_secs"]
+                ),
+                Some(at) => println!(
+                    "  catch-up every {}s: last {}s ago {}  records {}  applied {}  since {}{}",
+                    p["catchup"]["every_secs"],
+                    (now - at) / 1000,
+                    if last["last_ok"].as_bool() == Some(true) {
+                        "ok"
+                    } else {
+                        "failed"
+                    },
+                    last["records"],
+                    last["applied"],
+                    last["since"],
+                    last["last_error"]
+                        .as_str()
+                        .map(|e| format!("  error: {e}"))
+                        .unwrap_or_default()
+                ),
+            }
+        }
         for r in p["runs"].as_array().into_iter().flatten() {
             let age = (now - r["started_at"].as_i64().unwrap_or(now)) / 1000;
             println!(
@@ -494,6 +662,24 @@ async fn status(config: &Config, store: &Store, json: bool) -> anyhow::Result<Ex
         }
     }
     let counts: Vec<String> = work.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    let waiting = store.pending_fetches(None, 20).await?;
+    if !waiting.is_empty() {
+        println!("waiting to be fetched (oldest first):");
+        for f in &waiting {
+            println!(
+                "  {:<10} {:<24} asked {}  {:>5}s ago  attempts {}{}",
+                f.producer,
+                f.key,
+                f.asked,
+                (now - f.first_asked) / 1000,
+                f.attempts,
+                f.last_error
+                    .as_deref()
+                    .map(|e| format!("  last error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     println!("work: {}", counts.join("  "));
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,16 @@ use prometheus::{
 
 use crate::state::WorkState;
 
+/// The `outcome` label values of `driftd_fetches_total`.
+pub(crate) const FETCH_OUTCOMES: [&str; 6] = [
+    "applied",
+    "unchanged",
+    "stale",
+    "not_found",
+    "failed",
+    "gave_up",
+];
+
 /// All metric families; cheap to clone (each family is an `Arc` inside).
 #[derive(Clone)]
 pub struct Metrics {
@@ -31,6 +41,12 @@ pub struct Metrics {
     pub(crate) work_duration: HistogramVec,
     pub(crate) producer_state: IntGaugeVec,
     pub(crate) delta_loss_ratio: GaugeVec,
+    pub fetches: IntCounterVec,
+    pub(crate) fetch_backlog: IntGaugeVec,
+    pub catchup_runs: IntCounterVec,
+    pub(crate) catchup_records: IntCounterVec,
+    pub(crate) catchup_running: IntGaugeVec,
+    pub(crate) catchup_last_success: GaugeVec,
     pub(crate) build_info: Gauge,
 }
 
@@ -168,6 +184,42 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            fetches: counter(
+                "driftd_fetches_total",
+                "Records fetched by key, by outcome (applied, unchanged, stale, not_found, failed, gave_up).",
+                &["producer", "outcome"],
+            ),
+            fetch_backlog: igauge(
+                "driftd_fetch_backlog",
+                "Keys waiting to be fetched from the producer.",
+                &["producer"],
+            ),
+            catchup_runs: counter(
+                "driftd_catchup_runs_total",
+                "Catch-up pulls by outcome (ok, failed).",
+                &["producer", "outcome"],
+            ),
+            catchup_records: counter(
+                "driftd_catchup_records_total",
+                "Records catch-ups pulled, by what writing them did (applied, unchanged, stale).",
+                &["producer", "outcome"],
+            ),
+            catchup_running: igauge(
+                "driftd_catchup_running",
+                "1 while a catch-up pull of the producer runs.",
+                &["producer"],
+            ),
+            catchup_last_success: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "driftd_catchup_last_success_timestamp_seconds",
+                        "Unix time of the last successful catch-up.",
+                    ),
+                    &["producer"],
+                )
+                .expect("valid metric"),
+            ),
             build_info: register(
                 &r,
                 Gauge::with_opts(
@@ -195,7 +247,15 @@ impl Metrics {
             self.drift_detected.with_label_values(&[producer, kind]);
         }
         for channel in ["webhook", "email"] {
-            for outcome in ["applied", "stale", "duplicate", "rejected", "unmatched"] {
+            for outcome in [
+                "applied",
+                "stale",
+                "duplicate",
+                "rejected",
+                "unmatched",
+                "fetched",
+                "tie",
+            ] {
                 self.deltas.with_label_values(&[producer, channel, outcome]);
             }
         }
@@ -206,6 +266,17 @@ impl Metrics {
         self.first_sync_records.with_label_values(&[producer]);
         self.keyframe_guarded.with_label_values(&[producer]);
         self.delta_loss_ratio.with_label_values(&[producer]);
+        for outcome in FETCH_OUTCOMES {
+            self.fetches.with_label_values(&[producer, outcome]);
+        }
+        self.fetch_backlog.with_label_values(&[producer]);
+        for outcome in ["ok", "failed"] {
+            self.catchup_runs.with_label_values(&[producer, outcome]);
+        }
+        for outcome in ["applied", "unchanged", "stale"] {
+            self.catchup_records.with_label_values(&[producer, outcome]);
+        }
+        self.catchup_running.with_label_values(&[producer]);
         for state in [WorkState::Pending, WorkState::Running, WorkState::Dead] {
             self.work_items.with_label_values(&[state.as_str()]);
         }

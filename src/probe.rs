@@ -268,7 +268,54 @@ pub(crate) async fn probe(client: &reqwest::Client, index: usize, p: &Producer) 
         }
         PaginationStyle::None | PaginationStyle::Offset => {}
     }
+    if let Some(f) = p.record_fetch() {
+        let key = items
+            .first()
+            .and_then(|r| r.pointer(&s.key))
+            .and_then(key_string);
+        out.extend(probe_fetch(client, index, f, key.as_deref()).await);
+    }
     out
+}
+
+/// Fetches the record of `key` (a key the snapshot's first page holds)
+/// through `[producer.fetch]` and checks it reads as a record.
+async fn probe_fetch(
+    client: &reqwest::Client,
+    index: usize,
+    f: &crate::refresh::RecordFetch,
+    key: Option<&str>,
+) -> Vec<Finding> {
+    let path = format!("producer[{index}].fetch");
+    let Some(key) = key else {
+        return vec![Finding {
+            path: format!("{path}.url"),
+            level: Level::Warning,
+            message:
+                "the snapshot's first page gave no key to fetch, so the fetch URL was not tried"
+                    .into(),
+        }];
+    };
+    let shown = redact_url(&f.url(key));
+    let (level, message) = match f.get(client, key).await {
+        Ok(crate::refresh::Got::Record { version, .. }) => (
+            Level::Ok,
+            format!(
+                "GET {shown} answered record {key:?}{}",
+                version.map(|v| format!(" at version {v}")).unwrap_or_default()
+            ),
+        ),
+        Ok(crate::refresh::Got::NotFound) => (
+            Level::Problem,
+            format!("GET {shown} answered 404 for key {key:?}, which the snapshot holds (check the path and {{key}})"),
+        ),
+        Err(e) => (Level::Problem, e.message),
+    };
+    vec![Finding {
+        path: format!("{path}.url"),
+        level,
+        message,
+    }]
 }
 
 fn members(v: &Value) -> String {

@@ -26,6 +26,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Wakes in-process workers when work is emitted.
     pub wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Fetches records on demand (admin endpoint).
+    pub refresher: crate::refresh::Refresher,
     /// Runs keyframes on demand (admin endpoint).
     pub keyframer: crate::keyframe::run::Keyframer,
     /// Cancelled at shutdown: long polls answer and event streams end.

@@ -7,6 +7,7 @@ use super::{ProducerConfig, Schedule};
 use crate::canonical::RecordHasher;
 use crate::ingest::email::Rules;
 use crate::keyframe::fetch::Plan;
+use crate::refresh::RecordFetch;
 
 /// A validated producer, ready to run: its settings as written (through
 /// `Deref`) and everything validation had to parse to check them. Nothing
@@ -21,6 +22,7 @@ struct Compiled {
     hasher: RecordHasher,
     plan: Plan,
     rules: Option<Rules>,
+    fetch: Option<RecordFetch>,
 }
 
 impl Producer {
@@ -30,14 +32,24 @@ impl Producer {
         hasher: RecordHasher,
         plan: Plan,
         rules: Option<Rules>,
-    ) -> Self {
-        Self(Arc::new(Compiled {
+    ) -> Result<Self, String> {
+        let fetch = match &config.fetch {
+            Some(f) => Some(RecordFetch::new(f, &config.snapshot, &plan)?),
+            None => None,
+        };
+        Ok(Self(Arc::new(Compiled {
             config,
             schedule,
             hasher,
             plan,
             rules,
-        }))
+            fetch,
+        })))
+    }
+
+    /// How one record is fetched by key (`[producer.fetch]`), when configured.
+    pub fn record_fetch(&self) -> Option<&RecordFetch> {
+        self.0.fetch.as_ref()
     }
 
     /// How a keyframe pulls this producer: URL, headers, pacing, pagination and pointers, parsed.
@@ -71,6 +83,7 @@ impl Producer {
             plan,
             self.0.rules.clone(),
         )
+        .unwrap_or_else(|e| panic!("the changed fetch settings do not compile: {e}"))
     }
 
     /// The compiled `[producer.email]` rules, when the producer takes email.

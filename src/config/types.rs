@@ -135,6 +135,81 @@ pub struct ProducerConfig {
     pub email: Option<EmailConfig>,
     #[serde(default)]
     pub work: WorkConfig,
+    /// One record by key: for thin deltas, version ties and `driftd refresh`.
+    pub fetch: Option<FetchConfig>,
+    /// Incremental pulls between keyframes.
+    pub catchup: Option<CatchupConfig>,
+}
+
+/// What a 404 from the fetch URL means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotFound {
+    /// Nothing is written; the keyframe decides whether the record is gone.
+    #[default]
+    Ignore,
+    /// The record was deleted at the producer: the local row is deleted.
+    Delete,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FetchConfig {
+    /// One record's URL; `{key}` is replaced by the key, percent-encoded.
+    pub url: String,
+    /// JSON pointer to the record in the response; empty for the whole body.
+    #[serde(default)]
+    pub item: String,
+    /// Request headers; the snapshot's headers when absent.
+    pub headers: Option<BTreeMap<String, Secret>>,
+    #[serde(default = "defaults::fetch_timeout_secs")]
+    pub timeout_secs: u64,
+    #[serde(default)]
+    pub not_found: NotFound,
+    /// Failed fetches of a key (other than transient ones: timeouts,
+    /// connection errors, 429, 5xx, which are retried for as long as it
+    /// takes) before the deltas waiting on it are rejected.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "defaults::backoff_base_ms")]
+    pub backoff_base_ms: u64,
+    #[serde(default = "defaults::fetch_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Fetches in flight at once.
+    #[serde(default = "defaults::concurrency")]
+    pub concurrency: u32,
+}
+
+impl FetchConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+/// How the `since` value is written into the catch-up URL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinceFormat {
+    /// RFC 3339 in UTC (versions are RFC 3339 timestamps); `overlap` in seconds.
+    #[default]
+    Rfc3339,
+    /// The version as an integer; `overlap` in version units.
+    Integer,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CatchupConfig {
+    /// The first page of what changed since a time; `{since}` is replaced by
+    /// the newest version seen at the previous catch-up minus `overlap`
+    /// (percent-encoded). Paged and read like the snapshot.
+    pub url: String,
+    /// Seconds between catch-ups.
+    #[serde(default = "defaults::catchup_every_secs")]
+    pub every_secs: u64,
+    #[serde(default)]
+    pub since_format: SinceFormat,
+    /// How far before the newest version seen the next catch-up starts.
+    #[serde(default = "defaults::catchup_overlap")]
+    pub overlap: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,6 +334,9 @@ pub enum DeltaMode {
     #[default]
     Replace,
     MergePatch,
+    /// The delta only names the record (`key`): driftd fetches it through
+    /// `[producer.fetch]` and applies what the producer holds.
+    Fetch,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -324,6 +402,18 @@ pub struct EmailRule {
     /// Merge patch to build: JSON pointer in the entity → named group.
     #[serde(default)]
     pub set: BTreeMap<String, String>,
+    /// `fetch`: the email only names the record (`key`); driftd fetches it
+    /// through `[producer.fetch]` instead of building a patch.
+    #[serde(default)]
+    pub mode: RuleMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleMode {
+    #[default]
+    Patch,
+    Fetch,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -448,5 +538,17 @@ pub(crate) mod defaults {
     }
     pub(crate) fn backoff_max_ms() -> u64 {
         300_000
+    }
+    pub(crate) fn fetch_timeout_secs() -> u64 {
+        10
+    }
+    pub(crate) fn fetch_backoff_max_ms() -> u64 {
+        60_000
+    }
+    pub(crate) fn catchup_every_secs() -> u64 {
+        60
+    }
+    pub(crate) fn catchup_overlap() -> u64 {
+        60
     }
 }

@@ -190,18 +190,19 @@ pub(super) fn validate(
             None => Some(None),
         };
         validate_work(&mut c, &format!("{at}.work"), &p.work);
+        validate_fetch(&mut c, &at, p);
         if let (Some(cron), Some(tz), Some(hasher), Some(rules)) = (cron, tz, hasher, rules) {
             if c.found() == before {
                 // What the checks above left for the pull to find (a header
                 // value that is not valid in HTTP) is found here, once.
                 match Plan::new(&p.snapshot, &hasher, p.bucket_bits) {
-                    Ok(plan) => producers.push(Producer::new(
-                        p.clone(),
-                        Schedule::new(cron, tz),
-                        hasher,
-                        plan,
-                        rules,
-                    )),
+                    Ok(plan) => {
+                        match Producer::new(p.clone(), Schedule::new(cron, tz), hasher, plan, rules)
+                        {
+                            Ok(producer) => producers.push(producer),
+                            Err(e) => c.push(format!("{at}.fetch"), e),
+                        }
+                    }
                     Err(e) => c.push(format!("{at}.snapshot"), e.to_string()),
                 }
             }
@@ -425,5 +426,93 @@ fn validate_work(c: &mut Check<'_>, at: &str, w: &WorkConfig) {
                 w.backoff_base_ms, w.backoff_max_ms
             ),
         );
+    }
+}
+
+/// Checks `[producer.fetch]`, `[producer.catchup]` and the settings that need them.
+fn validate_fetch(c: &mut Check<'_>, at: &str, p: &ProducerConfig) {
+    if let Some(f) = &p.fetch {
+        let fat = format!("{at}.fetch");
+        if f.url.contains("{key}") {
+            c.http_url(format!("{fat}.url"), &f.url.replace("{key}", "key"));
+        } else {
+            c.push(
+                format!("{fat}.url"),
+                format!(
+                    "URL {:?} has no {{key}} to put the record's key in",
+                    crate::redact::redact_url(&f.url)
+                ),
+            );
+        }
+        c.pointer(format!("{fat}.item"), &f.item);
+        for name in f.headers.iter().flat_map(|h| h.keys()) {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                c.push(
+                    format!("{fat}.headers"),
+                    format!("invalid header name {name:?}"),
+                );
+            }
+        }
+        for (field, value) in [
+            ("timeout_secs", f.timeout_secs),
+            ("max_attempts", u64::from(f.max_attempts)),
+            ("concurrency", u64::from(f.concurrency)),
+        ] {
+            if value == 0 {
+                c.push(format!("{fat}.{field}"), "must be at least 1");
+            }
+        }
+        if f.backoff_base_ms > f.backoff_max_ms {
+            c.push(
+                format!("{fat}.backoff_base_ms"),
+                format!(
+                    "{} exceeds backoff_max_ms {}",
+                    f.backoff_base_ms, f.backoff_max_ms
+                ),
+            );
+        }
+    }
+    let needs_fetch = |c: &mut Check<'_>, path: String| {
+        if p.fetch.is_none() {
+            c.push(
+                path,
+                "mode \"fetch\" needs a [producer.fetch] table with the record's URL",
+            );
+        }
+    };
+    if let Some(w) = &p.webhook {
+        if w.mode == DeltaMode::Fetch {
+            needs_fetch(c, format!("{at}.webhook.mode"));
+        }
+    }
+    if let Some(e) = &p.email {
+        for (i, r) in e.rule.iter().enumerate() {
+            if r.mode == RuleMode::Fetch {
+                needs_fetch(c, format!("{at}.email.rule[{i}].mode"));
+            }
+        }
+    }
+    if let Some(k) = &p.catchup {
+        let kat = format!("{at}.catchup");
+        if k.url.contains("{since}") {
+            c.http_url(format!("{kat}.url"), &k.url.replace("{since}", "0"));
+        } else {
+            c.push(
+                format!("{kat}.url"),
+                format!(
+                    "URL {:?} has no {{since}} to put the time of the last catch-up in",
+                    crate::redact::redact_url(&k.url)
+                ),
+            );
+        }
+        if k.every_secs == 0 {
+            c.push(format!("{kat}.every_secs"), "must be at least 1");
+        }
+        if p.snapshot.version.is_none() {
+            c.push(
+                kat.to_string(),
+                "needs snapshot.version: a catch-up starts from the newest version it saw",
+            );
+        }
     }
 }

@@ -44,6 +44,10 @@ pub enum Source {
     /// A corrective `apply` work item from a keyframe.
     Keyframe,
     Replay,
+    /// The producer's record, fetched by key (a thin delta, a version tie, a refresh).
+    Fetch,
+    /// A record of an incremental pull between keyframes.
+    Catchup,
 }
 
 impl Source {
@@ -53,13 +57,22 @@ impl Source {
             Self::Email => "email",
             Self::Keyframe => "keyframe",
             Self::Replay => "replay",
+            Self::Fetch => "fetch",
+            Self::Catchup => "catchup",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Webhook, Self::Email, Self::Keyframe, Self::Replay]
-            .into_iter()
-            .find(|v| v.as_str() == s)
+        [
+            Self::Webhook,
+            Self::Email,
+            Self::Keyframe,
+            Self::Replay,
+            Self::Fetch,
+            Self::Catchup,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
     }
 }
 
@@ -79,6 +92,10 @@ pub enum WriteRule {
     /// what the keyframe saw (`seen`: its hash, `None` for absent), so a delta
     /// that landed since is never overwritten and a second run is a no-op.
     Correct { seen: Option<RecordHash> },
+    /// The producer's current record, fetched: applied unless the stored
+    /// version is newer. Unlike a delta it wins a tie (the same version with
+    /// other content): it is what the producer holds now.
+    Fetched,
 }
 
 /// One write of one entity.
@@ -98,8 +115,13 @@ pub enum WriteOutcome {
     Applied,
     /// Same content as stored (a version bump may have been recorded).
     Unchanged,
-    /// Older than (or as old as) the stored version: nothing changed.
+    /// Older than (or as old as, with the same content) the stored version:
+    /// nothing changed.
     Stale,
+    /// The same version as stored but other content: the payload cannot say
+    /// which is current, so nothing changed (a producer with `[producer.fetch]`
+    /// asks the producer).
+    Tie,
 }
 
 /// What a keyframe needs of a local row.

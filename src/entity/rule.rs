@@ -36,14 +36,27 @@ pub(crate) fn decide(
             return (WriteOutcome::Stale, None);
         }
     }
-    if w.rule == WriteRule::IfNewer {
+    // A write of the stored version: a delta's content must match to be
+    // stale; another content is a tie. A fetched record takes the tie.
+    let mut same_version = false;
+    if matches!(w.rule, WriteRule::IfNewer | WriteRule::Fetched) {
         if let (Some(stored), Some(incoming)) = (current.and_then(|c| c.version), w.version) {
-            if incoming <= stored {
+            if incoming < stored {
                 return (WriteOutcome::Stale, None);
             }
+            same_version = incoming == stored;
         }
     }
     let live = current.filter(|c| !c.deleted);
+    let tie = same_version && w.rule == WriteRule::IfNewer;
+    if tie && w.change == Change::Delete {
+        let outcome = if live.is_none() {
+            WriteOutcome::Stale
+        } else {
+            WriteOutcome::Tie
+        };
+        return (outcome, None);
+    }
     let next = match &w.change {
         Change::Delete => {
             if live.is_none() {
@@ -77,10 +90,20 @@ pub(crate) fn decide(
             }
         }
     };
-    if let (Next::Put { hash, .. }, Some(c)) = (&next, live) {
-        if c.hash == Some(*hash) && (w.version.is_none() || w.version == c.version) {
-            return (WriteOutcome::Unchanged, None);
-        }
+    let same_content = match (&next, live) {
+        (Next::Put { hash, .. }, Some(c)) => c.hash == Some(*hash),
+        _ => false,
+    };
+    if tie {
+        let outcome = if same_content {
+            WriteOutcome::Stale
+        } else {
+            WriteOutcome::Tie
+        };
+        return (outcome, None);
+    }
+    if same_content && (w.version.is_none() || w.version == current.and_then(|c| c.version)) {
+        return (WriteOutcome::Unchanged, None);
     }
     (WriteOutcome::Applied, Some(next))
 }
@@ -165,10 +188,64 @@ mod tests {
                 Stale,
             ),
             (
-                "same version",
+                "same version, other content: a tie to ask the vendor about",
                 Some(cur(Some(5), false)),
                 put(Some(5)),
+                Tie,
+            ),
+            (
+                "same version, same content",
+                Some(cur(Some(5), false)),
+                same(Some(5)),
                 Stale,
+            ),
+            (
+                "delete at the stored version of a live row",
+                Some(cur(Some(5), false)),
+                del(Some(5)),
+                Tie,
+            ),
+            (
+                "delete at the stored version of a tombstone",
+                Some(cur(Some(5), true)),
+                del(Some(5)),
+                Stale,
+            ),
+            (
+                "put at the stored version of a tombstone",
+                Some(cur(Some(5), true)),
+                put(Some(5)),
+                Tie,
+            ),
+            (
+                "fetched record of the stored version wins the tie",
+                Some(cur(Some(5), false)),
+                write(
+                    Change::Replace(json!({"a": 2})),
+                    Some(5),
+                    WriteRule::Fetched,
+                ),
+                Applied,
+            ),
+            (
+                "fetched record older than the stored one",
+                Some(cur(Some(5), false)),
+                write(
+                    Change::Replace(json!({"a": 2})),
+                    Some(4),
+                    WriteRule::Fetched,
+                ),
+                Stale,
+            ),
+            (
+                "fetched record equal to the stored one",
+                Some(cur(Some(5), false)),
+                write(
+                    Change::Replace(json!({"a": 1})),
+                    Some(5),
+                    WriteRule::Fetched,
+                ),
+                Unchanged,
             ),
             (
                 "no versions: arrival order",

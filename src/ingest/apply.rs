@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use serde_json::Value;
 
 use crate::canonical::{key_string, type_name, version_value};
-use crate::config::{SignatureScheme, WebhookConfig};
+use crate::config::{DeltaMode, SignatureScheme, WebhookConfig};
 use crate::entity::{Change, EntityWrite, Source, WriteRule};
 use crate::ingest::email::{self, RuleMatch, Rules};
 
@@ -30,6 +30,8 @@ const MAX_HEADER_CHARS: usize = 512;
 pub(crate) enum Plan {
     /// Entity writes, in the body's order.
     Writes(Vec<EntityWrite>),
+    /// Records to fetch from the producer (a thin delta names only keys).
+    Fetch(Vec<String>),
     /// Not a usable delta; the reason.
     Rejected(String),
     /// An email no rule matched; the reason, rule by rule.
@@ -39,6 +41,12 @@ pub(crate) enum Plan {
 /// The entity writes a webhook body asks for under `w`'s mapping.
 pub(crate) fn webhook_plan(w: &WebhookConfig, body: &[u8], source: Source) -> Plan {
     match webhook_writes(w, body, source) {
+        Ok(writes) if w.mode == DeltaMode::Fetch => {
+            let mut keys: Vec<String> = writes.into_iter().map(|w| w.key).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            Plan::Fetch(keys)
+        }
         Ok(writes) => Plan::Writes(writes),
         Err(reason) => Plan::Rejected(bounded(reason)),
     }
@@ -106,8 +114,8 @@ fn record_write(
         Change::Delete
     } else {
         match w.mode {
-            crate::config::DeltaMode::Replace => Change::Replace(record.clone()),
-            crate::config::DeltaMode::MergePatch => Change::MergePatch(record.clone()),
+            DeltaMode::Replace | DeltaMode::Fetch => Change::Replace(record.clone()),
+            DeltaMode::MergePatch => Change::MergePatch(record.clone()),
         }
     };
     Ok(EntityWrite {
@@ -130,8 +138,10 @@ pub(crate) fn email_plan(rules: &Rules, raw: &[u8], source: Source) -> (Plan, Op
             key,
             version,
             patch,
+            fetch,
             ..
         } => match check_key(&key) {
+            Ok(()) if fetch => Plan::Fetch(vec![key]),
             Ok(()) => Plan::Writes(vec![EntityWrite {
                 key,
                 change: Change::MergePatch(patch),

@@ -89,6 +89,8 @@ pub(crate) enum RuleMatch {
         version: Option<i64>,
         /// A JSON merge patch; an empty object when the rule sets nothing.
         patch: Value,
+        /// `mode = "fetch"`: the record is fetched rather than patched.
+        fetch: bool,
     },
     /// No rule matched; the reason says why, rule by rule.
     Unmatched { reason: String },
@@ -111,6 +113,7 @@ struct Rule {
     version: Option<String>,
     /// JSON pointer → group, in the config's (sorted) order.
     set: Vec<(String, String)>,
+    fetch: bool,
 }
 
 impl Rules {
@@ -198,6 +201,7 @@ impl Rule {
             key: r.key.clone(),
             version: r.version.clone(),
             set: r.set.iter().map(|(p, g)| (p.clone(), g.clone())).collect(),
+            fetch: r.mode == crate::config::RuleMode::Fetch,
         })
     }
 
@@ -261,6 +265,7 @@ impl Rule {
             key,
             version,
             patch,
+            fetch: self.fetch,
         })
     }
 }
@@ -313,6 +318,7 @@ mod tests {
             key: key.into(),
             version,
             patch: json!({"status": status}),
+            fetch: false,
         }
     }
 
@@ -530,6 +536,7 @@ mod tests {
                     version: Some(3),
                     // Values trimmed; a group that did not take part is left out.
                     patch: json!({"carrier": {"name": "DHL Express", "eta": "2026-03-09"}, "id": "S-1"}),
+                    fetch: false,
                 },
             ),
             (
@@ -539,6 +546,7 @@ mod tests {
                     key: "S-2".into(),
                     version: None,
                     patch: json!({"carrier": {"name": "UPS", "eta": ""}, "id": "S-2", "note": "fragile"}),
+                    fetch: false,
                 },
             ),
             (
@@ -548,6 +556,7 @@ mod tests {
                     key: "42".into(),
                     version: None,
                     patch: json!({}),
+                    fetch: false,
                 },
             ),
             (
@@ -557,6 +566,7 @@ mod tests {
                     key: "Shipment".into(),
                     version: None,
                     patch: json!({}),
+                    fetch: false,
                 },
             ),
         ];
@@ -593,6 +603,7 @@ mod tests {
                     key: key.into(),
                     version: None,
                     patch: json!({"status": status}),
+                    fetch: false,
                 },
                 "{subject}"
             );

@@ -75,15 +75,17 @@ struct Receipt {
 }
 
 /// 200 once settled (a duplicate too, so the vendor stops retrying), 202
-/// while pending, 400 when rejected.
+/// while pending or waiting for its record to be fetched, 400 when rejected.
 fn receipt(s: Settled) -> Response {
     let status = match s.outcome {
-        InboxOutcome::Pending => StatusCode::ACCEPTED,
+        InboxOutcome::Pending | InboxOutcome::Fetching => StatusCode::ACCEPTED,
         InboxOutcome::Rejected => StatusCode::BAD_REQUEST,
         InboxOutcome::Applied
         | InboxOutcome::Stale
         | InboxOutcome::Duplicate
-        | InboxOutcome::Unmatched => StatusCode::OK,
+        | InboxOutcome::Unmatched
+        | InboxOutcome::Fetched
+        | InboxOutcome::Tie => StatusCode::OK,
     };
     let body = Receipt {
         inbox_id: s.id,

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::apply::{email_plan, webhook_plan, Plan};
-use crate::config::{Config, Producer};
+use crate::config::{Config, Producer, SignatureScheme, WebhookConfig};
 use crate::entity::Source;
 use crate::metrics::Metrics;
 use crate::store::{
@@ -41,7 +41,8 @@ const SWEEP_BATCH: i64 = 100;
 /// Failed attempts (other than transient ones) before a pending row is rejected.
 const SWEEP_ATTEMPTS: u32 = 5;
 
-/// The effect of a plan: writes with `p`'s hasher and buckets.
+/// The effect of a plan: writes with `p`'s hasher and buckets (a tie asks
+/// for a fetch when `p` has `[producer.fetch]`), or records to fetch.
 pub(crate) fn effect(p: &Producer, plan: Plan) -> InboxEffect {
     let settle = |outcome, error| InboxEffect::Settle { outcome, error };
     match plan {
@@ -49,9 +50,56 @@ pub(crate) fn effect(p: &Producer, plan: Plan) -> InboxEffect {
             bucket_bits: p.bucket_bits,
             hasher: p.hasher().clone(),
             writes,
+            ask_ties: p.fetch.is_some(),
         },
+        Plan::Fetch(_) if p.fetch.is_none() => settle(
+            InboxOutcome::Rejected,
+            format!(
+                "the delta asks for a fetch, but producer {:?} has no [producer.fetch]",
+                p.name
+            ),
+        ),
+        Plan::Fetch(keys) => InboxEffect::Fetch { keys },
         Plan::Rejected(r) => settle(InboxOutcome::Rejected, r),
         Plan::Unmatched(r) => settle(InboxOutcome::Unmatched, r),
+    }
+}
+
+/// The plan of a webhook body under `p`. With `[producer.fetch]`, a body
+/// with a versionless record whose delivery id the signature does not cover
+/// is fetched instead of applied: a replay of an old body under a new id
+/// would otherwise be applied again, over newer content.
+pub(crate) fn webhook_plan_of(
+    p: &Producer,
+    w: &WebhookConfig,
+    body: &[u8],
+    source: Source,
+) -> Plan {
+    match webhook_plan(w, body, source) {
+        Plan::Writes(writes)
+            if p.fetch.is_some()
+                && !delivery_id_signed(w)
+                && writes.iter().any(|w| w.version.is_none()) =>
+        {
+            let mut keys: Vec<String> = writes.into_iter().map(|w| w.key).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            Plan::Fetch(keys)
+        }
+        plan => plan,
+    }
+}
+
+/// Whether the delivery id that deduplicates `w`'s webhooks is covered by
+/// the signature: read from the (signed) body, or Standard Webhooks'
+/// `webhook-id`, which is part of the signed content.
+fn delivery_id_signed(w: &WebhookConfig) -> bool {
+    match (&w.dedup_header, &w.dedup_pointer) {
+        (Some(h), _) => {
+            w.scheme == SignatureScheme::StandardWebhooks && h.eq_ignore_ascii_case("webhook-id")
+        }
+        (None, Some(_)) => true,
+        (None, None) => w.scheme == SignatureScheme::StandardWebhooks,
     }
 }
 
@@ -70,7 +118,7 @@ pub(crate) fn email_plan_of(p: &Producer, raw: &[u8], source: Source) -> (Plan, 
 fn plan_of(p: &Producer, channel: Channel, body: &[u8], source: Source) -> Plan {
     match channel {
         Channel::Webhook => match &p.webhook {
-            Some(w) => webhook_plan(w, body, source),
+            Some(w) => webhook_plan_of(p, w, body, source),
             None => Plan::Rejected(format!("producer {:?} has no webhook config", p.name)),
         },
         Channel::Email => email_plan_of(p, body, source).0,
@@ -140,6 +188,9 @@ pub struct Pipeline {
     group: Arc<GroupCommit>,
     /// Where batches are committed: `App::run`'s tracker, so shutdown waits for them.
     tasks: TaskTracker,
+    /// Notified after a commit that asked for a record to be fetched (a
+    /// thin delta, a version tie): the fetch loop waits on it.
+    pub fetch_asked: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -162,6 +213,7 @@ impl Pipeline {
             }),
             tasks,
             store,
+            fetch_asked: Arc::default(),
         }
     }
 
@@ -290,6 +342,12 @@ impl Pipeline {
         for ((entry, _), s) in sorted.iter().zip(&settled) {
             self.count(&entry.producer, entry.channel, s.outcome);
         }
+        if settled
+            .iter()
+            .any(|s| matches!(s.outcome, InboxOutcome::Fetching | InboxOutcome::Tie))
+        {
+            self.fetch_asked.notify_one();
+        }
         let mut out: Vec<Option<Settled>> = vec![None; settled.len()];
         for (i, s) in order.into_iter().zip(settled) {
             out[i] = Some(s);
@@ -300,9 +358,10 @@ impl Pipeline {
             .collect())
     }
 
-    /// Counts a settled delta in `driftd_deltas_total` (pending ones when they settle).
+    /// Counts a settled delta in `driftd_deltas_total` (pending ones when
+    /// they settle, fetching ones when their record is fetched).
     fn count(&self, producer: &str, channel: Channel, outcome: InboxOutcome) {
-        if outcome != InboxOutcome::Pending {
+        if !matches!(outcome, InboxOutcome::Pending | InboxOutcome::Fetching) {
             self.metrics
                 .deltas
                 .with_label_values(&[producer, channel.as_str(), outcome.as_str()])

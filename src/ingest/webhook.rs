@@ -6,8 +6,8 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use tracing::warn;
 
-use super::apply::{kept_headers, webhook_dedup_key, webhook_plan};
-use super::pipeline::effect;
+use super::apply::{kept_headers, webhook_dedup_key};
+use super::pipeline::{effect, webhook_plan_of};
 use super::signature;
 use super::{receipt, IngestError};
 use crate::entity::Source;
@@ -46,7 +46,7 @@ pub(super) async fn receive(
         headers: kept_headers(&headers, Some(w)),
         body: body.to_vec(),
     };
-    let planned = effect(p, webhook_plan(w, &body, Source::Webhook));
+    let planned = effect(p, webhook_plan_of(p, w, &body, Source::Webhook));
     let settled = pipeline
         .submit(entry, planned)
         .await

@@ -3,5 +3,5 @@
 pub(crate) mod approval;
 pub(crate) mod compare;
 pub mod fetch;
-mod holder;
+pub(crate) mod holder;
 pub mod run;

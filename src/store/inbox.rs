@@ -58,6 +58,14 @@ pub enum InboxOutcome {
     Rejected,
     /// An email no rule matched: quarantined with the reason in `error`.
     Unmatched,
+    /// Committed; names records driftd fetches from the producer (a thin
+    /// delta, or one whose payload cannot be ordered): `fetched` once done.
+    Fetching,
+    /// Every record it named was fetched from the producer and applied.
+    Fetched,
+    /// A record had the stored version but other content, and the producer
+    /// has no `[producer.fetch]` to ask: nothing changed; the keyframe decides.
+    Tie,
 }
 
 impl InboxOutcome {
@@ -68,6 +76,9 @@ impl InboxOutcome {
         Self::Duplicate,
         Self::Rejected,
         Self::Unmatched,
+        Self::Fetching,
+        Self::Fetched,
+        Self::Tie,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +89,9 @@ impl InboxOutcome {
             Self::Duplicate => "duplicate",
             Self::Rejected => "rejected",
             Self::Unmatched => "unmatched",
+            Self::Fetching => "fetching",
+            Self::Fetched => "fetched",
+            Self::Tie => "tie",
         }
     }
 
@@ -87,7 +101,10 @@ impl InboxOutcome {
 
     /// Whether the delta never took effect, so a later replay may record a new outcome.
     fn open_to_replay(self) -> bool {
-        matches!(self, Self::Pending | Self::Rejected | Self::Unmatched)
+        matches!(
+            self,
+            Self::Pending | Self::Rejected | Self::Unmatched | Self::Fetching
+        )
     }
 }
 
@@ -118,7 +135,13 @@ pub enum InboxEffect {
         bucket_bits: u8,
         hasher: RecordHasher,
         writes: Vec<EntityWrite>,
+        /// Whether a write that ties (the stored version, other content) asks
+        /// for the record to be fetched (the producer has `[producer.fetch]`).
+        ask_ties: bool,
     },
+    /// Records of the delta's producer to fetch; the delta is `fetching`
+    /// until every one is fetched and applied.
+    Fetch { keys: Vec<String> },
     /// Nothing to write; the outcome (`rejected`, `unmatched`) and its reason.
     Settle {
         outcome: InboxOutcome,
@@ -225,17 +248,36 @@ fn row_from(r: &Row) -> Result<InboxRow, StoreError> {
     })
 }
 
-/// The inbox outcome of a delta's record writes: `stale` when every record
-/// was stale, `applied` otherwise; and whether any row changed.
+/// The inbox outcome of a delta's record writes: `applied` when a record
+/// was applied (or already held), else `tie` when one tied, else `stale`;
+/// and whether any row changed.
 fn outcome_of(writes: &[WriteOutcome]) -> (InboxOutcome, bool) {
     let changed = writes.contains(&WriteOutcome::Applied);
-    let all_stale = !writes.is_empty() && writes.iter().all(|w| *w == WriteOutcome::Stale);
-    let outcome = if all_stale {
-        InboxOutcome::Stale
-    } else {
+    let took = writes.is_empty()
+        || writes
+            .iter()
+            .any(|w| matches!(w, WriteOutcome::Applied | WriteOutcome::Unchanged));
+    let outcome = if took {
         InboxOutcome::Applied
+    } else if writes.contains(&WriteOutcome::Tie) {
+        InboxOutcome::Tie
+    } else {
+        InboxOutcome::Stale
     };
     (outcome, changed)
+}
+
+/// The keys of `writes` that tied, when ties ask for a fetch.
+fn tied<'w>(writes: &'w [EntityWrite], outcomes: &[WriteOutcome], ask: bool) -> Vec<&'w str> {
+    if !ask {
+        return Vec::new();
+    }
+    writes
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, o)| **o == WriteOutcome::Tie)
+        .map(|(w, _)| w.key.as_str())
+        .collect()
 }
 
 impl Store {
@@ -287,6 +329,7 @@ impl Store {
                     bucket_bits,
                     hasher,
                     writes,
+                    ..
                 },
             ) = (id, effect)
             {
@@ -327,14 +370,31 @@ impl Store {
                 InboxEffect::Settle { outcome, error } => {
                     (*outcome, Some(clean(error).into_owned()), false)
                 }
-                InboxEffect::Write { writes, .. } => {
+                InboxEffect::Write {
+                    writes, ask_ties, ..
+                } => {
                     // One outcome per write, in the order the writes were batched.
                     let mine: Vec<WriteOutcome> = outcomes
                         .get_mut(entry.producer.as_str())
                         .map(|o| o.by_ref().take(writes.len()).collect())
                         .unwrap_or_default();
+                    let ties = tied(writes, &mine, *ask_ties);
+                    self.ask_fetches_in(&mut tx, &entry.producer, &ties, None, entry.received_at)
+                        .await?;
                     let (outcome, changed) = outcome_of(&mine);
                     (outcome, None, changed)
+                }
+                InboxEffect::Fetch { keys } => {
+                    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    self.ask_fetches_in(
+                        &mut tx,
+                        &entry.producer,
+                        &keys,
+                        Some(id),
+                        entry.received_at,
+                    )
+                    .await?;
+                    (InboxOutcome::Fetching, None, false)
                 }
             };
             out.push(Settled {
@@ -429,7 +489,7 @@ impl Store {
             headers: String::new(),
             body: Vec::new(),
         };
-        let (outcome, error, changed) = self.apply_in(&mut tx, &entry, effect, true).await?;
+        let (outcome, error, changed) = self.apply_in(&mut tx, id, &entry, effect, true).await?;
         if row.outcome.open_to_replay() {
             record_in(&mut tx, id, outcome, error.as_deref()).await?;
         }
@@ -645,23 +705,34 @@ impl Store {
     async fn apply_in(
         &self,
         tx: &mut Tx,
+        id: i64,
         e: &InboxEntry,
         effect: &InboxEffect,
         late: bool,
     ) -> Result<(InboxOutcome, Option<String>, bool), StoreError> {
-        let (bucket_bits, hasher, writes) = match effect {
+        let (bucket_bits, hasher, writes, ask_ties) = match effect {
             InboxEffect::Settle { outcome, error } => {
                 return Ok((*outcome, Some(clean(error).into_owned()), false))
+            }
+            InboxEffect::Fetch { keys } => {
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                self.ask_fetches_in(tx, &e.producer, &keys, Some(id), now_ms())
+                    .await?;
+                return Ok((InboxOutcome::Fetching, None, false));
             }
             InboxEffect::Write {
                 bucket_bits,
                 hasher,
                 writes,
-            } => (*bucket_bits, hasher, writes),
+                ask_ties,
+            } => (*bucket_bits, hasher, writes, *ask_ties),
         };
         if !late || writes.iter().all(|w| w.version.is_some()) {
             let outcomes = self
                 .write_entities_in(tx, &e.producer, bucket_bits, hasher, writes)
+                .await?;
+            let ties = tied(writes, &outcomes, ask_ties);
+            self.ask_fetches_in(tx, &e.producer, &ties, None, now_ms())
                 .await?;
             let (outcome, changed) = outcome_of(&outcomes);
             return Ok((outcome, None, changed));
@@ -696,6 +767,9 @@ impl Store {
                 .await?,
             );
         }
+        let ties = tied(writes, &outcomes, ask_ties);
+        self.ask_fetches_in(tx, &e.producer, &ties, None, now_ms())
+            .await?;
         let (outcome, changed) = outcome_of(&outcomes);
         Ok((outcome, None, changed))
     }
@@ -792,6 +866,9 @@ mod tests {
             (&[Stale, Applied], InboxOutcome::Applied, true),
             (&[Unchanged], InboxOutcome::Applied, false),
             (&[Stale, Unchanged], InboxOutcome::Applied, false),
+            (&[Tie], InboxOutcome::Tie, false),
+            (&[Stale, Tie], InboxOutcome::Tie, false),
+            (&[Tie, Applied], InboxOutcome::Applied, true),
             (&[], InboxOutcome::Applied, false),
         ];
         for (writes, outcome, changed) in cases {

@@ -28,8 +28,10 @@
 //! when the runtime is dropped, and nothing here needs it. Every owner closes
 //! its store ([`Store::close`]) on every exit path.
 
+mod catchups;
 mod entities;
 mod feed;
+mod fetches;
 mod inbox;
 mod runs;
 mod seal;
@@ -47,8 +49,10 @@ use tracing::warn;
 use sql::{query, query_scalar};
 pub use sql::{Pool, Tx};
 
+pub use catchups::CatchupState;
 pub use entities::{ChainBreak, Entity, Relayout};
 pub use feed::FeedChange;
+pub use fetches::{FetchClaim, FetchResult, FetchRow, FetchSettled};
 pub use inbox::{Channel, InboxEffect, InboxEntry, InboxFilter, InboxOutcome, InboxRow, Settled};
 pub(crate) use inbox::{LockOrder, SettleMode};
 pub use runs::{DriftRow, Pruned, RunCounts, RunRow};

@@ -430,11 +430,13 @@ impl Store {
     pub async fn prune(&self, before_ms: i64) -> Result<Pruned, StoreError> {
         let mut tx = self.begin_write().await?;
         let run = |sql: &'static str| query(sql).bind(At(before_ms));
-        let inbox = run("DELETE FROM inbox WHERE received_at < $1 AND outcome <> 'pending'")
-            .execute(&mut tx)
-            .await
-            .map_err(db("prune the inbox"))?
-            .rows_affected();
+        let inbox = run(
+            "DELETE FROM inbox WHERE received_at < $1 AND outcome NOT IN ('pending', 'fetching')",
+        )
+        .execute(&mut tx)
+        .await
+        .map_err(db("prune the inbox"))?
+        .rows_affected();
         let work = run("DELETE FROM work WHERE updated_at < $1 AND state IN ('done', 'cancelled')")
             .execute(&mut tx)
             .await

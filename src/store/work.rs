@@ -77,7 +77,7 @@ fn work_from_row(r: &Row) -> Result<WorkRow, StoreError> {
 }
 
 impl Backend {
-    fn skip_locked(self) -> &'static str {
+    pub(crate) fn skip_locked(self) -> &'static str {
         match self {
             Self::Sqlite => "",
             Self::Postgres => " FOR UPDATE SKIP LOCKED",

@@ -14,6 +14,7 @@ mod cli;
 mod converge;
 mod demo;
 mod feed;
+mod fetch;
 mod ingest;
 mod keyframe;
 mod leases;

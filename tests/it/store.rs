@@ -434,6 +434,7 @@ async fn an_ingest_batch_settles_each_delta_in_order(db: &TestDb) {
         bucket_bits: BITS,
         hasher: hasher.clone(),
         writes: w,
+        ask_ties: false,
     };
     let settled = store
         .ingest(&[

@@ -187,6 +187,7 @@ async fn populate(store: &Store) -> i64 {
         bucket_bits: 4,
         hasher: hasher.clone(),
         writes: w,
+        ask_ties: false,
     };
     store
         .ingest(&[
@@ -487,17 +488,18 @@ async fn a_populated_first_schema_database_upgrades_in_place(db: &TestDb) {
                AND column_name IN ('doc', 'spec', 'headers', 'at', 'updated_at', 'run_at',
                                    'locked_until', 'deleted', 'mirrored', 'until', 'tick',
                                    'received_at', 'applied_at', 'started_at', 'finished_at',
-                                   'approved_at', 'scheduled_for', 'time', 'health_since')
+                                   'approved_at', 'scheduled_for', 'time', 'health_since',
+                                   'first_asked', 'last_at', 'last_ok')
              ORDER BY 1",
         )
         .fetch_all(upgraded.pool())
         .await
         .unwrap();
-        assert_eq!(types.len(), 21, "{types:?}");
+        assert_eq!(types.len(), 27, "{types:?}");
         for (column, ty) in &types {
             let want = match column.rsplit('.').next().unwrap() {
                 "doc" | "spec" | "headers" => "jsonb",
-                "deleted" | "mirrored" => "boolean",
+                "deleted" | "mirrored" | "last_ok" => "boolean",
                 _ => "timestamp with time zone",
             };
             assert_eq!(ty, want, "{column}");

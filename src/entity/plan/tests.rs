@@ -63,6 +63,15 @@ fn correct(key: &str, doc: Value, seen: Option<Value>) -> EntityWrite {
     }
 }
 
+/// The producer's record of `key`, fetched.
+fn fetched(key: &str, doc: Value, version: Option<i64>) -> EntityWrite {
+    EntityWrite {
+        source: Source::Fetch,
+        rule: WriteRule::Fetched,
+        ..put(key, doc, version)
+    }
+}
+
 fn v(version: Option<i64>) -> String {
     version.map_or("v-".into(), |n| format!("v{n}"))
 }
@@ -251,6 +260,10 @@ fn parse_cases(text: &str) -> Vec<Case> {
                         .push(patch(key, parse_doc(doc), parse_version(version)));
                 }
                 ["delete", key, version] => case.writes.push(del(key, parse_version(version))),
+                ["fetched", key, doc, version] => {
+                    case.writes
+                        .push(fetched(key, parse_doc(doc), parse_version(version)));
+                }
                 ["correct", key, doc, "seen", seen] => {
                     let seen = (seen != "none").then(|| parse_doc(seen));
                     case.writes.push(correct(key, parse_doc(doc), seen));

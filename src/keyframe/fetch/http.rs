@@ -21,28 +21,43 @@ const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
 /// Ceiling of the exponential backoff (unless `retry_backoff_ms` is larger).
 const BACKOFF_MAX_MS: u64 = 60_000;
 
-/// Keeps consecutive request starts at least `interval` apart.
-pub(super) struct Pace {
+/// Keeps consecutive request starts to a producer at least `interval`
+/// apart. Clones share one clock: a producer's pulls, catch-ups and record
+/// fetches draw on one rate limit.
+#[derive(Clone, Default)]
+pub struct Pace {
     interval: Option<Duration>,
-    next: Option<Instant>,
+    next: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl std::fmt::Debug for Pace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pace")
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pace {
     pub(super) fn new(interval: Option<Duration>) -> Self {
         Self {
             interval,
-            next: None,
+            next: Default::default(),
         }
     }
 
-    async fn wait(&mut self) {
+    /// Waits for this request's turn.
+    pub async fn wait(&self) {
         let Some(interval) = self.interval else {
             return;
         };
-        if let Some(next) = self.next {
-            tokio::time::sleep_until(next).await;
-        }
-        self.next = Some(Instant::now() + interval);
+        let start = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let start = next.map_or_else(Instant::now, |n| n.max(Instant::now()));
+            *next = Some(start + interval);
+            start
+        };
+        tokio::time::sleep_until(start).await;
     }
 }
 /// A page body: in memory, or spilled to an anonymous temp file.
@@ -138,7 +153,7 @@ pub(super) async fn fetch_page(
     headers: &HeaderMap,
     url: &Url,
     at: &PageAt,
-    pace: &mut Pace,
+    pace: &Pace,
     requests: &mut u64,
 ) -> Result<Fetched, PullError> {
     let mut attempt: u32 = 0;
@@ -181,7 +196,7 @@ fn backoff(base_ms: u64, attempt: u32) -> Duration {
 }
 
 /// `Retry-After: <seconds>`, capped; the HTTP-date form is ignored.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let secs: u64 = headers
         .get(RETRY_AFTER)?
         .to_str()

@@ -63,7 +63,9 @@ use serde_json::Value;
 
 use self::error::shown;
 pub use self::error::{PageAt, PullError};
-use self::http::{fetch_page, Fetched, Pace};
+pub(crate) use self::http::retry_after;
+pub use self::http::Pace;
+use self::http::{fetch_page, Fetched};
 use self::index::RecordIndex;
 use self::pager::{Page, Pager};
 pub use self::plan::Plan;
@@ -165,7 +167,7 @@ pub async fn pull(client: &reqwest::Client, plan: &Plan) -> Result<Snapshot, Pul
     let started_at_ms = chrono::Utc::now().timestamp_millis();
     let cfg = &plan.cfg;
     let (mut pager, mut url) = Pager::start(cfg, plan.base.clone(), plan.capture_pointer.clone());
-    let mut pace = Pace::new(plan.interval);
+    let pace = plan.pace.clone();
     let mut sink = Sink::new(plan.rules.bucket_bits)?;
     let (mut pages, mut requests) = (0u64, 0u64);
     loop {
@@ -174,16 +176,8 @@ pub async fn pull(client: &reqwest::Client, plan: &Plan) -> Result<Snapshot, Pul
             page: pages,
             url: shown(&url),
         };
-        let fetched = fetch_page(
-            client,
-            cfg,
-            &plan.headers,
-            &url,
-            &at,
-            &mut pace,
-            &mut requests,
-        )
-        .await?;
+        let fetched =
+            fetch_page(client, cfg, &plan.headers, &url, &at, &pace, &mut requests).await?;
         let Fetched {
             body,
             links,

@@ -8,6 +8,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 use reqwest::Url;
 
 use super::error::{shown, PullError};
+use super::http::Pace;
 use super::walk::Paths;
 use crate::canonical::{parse_pointer, RecordHasher};
 use crate::config::{PaginationStyle, SnapshotConfig};
@@ -22,7 +23,7 @@ pub struct Plan {
     pub(super) cfg: SnapshotConfig,
     pub(super) base: Url,
     pub(super) headers: HeaderMap,
-    pub(super) interval: Option<Duration>,
+    pub(super) pace: Pace,
     pub(super) capture_pointer: Option<String>,
     pub(super) rules: Arc<Rules>,
 }
@@ -137,7 +138,7 @@ impl Plan {
             cfg: cfg.clone(),
             base,
             headers,
-            interval,
+            pace: Pace::new(interval),
             capture_pointer,
             rules: Arc::new(Rules {
                 hasher: hasher.clone(),
@@ -149,5 +150,32 @@ impl Plan {
                 paths: Paths { items, captures },
             }),
         })
+    }
+}
+
+impl Plan {
+    /// The same pull from another first page (a catch-up's URL): the same
+    /// headers, pagination, pointers and rate limit.
+    pub fn with_url(&self, url: &str) -> Result<Self, PullError> {
+        let base = Url::parse(url)
+            .map_err(|e| PullError::Config(format!("invalid url {:?}: {e}", redact_url(url))))?;
+        Ok(Self {
+            cfg: self.cfg.clone(),
+            base,
+            headers: self.headers.clone(),
+            pace: self.pace.clone(),
+            capture_pointer: self.capture_pointer.clone(),
+            rules: Arc::clone(&self.rules),
+        })
+    }
+
+    /// The producer's rate limit, shared by everything that calls it.
+    pub fn pace(&self) -> &Pace {
+        &self.pace
+    }
+
+    /// The snapshot's request headers (secrets marked sensitive).
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
     }
 }

@@ -167,7 +167,14 @@ async fn hostile_input_never_crashes_the_daemon(db: &TestDb) {
     );
     // Every signed body and every email was counted under exactly one outcome.
     let mut counted = [0.0; 2];
-    for outcome in ["applied", "stale", "duplicate", "rejected", "unmatched"] {
+    for outcome in [
+        "applied",
+        "stale",
+        "tie",
+        "duplicate",
+        "rejected",
+        "unmatched",
+    ] {
         counted[0] += d.deltas("orders", "webhook", outcome).await;
         counted[1] += d.deltas("acme", "email", outcome).await;
     }
