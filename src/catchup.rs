@@ -1,7 +1,8 @@
 //! Catch-ups: incremental pulls between keyframes of what changed since the newest version seen, applied as versioned writes.
 //!
 //! Each catch-up fills `{since}` in `[producer.catchup].url` with the newest
-//! version the previous one saw (the mirror's newest on the first) minus
+//! version the previous one saw (on the first, the newest version of the
+//! last keyframe's snapshot, else of the rows no delta wrote) minus
 //! `overlap`, pulls it with the snapshot's pagination, pointers and rate
 //! limit, and writes each record with [`WriteRule::Fetched`]: never older
 //! over newer. Deletions are not inferred (a catch-up lists changes, not the
@@ -101,7 +102,7 @@ pub async fn catch_up(
     };
     let Some(since) = since else {
         caught.skipped = Some(
-            "no version seen yet (the mirror holds no versioned record): the first keyframe comes first"
+            "nowhere to start yet: a keyframe sets where catch-ups start (the newest version of its snapshot)"
                 .into(),
         );
         return Ok(caught);

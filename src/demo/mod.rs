@@ -53,6 +53,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 const KEYFRAME_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long each shutdown step may take.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Seconds between catch-ups with `--catchup`.
+const CATCHUP_EVERY_SECS: u64 = 5;
 /// Keyframes the final phase runs at most before comparing.
 const FINAL_ROUNDS: usize = 3;
 
@@ -84,6 +86,10 @@ pub struct DemoArgs {
     /// Seed of the vendor's random choices (default: random; printed at the start).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Also pull what changed every few seconds between keyframes
+    /// (`[producer.catchup]`): lost webhooks come back within seconds.
+    #[arg(long)]
+    pub catchup: bool,
 }
 
 /// Runs the demo; exit 0 only when the local rows equal the vendor's records at the end.

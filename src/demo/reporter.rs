@@ -92,6 +92,8 @@ pub(super) struct Totals {
     pub(super) changed: u64,
     pub(super) guarded: u64,
     pub(super) failed: u64,
+    /// Orders catch-ups applied that no delta had brought (`--catchup`).
+    pub(super) catchup_applied: u64,
 }
 
 /// A keyframe run whose corrections the reporter waits to see applied.
@@ -121,6 +123,8 @@ pub(super) struct Reporter {
     pub(super) warned_not_found: bool,
     /// A keyframe whose corrections may still be open.
     pub(super) correcting: Option<Correcting>,
+    /// When the last catch-up printed finished (`--catchup`).
+    pub(super) last_catchup: Option<i64>,
 }
 
 impl Reporter {
@@ -139,6 +143,7 @@ impl Reporter {
             let kind = self.kinds.get(&r.id).copied().unwrap_or(Kind::Scheduled);
             self.print_run(&r, kind);
         }
+        self.catchups().await?;
         if let Some(mut c) = self.correcting {
             let open = self.open_drift().await?;
             c.seen_open |= open > 0;
@@ -152,6 +157,30 @@ impl Reporter {
                     c.since.elapsed().as_secs_f64()
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Prints the last catch-up if it finished since the last call and
+    /// found something (or failed).
+    async fn catchups(&mut self) -> anyhow::Result<()> {
+        let Some(c) = self.store.catchup_state(PRODUCER).await? else {
+            return Ok(());
+        };
+        let Some(at) = c.last_at else { return Ok(()) };
+        if self.last_catchup == Some(at) {
+            return Ok(());
+        }
+        self.last_catchup = Some(at);
+        self.totals.catchup_applied += u64::try_from(c.applied).unwrap_or(0);
+        if let Some(e) = c.last_error.as_deref() {
+            self.console
+                .say(format!("catch-up FAILED, retried at the next tick: {e}"));
+        } else if c.applied > 0 {
+            self.console.say(format!(
+                "catch-up: {} orders changed since the last, {} missing here (webhook lost) -> applied",
+                c.records, c.applied
+            ));
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::churn::{churn, Sender, Stats};
 use super::reporter::{Console, Kind, Reporter, Totals};
-use super::setup::{config_toml, new_secret, prepare_dir};
+use super::setup::{catchup_toml, config_toml, new_secret, prepare_dir};
 use super::vendor::{list_orders, Orders, Vendor};
 use super::verdict::finish;
 use super::{
@@ -52,13 +52,16 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     let listen = listener.local_addr()?;
 
     // The config, written and loaded exactly as `driftd check` and `driftd run` would.
-    let text = config_toml(
+    let mut text = config_toml(
         &dir.join(DB_FILE),
         listen,
         vendor_addr,
         &schedule,
         &new_secret(),
     );
+    if args.catchup {
+        text.push_str(&catchup_toml(vendor_addr));
+    }
     std::fs::write(&config_path, &text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let loaded = Config::load(&config_path)?;
@@ -128,6 +131,7 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         totals: Totals::default(),
         warned_not_found: false,
         correcting: None,
+        last_catchup: None,
     };
     let keyframer = Keyframer::new(store.clone(), client.clone(), metrics.clone());
     let mut app_task = None;

@@ -71,6 +71,24 @@ backoff_max_ms = 5000
     )
 }
 
+/// The `[producer.catchup]` table `driftd demo --catchup` appends: every
+/// [`super::CATCHUP_EVERY_SECS`] seconds, the orders changed since the newest
+/// version the previous catch-up saw (versions are the vendor's change counter).
+pub(super) fn catchup_toml(vendor: SocketAddr) -> String {
+    format!(
+        r#"
+# Between keyframes, every few seconds: the orders changed since the newest
+# version the previous catch-up saw. A lost webhook waits seconds, not a keyframe.
+[producer.catchup]
+url = "http://{vendor}/orders?since={{since}}"
+every_secs = {every}
+since_format = "integer"
+overlap = 0
+"#,
+        every = super::CATCHUP_EVERY_SECS
+    )
+}
+
 /// A TOML basic string holding `s` literally (`${` escaped against substitution).
 pub(super) fn toml_string(s: &str) -> String {
     toml::Value::String(s.replace("${", "$${")).to_string()

@@ -44,6 +44,53 @@ fn the_demo_config_passes_check() {
 }
 
 #[test]
+fn the_demo_config_with_catchup_passes_check() {
+    let mut text = config_toml(
+        Path::new("/tmp/d.db"),
+        "127.0.0.1:7070".parse().unwrap(),
+        "127.0.0.1:9".parse().unwrap(),
+        "*/10 * * * * *",
+        &new_secret(),
+    );
+    text.push_str(&super::setup::catchup_toml("127.0.0.1:9".parse().unwrap()));
+    let loaded =
+        Config::parse("demo.toml", &text, &|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let c = loaded
+        .config
+        .producer(PRODUCER)
+        .unwrap()
+        .catchup
+        .clone()
+        .unwrap();
+    assert_eq!(c.every_secs, super::CATCHUP_EVERY_SECS);
+    assert_eq!(c.url, "http://127.0.0.1:9/orders?since={since}");
+}
+
+#[test]
+fn catchup_pages_hold_only_orders_changed_since() {
+    let mut o = orders(50);
+    let mut rng = StdRng::seed_from_u64(3);
+    for _ in 0..10 {
+        o.change(&mut rng, None, "t");
+    }
+    let newest = o
+        .records()
+        .values()
+        .filter_map(|r| r["version"].as_i64())
+        .max()
+        .unwrap();
+    let (changed, next) = o.page(None, 1000, Some(2));
+    assert!(next.is_none());
+    assert!(
+        !changed.is_empty() && changed.len() <= 10,
+        "{}",
+        changed.len()
+    );
+    assert!(changed.iter().all(|r| r["version"].as_i64().unwrap() >= 2));
+    assert_eq!(o.page(None, 1000, Some(newest + 1)).0, Vec::<Value>::new());
+}
+
+#[test]
 fn demo_webhooks_verify_under_the_demo_config() {
     let text = config_toml(
         Path::new("/tmp/d.db"),
@@ -134,7 +181,7 @@ fn key_cursor_pages_cover_every_order_once() {
     let mut cursor: Option<String> = None;
     for page in 0.. {
         assert!(page < 100, "pagination does not end");
-        let (items, next) = o.page(cursor.as_deref(), 100);
+        let (items, next) = o.page(cursor.as_deref(), 100, None);
         seen.extend(items.iter().map(|d| d["id"].as_str().unwrap().to_string()));
         // Deleting an order already served shifts nothing.
         if page == 3 {
@@ -149,8 +196,8 @@ fn key_cursor_pages_cover_every_order_once() {
     let mut dedup = seen.clone();
     dedup.dedup();
     assert_eq!(dedup, seen, "no order twice, in key order");
-    assert_eq!(o.page(None, 5000).1, None);
-    assert_eq!(orders(0).page(None, 10), (vec![], None));
+    assert_eq!(o.page(None, 5000, None).1, None);
+    assert_eq!(orders(0).page(None, 10, None), (vec![], None));
 }
 
 #[test]
@@ -185,6 +232,7 @@ fn arguments_are_checked() {
         dir: None,
         listen: "127.0.0.1:0".parse().unwrap(),
         seed: None,
+        catchup: false,
     };
     assert_eq!(validate_args(&ok), Ok(()));
     for (bad, expected) in [

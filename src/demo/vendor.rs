@@ -141,12 +141,21 @@ impl Orders {
     ///
     /// A key cursor (rather than an offset) never repeats or skips an order
     /// that exists throughout a pull, however many are created or deleted meanwhile.
-    pub(super) fn page(&self, cursor: Option<&str>, limit: usize) -> (Vec<Value>, Option<String>) {
+    /// With `since`, only the orders at that version or newer (a catch-up).
+    pub(super) fn page(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        since: Option<i64>,
+    ) -> (Vec<Value>, Option<String>) {
         let lower = match cursor {
             Some(c) => Bound::Excluded(c),
             None => Bound::Unbounded,
         };
-        let mut range = self.records.range::<str, _>((lower, Bound::Unbounded));
+        let mut range = self
+            .records
+            .range::<str, _>((lower, Bound::Unbounded))
+            .filter(|(_, v)| since.is_none_or(|s| v["version"].as_i64().unwrap_or(0) >= s));
         let items: Vec<(&String, &Value)> = range.by_ref().take(limit.max(1)).collect();
         let next = match (range.next(), items.last()) {
             (Some(_), Some((last, _))) => Some((*last).clone()),
@@ -171,6 +180,8 @@ impl Vendor {
 pub(super) struct PageQuery {
     pub(super) cursor: Option<String>,
     pub(super) limit: Option<usize>,
+    /// Only orders changed at this version or later.
+    pub(super) since: Option<i64>,
 }
 
 pub(super) async fn list_orders(
@@ -178,6 +189,6 @@ pub(super) async fn list_orders(
     Query(q): Query<PageQuery>,
 ) -> Json<Value> {
     let limit = q.limit.unwrap_or(PAGE).clamp(1, 1000);
-    let (data, next) = v.lock().page(q.cursor.as_deref(), limit);
+    let (data, next) = v.lock().page(q.cursor.as_deref(), limit, q.since);
     Json(json!({ "data": data, "next_cursor": next }))
 }

@@ -173,6 +173,12 @@ pub(super) async fn finish(
              overtook leaves no drift)"
         ));
     }
+    if r.last_catchup.is_some() {
+        out.push(format!(
+            "  catch-ups   applied {} changes between keyframes that no delta had brought",
+            t.catchup_applied
+        ));
+    }
     out.push(format!(
         "  corrected   {done} apply work items done; {} open, {} dead",
         work.get(&WorkState::Pending).copied().unwrap_or(0)

@@ -468,6 +468,13 @@ impl Keyframer {
             }
             info!(producer = %p.name, run_id = ?run_id, loaded = summary.loaded, "first sync: records loaded into the mirror");
         }
+        if p.catchup.is_some() && summary.state == RunState::Ok {
+            // Catch-ups start from the newest version this full view held,
+            // unless they already track their own.
+            if let Some(v) = snapshot.newest_version {
+                self.store.start_catchups_at(&p.name, v).await?;
+            }
+        }
         self.finish(p, summary, clock, Some((&snapshot, &drifts)))
             .await
     }

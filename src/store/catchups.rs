@@ -39,13 +39,38 @@ impl Store {
         }))
     }
 
-    /// The newest version among `producer`'s rows: where a first catch-up starts.
+    /// Where a first catch-up starts without a keyframe to seed it: the
+    /// newest version among `producer`'s rows that no delta wrote (a delta's
+    /// version says nothing of the deltas lost before it).
     pub async fn newest_version(&self, producer: &str) -> Result<Option<i64>, StoreError> {
-        query_scalar("SELECT MAX(version) FROM entities WHERE producer = $1")
-            .bind(producer)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("read the newest version"))
+        query_scalar(
+            "SELECT MAX(version) FROM entities
+             WHERE producer = $1 AND source NOT IN ('webhook', 'email', 'replay')",
+        )
+        .bind(producer)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("read the newest version"))
+    }
+
+    /// Sets where `producer`'s catch-ups start to `since` (the newest
+    /// version of a keyframe's snapshot), unless they already have a start.
+    pub(crate) async fn start_catchups_at(
+        &self,
+        producer: &str,
+        since: i64,
+    ) -> Result<(), StoreError> {
+        query(
+            "INSERT INTO catchups (producer, since) VALUES ($1, $2)
+             ON CONFLICT (producer) DO UPDATE SET since = excluded.since
+             WHERE catchups.since IS NULL",
+        )
+        .bind(producer)
+        .bind(since)
+        .execute(&self.pool)
+        .await
+        .map_err(db("set where catch-ups start"))?;
+        Ok(())
     }
 
     /// Records a catch-up's end: `since` for the next one (kept as it was

@@ -10,6 +10,7 @@
 )]
 
 mod admin;
+mod catchup;
 mod cli;
 mod converge;
 mod demo;

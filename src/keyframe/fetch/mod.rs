@@ -102,6 +102,8 @@ pub struct Snapshot {
     pub requests: u64,
     /// Wall clock (ms since the epoch) when the pull began.
     pub(crate) started_at_ms: i64,
+    /// The newest version among the records (where a first catch-up starts).
+    pub newest_version: Option<i64>,
     spill: File,
 }
 
@@ -210,6 +212,7 @@ pub async fn pull(client: &reqwest::Client, plan: &Plan) -> Result<Snapshot, Pul
             Some(next) => url = next,
         }
     }
+    let newest_version = sink.newest_version;
     let (index, digests, spill) = tokio::task::spawn_blocking(move || sink.finish())
         .await
         .map_err(|e| PullError::Spill {
@@ -222,6 +225,7 @@ pub async fn pull(client: &reqwest::Client, plan: &Plan) -> Result<Snapshot, Pul
         pages,
         requests,
         started_at_ms,
+        newest_version,
         spill,
     })
 }

@@ -32,6 +32,8 @@ pub(super) struct Sink {
     /// Key of the last record accepted (for `after_key` pagination).
     last_key: String,
     scratch: Vec<u8>,
+    /// The newest version among the records accepted.
+    pub(super) newest_version: Option<i64>,
 }
 
 impl Sink {
@@ -46,6 +48,7 @@ impl Sink {
             index: IndexWriter::new(bucket_bits)?,
             last_key: String::new(),
             scratch: Vec::new(),
+            newest_version: None,
         })
     }
 
@@ -85,6 +88,7 @@ impl Sink {
         };
         let hash = rules.hasher.hash(item);
         let bucket = bucket_of(&key, rules.bucket_bits);
+        self.newest_version = self.newest_version.max(version);
 
         self.scratch.clear();
         serde_json::to_writer(&mut self.scratch, item).map_err(|e| PullError::Spill {
