@@ -13,10 +13,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use driftd::canonical::version_value;
 use driftd::metrics::Metrics;
-use driftd::store::Store;
 use serde_json::{json, Value};
 
-use crate::support::{config, eventually, Daemon, TestDb};
+use crate::support::{config, differing, eventually, Daemon, TestDb};
 
 const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const ADMIN: &str = "catchup-admin-t0ken";
@@ -120,23 +119,6 @@ overlap = 1
     )
 }
 
-/// Keys whose local row differs from the vendor's record.
-async fn drift(store: &Store, producer: &str, v: &Vendor) -> Vec<String> {
-    let local: BTreeMap<String, Value> = store
-        .entities(producer)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|e| Some((e.key, e.doc?)))
-        .collect();
-    let vendor = v.records.lock().unwrap().clone();
-    vendor
-        .iter()
-        .filter(|(k, doc)| local.get(*k) != Some(*doc))
-        .map(|(k, _)| k.clone())
-        .collect()
-}
-
 async fn keyframe(d: &Daemon, producer: &str) -> Value {
     let resp = d
         .http
@@ -162,7 +144,9 @@ async fn catch_up_leaves_no_drift_for_the_keyframe(db: &TestDb) {
         let first = keyframe(&d, name).await;
         assert_eq!(first["loaded"], RECORDS, "{first}");
     }
-    assert!(drift(&d.store, "caught", &caught).await.is_empty());
+    assert!(differing(&d.store, "caught", &caught.records)
+        .await
+        .is_empty());
 
     // The same changes on both vendors; the same webhooks lost for both.
     let started = Instant::now();
@@ -191,8 +175,8 @@ async fn catch_up_leaves_no_drift_for_the_keyframe(db: &TestDb) {
         (s.since? >= last_change && s.last_ok == Some(true)).then_some(())
     })
     .await;
-    let with = drift(&d.store, "caught", &caught).await;
-    let without = drift(&d.store, "uncaught", &uncaught).await;
+    let with = differing(&d.store, "caught", &caught.records).await;
+    let without = differing(&d.store, "uncaught", &uncaught.records).await;
     assert!(
         without.len() >= 5,
         "{lost} of {changes} webhooks lost should leave drift without catch-up: {without:?}"

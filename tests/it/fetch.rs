@@ -16,7 +16,7 @@ use driftd::ingest::signature;
 use driftd::store::{InboxFilter, InboxOutcome, Store};
 use serde_json::{json, Value};
 
-use crate::support::{config, eventually, Daemon, DaemonProcess, TestDb};
+use crate::support::{config, differing, eventually, Daemon, DaemonProcess, TestDb};
 
 const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const ADMIN: &str = "fetch-admin-t0ken";
@@ -177,23 +177,6 @@ async fn open(store: &Store, producer: &str, outcome: InboxOutcome) -> usize {
     store.inbox_page(&filter, 0, 10_000).await.unwrap().len()
 }
 
-/// Keys whose local row differs from the vendor's record.
-async fn differing(store: &Store, producer: &str, shop: &Shop) -> Vec<String> {
-    let local: BTreeMap<String, Value> = store
-        .entities(producer)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|e| Some((e.key, e.doc?)))
-        .collect();
-    let vendor = shop.records.lock().unwrap().clone();
-    vendor
-        .iter()
-        .filter(|(k, v)| local.get(*k) != Some(*v))
-        .map(|(k, _)| k.clone())
-        .collect()
-}
-
 async fn thin_webhooks_fetch_each_record_once(db: &TestDb) {
     let (shop, addr) = Shop::start().await;
     let keys: Vec<String> = (0..100).map(|i| format!("ord-{i:03}")).collect();
@@ -221,7 +204,7 @@ async fn thin_webhooks_fetch_each_record_once(db: &TestDb) {
     })
     .await;
     assert_eq!(
-        differing(&d.store, "thin", &shop).await,
+        differing(&d.store, "thin", &shop.records).await,
         Vec::<String>::new()
     );
     for k in &keys {
@@ -313,7 +296,10 @@ async fn thin_webhooks_survive_an_outage_and_a_sigkill(db: &TestDb) {
         (open(&store, "thin", InboxOutcome::Fetching).await == 0).then_some(())
     })
     .await;
-    assert_eq!(differing(&store, "thin", &shop).await, Vec::<String>::new());
+    assert_eq!(
+        differing(&store, "thin", &shop.records).await,
+        Vec::<String>::new()
+    );
     assert_eq!(open(&store, "thin", InboxOutcome::Fetched).await, 100);
     assert!(store.fetch_backlog().await.unwrap().is_empty());
     second.stop();

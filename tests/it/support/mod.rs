@@ -195,3 +195,24 @@ pub async fn get_json(client: &reqwest::Client, url: &str, token: Option<&str>) 
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
+
+/// Keys whose local row of `producer` differs from the vendor's record.
+pub async fn differing(
+    store: &driftd::store::Store,
+    producer: &str,
+    vendor: &std::sync::Mutex<std::collections::BTreeMap<String, Value>>,
+) -> Vec<String> {
+    let local: std::collections::BTreeMap<String, Value> = store
+        .entities(producer)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| Some((e.key, e.doc?)))
+        .collect();
+    let vendor = vendor.lock().unwrap().clone();
+    vendor
+        .iter()
+        .filter(|(k, doc)| local.get(*k) != Some(*doc))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
