@@ -101,7 +101,8 @@ pub(super) struct ProbeArgs {
     pub(super) url: String,
     #[arg(long)]
     pub(super) records: u64,
-    /// Records whose index is a multiple of this are at revision 1 (0: none).
+    /// Records whose index is a multiple of this are at revision 1 (0: none);
+    /// in a catch-up, at revision 2 (changed after the seeding and the corrections).
     #[arg(long, default_value_t = 0)]
     pub(super) drift_every: u64,
     #[arg(long, value_enum)]
@@ -122,4 +123,7 @@ pub(super) enum ProbeMode {
     /// A keyframe of an `apply` producer, then its corrections carried out by
     /// driftd's workers, then the same documents inserted into a plain table.
     Corrections,
+    /// One catch-up (`catchup::catch_up`) from the version every seeded row
+    /// has, pulling and applying only the records changed since.
+    Catchup,
 }

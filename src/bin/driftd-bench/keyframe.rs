@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use driftd::catchup::catch_up;
 use driftd::config::{Config, Producer};
 use driftd::keyframe::fetch;
 use driftd::keyframe::run::Keyframer;
@@ -40,7 +41,13 @@ pub(super) struct KeyframeKnobs {
     /// measured against a multi-row INSERT of the same documents (0: skip).
     #[arg(long, default_value_t = 1.0)]
     corrections_drift: f64,
+    /// Measure a catch-up of the records changed since the seeding.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    catchup: bool,
 }
+
+/// Percent of the records a catch-up finds changed.
+const CATCHUP_PCT: f64 = 0.1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Probe {
@@ -90,6 +97,8 @@ pub(super) struct KeyframeReport {
     levels: Vec<DriftLevel>,
     /// The apply workers' run, after the drift levels (it changes the mirror).
     corrections: Option<Probe>,
+    /// A catch-up at 0.1% changed, last (it changes the mirror too).
+    catchup: Option<Probe>,
 }
 
 /// The producer that pulls the vendor at `addr`, with work `action`.
@@ -105,9 +114,14 @@ max_drift_ratio = 0.5
 url = "http://{addr}/records"
 items = "/data"
 key = "/id"
+version = "/rev"
 timeout_secs = 60
 retries = 0
 pagination = {{ style = "cursor", cursor = "/next_cursor", param = "cursor", limit = {PAGE}, limit_param = "limit" }}
+[producer.catchup]
+url = "http://{addr}/records?updated_since={{since}}"
+since_format = "integer"
+overlap = 0
 [producer.work]
 action = "{action}"
 "#
@@ -232,6 +246,11 @@ pub(super) async fn scenario(
         } else {
             None
         };
+        let catchup = if knobs.catchup {
+            Some(run_probe(&url, records, drift_every(CATCHUP_PCT), ProbeMode::Catchup).await?)
+        } else {
+            None
+        };
         Ok(KeyframeReport {
             backend,
             records,
@@ -240,6 +259,7 @@ pub(super) async fn scenario(
             fetch,
             levels,
             corrections,
+            catchup,
         })
     })
     .await
@@ -264,6 +284,7 @@ async fn run_probe(url: &str, records: u64, every: u64, mode: ProbeMode) -> Resu
             ProbeMode::FirstSync => "first-sync",
             ProbeMode::Naive => "naive",
             ProbeMode::Corrections => "corrections",
+            ProbeMode::Catchup => "catchup",
         },
     ])
     .stdout(std::process::Stdio::piped())
@@ -300,6 +321,7 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
     let g = Generator {
         records: a.records,
         drift_every: a.drift_every,
+        drift_rev: if a.mode == ProbeMode::Catchup { 2 } else { 1 },
     };
     let addr = start_vendor(g, stop.clone()).await?;
     // The first sync loads the mirror (an `apply` producer); the drift
@@ -322,6 +344,12 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
             .bind(KF_PRODUCER)
             .execute(store.pool())
             .await?;
+        if a.mode == ProbeMode::Catchup {
+            // The previous catch-up saw every change up to revision 1.
+            store
+                .record_catchup(KF_PRODUCER, Some(2), true, None, 0, 0)
+                .await?;
+        }
     }
     let clock = Instant::now();
     let mut loaded = 0;
@@ -349,6 +377,22 @@ pub(super) async fn probe(a: ProbeArgs) -> Result<()> {
             }
             corrections = Some(carry_out(store, &client, &p, s.work_emitted, &g).await?);
             (s.records, s.rows_read, s.drift())
+        }
+        (ProbeMode::Catchup, Some(store)) => {
+            let cancel = CancellationToken::new();
+            let c = catch_up(store, &client, &Metrics::new(), &p, &cancel).await?;
+            let expected = expected_drift(g.records, g.drift_every);
+            if let Some(e) = &c.error {
+                bail!("catch-up failed: {e}");
+            }
+            if c.records != expected || c.applied != expected {
+                bail!(
+                    "the catch-up pulled {} and applied {} of {expected} changed records",
+                    c.records,
+                    c.applied
+                );
+            }
+            (c.records, 0, c.applied)
         }
         _ => unreachable!("a store is opened for every mode but fetch"),
     };
@@ -574,6 +618,17 @@ pub(super) fn table(reports: &[KeyframeReport], s: &mut String) {
                 );
             }
         }
+        if let Some(c) = &r.catchup {
+            let _ = writeln!(
+                s,
+                "\nCatch-up: {} records changed since the previous one ({CATCHUP_PCT}%) pulled \
+                 and applied in {:.2} s, peak RSS {:.0} MiB: {:.3}× the keyframe at 0.1%.",
+                c.drifted,
+                c.wall_ms / 1000.0,
+                c.peak_rss_mib,
+                catchup_ratio(r).unwrap_or(f64::NAN),
+            );
+        }
         if let Some(c) = r.corrections.as_ref().and_then(|p| p.corrections.as_ref()) {
             let _ = writeln!(
                 s,
@@ -604,6 +659,13 @@ pub(super) fn table(reports: &[KeyframeReport], s: &mut String) {
             }
         }
     }
+}
+
+/// A catch-up's time over the time of the full keyframe at 0.1% drift.
+fn catchup_ratio(r: &KeyframeReport) -> Option<f64> {
+    let c = r.catchup.as_ref()?;
+    let k = r.levels.iter().find(|l| (l.drift_pct - 0.1).abs() < 1e-9)?;
+    Some(ratio(c.wall_ms, k.keyframe.wall_ms))
 }
 
 /// The keyframe targets.
@@ -670,6 +732,16 @@ pub(super) fn targets(
                 "×",
                 0.25,
                 false,
+            );
+        }
+        if let Some(r) = catchup_ratio(k) {
+            push(
+                k.backend,
+                "catch-up of 0.1% changed / keyframe at 0.1%",
+                r,
+                "×",
+                0.05,
+                true,
             );
         }
         push(

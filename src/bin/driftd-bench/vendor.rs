@@ -55,17 +55,25 @@ pub(super) fn record_json(i: u64, rev: u64) -> String {
 #[derive(Clone, Copy)]
 pub(super) struct Generator {
     pub(super) records: u64,
-    /// Records whose index is a multiple of this are at revision 1 (0: none).
+    /// Records whose index is a multiple of this are at revision
+    /// `drift_rev` (0: none); the rest at revision 0.
     pub(super) drift_every: u64,
+    pub(super) drift_rev: u64,
 }
 
 impl Generator {
     pub(super) fn rev(&self, i: u64) -> u64 {
-        u64::from(self.drift_every > 0 && i.is_multiple_of(self.drift_every))
+        if self.drift_every > 0 && i.is_multiple_of(self.drift_every) {
+            self.drift_rev
+        } else {
+            0
+        }
     }
 }
 
-/// `GET /records?cursor=&limit=`: one page of records and the next cursor.
+/// `GET /records?cursor=&limit=[&updated_since=]`: one page of records and
+/// the next cursor; with `updated_since`, only the records whose `rev` is at
+/// least that (the changed records are found by index, not by a scan).
 async fn vendor_page(
     State(g): State<Generator>,
     Query(q): Query<HashMap<String, String>>,
@@ -76,6 +84,12 @@ async fn vendor_page(
         .and_then(|c| c.parse().ok())
         .unwrap_or(PAGE)
         .clamp(1, 10_000);
+    if let Some(since) = q.get("updated_since").and_then(|s| s.parse::<u64>().ok()) {
+        return (
+            [("content-type", "application/json")],
+            changed_page(g, since, start, limit),
+        );
+    }
     let end = (start + limit).min(g.records);
     let mut body = String::with_capacity(((end.saturating_sub(start)) as usize + 1) * 520);
     body.push_str("{\"data\":[");
@@ -92,6 +106,35 @@ async fn vendor_page(
         body.push_str("null}");
     }
     ([("content-type", "application/json")], body)
+}
+
+/// The records at revision `since` or later, from index `start` on.
+fn changed_page(g: Generator, since: u64, start: u64, limit: u64) -> String {
+    let mut body = String::from("{\"data\":[");
+    let mut next = None;
+    if g.drift_every > 0 && g.drift_rev >= since.max(1) {
+        let first = start.div_ceil(g.drift_every) * g.drift_every;
+        let mut i = first;
+        let mut n = 0;
+        while i < g.records {
+            if n == limit {
+                next = Some(i);
+                break;
+            }
+            if n > 0 {
+                body.push(',');
+            }
+            body.push_str(&record_json(i, g.rev(i)));
+            n += 1;
+            i += g.drift_every;
+        }
+    }
+    body.push_str("],\"next_cursor\":");
+    match next {
+        Some(i) => body.push_str(&format!("\"{i}\"}}")),
+        None => body.push_str("null}"),
+    }
+    body
 }
 
 /// Starts the vendor on a loopback port; it stops when `stop` is cancelled.
