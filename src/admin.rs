@@ -23,7 +23,13 @@ pub(crate) async fn status_report(config: &Config, store: &Store) -> Result<Valu
     let backlog = store.fetch_backlog().await?;
     let mut producers = Vec::new();
     for p in &config.producers {
-        let runs = store.runs(&p.name, 5).await?;
+        let mut runs = Vec::new();
+        for run in store.runs(&p.name, 5).await? {
+            let causes = store.drift_causes(run.id).await?;
+            let mut run = serde_json::to_value(run).unwrap_or_default();
+            run["causes"] = json!(causes);
+            runs.push(run);
+        }
         let (h, since) = health
             .get(&p.name)
             .map(|(h, since)| (h.as_str(), Some(*since)))

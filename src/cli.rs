@@ -574,6 +574,10 @@ fn print_summary(s: &Summary) {
         "  missing {}  extra {}  changed {}  skipped (raced) {}  work emitted {}  duration {} ms",
         s.missing, s.extra, s.changed, s.skipped_races, s.work_emitted, s.duration_ms
     );
+    if !s.causes.is_empty() {
+        let causes: Vec<String> = s.causes.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        println!("  why: {}", causes.join(", "));
+    }
     if s.loaded > 0 {
         println!(
             "  first sync: {} records loaded into the empty mirror",
@@ -659,6 +663,15 @@ async fn status(config: &Config, store: &Store, json: bool) -> anyhow::Result<Ex
                     .map(|e| format!("  error: {e}"))
                     .unwrap_or_default()
             );
+            let causes: Vec<String> = r["causes"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(cause, n)| format!("{cause} {n}"))
+                .collect();
+            if !causes.is_empty() {
+                println!("             why: {}", causes.join(", "));
+            }
         }
     }
     let counts: Vec<String> = work.iter().map(|(s, n)| format!("{s} {n}")).collect();

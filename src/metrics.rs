@@ -4,6 +4,8 @@
 //! and the fixed enums for channel, kind, outcome, state and action. A key,
 //! an id or an error text never becomes a label.
 
+use crate::keyframe::cause::Cause;
+use crate::keyframe::compare::DriftKind;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -137,8 +139,9 @@ impl Metrics {
             ),
             drift_detected: counter(
                 "driftd_drift_detected_total",
-                "Drifted entities found by keyframes, by kind.",
-                &["producer", "kind"],
+                "Drifted entities found by keyframes, by kind and cause (lost_delta, late_delta, \
+                 rejected_delta, silent_change, deleted_upstream, created_upstream).",
+                &["producer", "kind", "cause"],
             ),
             drift_open: igauge(
                 "driftd_drift_open",
@@ -243,8 +246,11 @@ impl Metrics {
         for outcome in ["ok", "failed", "guarded"] {
             self.keyframe_runs.with_label_values(&[producer, outcome]);
         }
-        for kind in ["missing", "extra", "changed"] {
-            self.drift_detected.with_label_values(&[producer, kind]);
+        for kind in [DriftKind::Missing, DriftKind::Extra, DriftKind::Changed] {
+            for cause in Cause::of_kind(kind) {
+                self.drift_detected
+                    .with_label_values(&[producer, kind.as_str(), cause.as_str()]);
+            }
         }
         for channel in ["webhook", "email"] {
             for outcome in [

@@ -33,6 +33,11 @@ pub struct WorkSpec {
     pub key: String,
     /// `missing` (producer has it, local doesn't), `extra` (local only) or `changed`.
     pub kind: String,
+    /// Why the drift happened: `lost_delta`, `late_delta`, `rejected_delta`,
+    /// `silent_change`, `deleted_upstream` or `created_upstream` (null for
+    /// drift found before causes were kept).
+    #[serde(default)]
+    pub cause: Option<String>,
     /// blake3 of the producer's record (canonical JSON, hex); null for `extra`.
     pub(crate) expected_hash: Option<String>,
     /// blake3 of the local row the keyframe saw (hex); null for `missing`.
@@ -122,6 +127,7 @@ fn new_work(p: &Producer, run_id: i64, d: DriftRow) -> NewWork {
         producer: p.name.clone(),
         key: d.key.clone(),
         kind: d.kind.clone(),
+        cause: d.cause.clone(),
         expected_hash: d.remote_hash.map(|h| h.to_hex()),
         local_hash: d.local_hash.map(|h| h.to_hex()),
         run_id,
@@ -752,6 +758,7 @@ mod tests {
             producer: "p".into(),
             key: "k".into(),
             kind: "changed".into(),
+            cause: Some("lost_delta".into()),
             expected_hash: Some("aa".into()),
             local_hash: Some("bb".into()),
             run_id: 1,

@@ -127,6 +127,28 @@ fn record_write(
     })
 }
 
+/// The keys a webhook body names under `w`'s mapping, read leniently: the
+/// records whose key can be read, whatever else is wrong with the body (to
+/// say which keys a refused delta was about).
+pub(crate) fn keys_named(w: &WebhookConfig, body: &[u8]) -> Vec<String> {
+    let Ok(doc) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let records = if w.items.is_empty() {
+        std::slice::from_ref(&doc)
+    } else {
+        match doc.pointer(&w.items) {
+            Some(Value::Array(records)) => records.as_slice(),
+            _ => &[],
+        }
+    };
+    records
+        .iter()
+        .filter_map(|r| key_string(r.pointer(&w.key)?))
+        .filter(|k| check_key(k).is_ok())
+        .collect()
+}
+
 /// The write a raw email asks for under `rules`, and its `Message-ID`.
 pub(crate) fn email_plan(rules: &Rules, raw: &[u8], source: Source) -> (Plan, Option<String>) {
     let parsed = match email::parse(raw) {

@@ -125,6 +125,19 @@ fn plan_of(p: &Producer, channel: Channel, body: &[u8], source: Source) -> Plan 
     }
 }
 
+/// The keys a stored delta names: those its plan writes or fetches, else
+/// (a refused body) those whose key can still be read.
+pub(crate) fn named_keys(p: &Producer, channel: Channel, body: &[u8]) -> Vec<String> {
+    match plan_of(p, channel, body, Source::Replay) {
+        Plan::Writes(writes) => writes.into_iter().map(|w| w.key).collect(),
+        Plan::Fetch(keys) => keys,
+        Plan::Rejected(_) | Plan::Unmatched(_) => match (channel, &p.webhook) {
+            (Channel::Webhook, Some(w)) => super::apply::keys_named(w, body),
+            _ => Vec::new(),
+        },
+    }
+}
+
 /// Every configured producer, compiled.
 #[derive(Debug)]
 pub struct Producers {

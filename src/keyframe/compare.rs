@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use super::cause::Cause;
 use super::fetch::DocAt;
 use crate::canonical::{Digest, RecordHash};
 use crate::entity::LocalRow;
@@ -60,6 +61,8 @@ pub(crate) struct Drift {
     /// The producer's record (`missing`, `changed`): where its document is
     /// in the snapshot, and its version.
     pub(crate) remote: Option<(DocAt, Option<i64>)>,
+    /// Why it happened, once attributed ([`super::cause::attribute`]).
+    pub cause: Option<Cause>,
 }
 
 /// Buckets whose digests differ (a bucket absent on one side counts as empty).
@@ -133,6 +136,7 @@ pub(crate) fn classify(
                 remote_hash: Some(r.hash),
                 local_hash: l.hash,
                 remote: Some((r.doc, r.version)),
+                cause: None,
             },
             _ => Drift {
                 key: r.key.to_string(),
@@ -140,6 +144,7 @@ pub(crate) fn classify(
                 remote_hash: Some(r.hash),
                 local_hash: None,
                 remote: Some((r.doc, r.version)),
+                cause: None,
             },
         };
         out.drifts.push(drift);
@@ -159,6 +164,7 @@ pub(crate) fn classify(
             remote_hash: None,
             local_hash: l.hash,
             remote: None,
+            cause: None,
         });
     }
     out.drifts.sort_by(|a, b| a.key.cmp(&b.key));

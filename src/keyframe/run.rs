@@ -5,7 +5,7 @@
 //! (invariant 3). Only this file sequences the IO; the decisions are in
 //! `compare.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
@@ -14,14 +14,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use super::approval::{self, Refusal};
+use super::cause::{self, Cause, Evidence};
 use super::compare::{self, Drift, DriftKind, Remote};
 use super::fetch::{self, Snapshot};
 use super::holder::Holder;
 use crate::config::{Action, Config, Producer};
-use crate::entity::{Change, EntityWrite, Source, WriteOutcome, WriteRule};
+use crate::entity::{Change, EntityWrite, LocalRow, Source, WriteOutcome, WriteRule};
+use crate::ingest::pipeline::named_keys;
 use crate::metrics::Metrics;
 use crate::state::{Health, RunState};
-use crate::store::{now_ms, DriftRow, RunCounts, Store, StoreError};
+use crate::store::{now_ms, DriftRow, InboxOutcome, RunCounts, Store, StoreError};
 use crate::work;
 
 /// Mismatched buckets whose local rows are read and classified together.
@@ -89,6 +91,11 @@ pub struct Summary {
     /// Records a first sync wrote into the empty mirror directly, instead of
     /// one work item each (`apply` producers only).
     pub loaded: u64,
+    /// Drifted entities by cause (`keyframe::cause`), every drift counted once.
+    pub causes: BTreeMap<&'static str, u64>,
+    /// Drifted entities by kind and cause, for `driftd_drift_detected_total`.
+    #[serde(skip)]
+    pub(crate) detected: BTreeMap<(DriftKind, Cause), u64>,
     pub duration_ms: u64,
     pub error: Option<String>,
 }
@@ -387,6 +394,8 @@ impl Keyframer {
             skipped_races: 0,
             work_emitted: 0,
             loaded: 0,
+            causes: BTreeMap::new(),
+            detected: BTreeMap::new(),
             duration_ms: 0,
             error: None,
         };
@@ -428,7 +437,12 @@ impl Keyframer {
             local_rows,
             mismatched,
             first_sync,
+            detected,
         } = compared;
+        for (&(_, cause), n) in &detected {
+            *summary.causes.entry(cause.as_str()).or_default() += n;
+        }
+        summary.detected = detected;
         summary.records = counts.records;
         summary.buckets_compared = counts.buckets_compared;
         summary.buckets_mismatched = counts.buckets_mismatched;
@@ -602,13 +616,28 @@ impl Keyframer {
         // and local rows in memory are those of one slice.
         let mut drifts = Vec::new();
         let (mut skipped_races, mut rows_read, mut missing) = (0u64, 0u64, 0u64);
+        let mut detected = BTreeMap::new();
+        let evidence = if mismatched.is_empty() {
+            InboxEvidence::default()
+        } else {
+            InboxEvidence::read(&self.store, p).await?
+        };
         for slice in mismatched.chunks(CLASSIFY_BUCKETS) {
             let local = self.store.rows_in_buckets(&p.name, slice).await?;
             rows_read += local.len() as u64;
             let records = snapshot.in_buckets(slice).map_err(unreadable(p))?;
             let c = compare::classify(&remotes(&records), &local, snapshot.started_at_ms, previous);
             skipped_races += c.skipped_races.len() as u64;
-            for d in c.drifts {
+            let local_by_key: HashMap<&str, &LocalRow> =
+                local.iter().map(|l| (l.key.as_str(), l)).collect();
+            for mut d in c.drifts {
+                let cause = cause::attribute(
+                    &d,
+                    local_by_key.get(d.key.as_str()).copied(),
+                    evidence.of(&d.key),
+                );
+                d.cause = Some(cause);
+                *detected.entry((d.kind, cause)).or_default() += 1;
                 if d.kind == DriftKind::Missing {
                     missing += 1;
                     if first_sync || !keep {
@@ -635,6 +664,7 @@ impl Keyframer {
             local_rows,
             mismatched,
             first_sync,
+            detected,
         })
     }
 
@@ -708,13 +738,9 @@ impl Keyframer {
             m.first_sync_records
                 .with_label_values(&[&p.name])
                 .inc_by(summary.loaded);
-            for (kind, n) in [
-                ("missing", summary.missing),
-                ("extra", summary.extra),
-                ("changed", summary.changed),
-            ] {
+            for (&(kind, cause), &n) in &summary.detected {
                 m.drift_detected
-                    .with_label_values(&[&p.name, kind])
+                    .with_label_values(&[&p.name, kind.as_str(), cause.as_str()])
                     .inc_by(n);
             }
             let delivered = self
@@ -778,6 +804,59 @@ struct Compared {
     local_rows: u64,
     mismatched: Vec<u32>,
     first_sync: bool,
+    /// Every drift (kept or not) by kind and cause.
+    detected: BTreeMap<(DriftKind, Cause), u64>,
+}
+
+/// Newest deltas read per outcome to attribute drift: refused and pending
+/// deltas are few; past this many, older ones are not consulted.
+const EVIDENCE_DELTAS: i64 = 10_000;
+/// Keys waiting for a fetch consulted to attribute drift.
+const EVIDENCE_FETCHES: i64 = 100_000;
+
+/// What the inbox says about a producer's keys, read once per keyframe.
+#[derive(Debug, Default)]
+struct InboxEvidence {
+    /// Keys named by a delta committed and not applied yet (pending, or
+    /// waiting for its fetch).
+    waiting: HashSet<String>,
+    /// Keys named by a refused delta, with when the newest arrived.
+    refused: HashMap<String, i64>,
+}
+
+impl InboxEvidence {
+    async fn read(store: &Store, p: &Producer) -> Result<Self, StoreError> {
+        let mut out = Self::default();
+        for f in store
+            .pending_fetches(Some(&p.name), EVIDENCE_FETCHES)
+            .await?
+        {
+            out.waiting.insert(f.key);
+        }
+        for row in store
+            .newest_deltas(&p.name, InboxOutcome::Pending, EVIDENCE_DELTAS)
+            .await?
+        {
+            out.waiting.extend(named_keys(p, row.channel, &row.body));
+        }
+        for row in store
+            .newest_deltas(&p.name, InboxOutcome::Rejected, EVIDENCE_DELTAS)
+            .await?
+        {
+            for key in named_keys(p, row.channel, &row.body) {
+                let at = out.refused.entry(key).or_insert(row.received_at);
+                *at = (*at).max(row.received_at);
+            }
+        }
+        Ok(out)
+    }
+
+    fn of(&self, key: &str) -> Evidence {
+        Evidence {
+            waiting: self.waiting.contains(key),
+            refused_at: self.refused.get(key).copied(),
+        }
+    }
 }
 
 /// The records as the compare sees them.
@@ -817,6 +896,7 @@ fn drift_row(p: &Producer, snapshot: &Snapshot, d: &Drift) -> Result<DriftRow, K
     Ok(DriftRow {
         key: d.key.clone(),
         kind: d.kind.as_str().to_string(),
+        cause: d.cause.map(|c| c.as_str().to_string()),
         remote_hash: d.remote_hash,
         local_hash: d.local_hash,
         doc,

@@ -519,6 +519,28 @@ impl Store {
         .await
     }
 
+    /// The newest `limit` deltas of `producer` with `outcome`, newest first
+    /// (attribution reads the refused and the pending ones).
+    pub(crate) async fn newest_deltas(
+        &self,
+        producer: &str,
+        outcome: InboxOutcome,
+        limit: i64,
+    ) -> Result<Vec<InboxRow>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM inbox WHERE producer = $1 AND outcome = $2
+             ORDER BY id DESC LIMIT $3"
+        );
+        let rows = query(&sql)
+            .bind(producer)
+            .bind(outcome.as_str())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read the newest deltas"))?;
+        rows.iter().map(row_from).collect()
+    }
+
     /// Up to `limit` rows matching `filter` with an id above `after_id`, in id order.
     pub async fn inbox_page(
         &self,

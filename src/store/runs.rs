@@ -50,6 +50,9 @@ pub struct Pruned {
 pub struct DriftRow {
     pub key: String,
     pub kind: String,
+    /// Why it happened (`keyframe::cause`); `None` for drift found before
+    /// causes were kept.
+    pub cause: Option<String>,
     pub(crate) remote_hash: Option<RecordHash>,
     pub local_hash: Option<RecordHash>,
     pub doc: Option<String>,
@@ -334,14 +337,15 @@ impl Store {
             let q = match self.backend {
                 Backend::Sqlite => {
                     let sql = format!(
-                        "INSERT INTO drifts (run_id, producer, key, kind, remote_hash, local_hash, doc) VALUES {}",
-                        placeholders(chunk.len(), 3, "($1, $2, ?, ?, ?, ?, ?)")
+                        "INSERT INTO drifts (run_id, producer, key, kind, cause, remote_hash, local_hash, doc) VALUES {}",
+                        placeholders(chunk.len(), 3, "($1, $2, ?, ?, ?, ?, ?, ?)")
                     );
                     let mut q = query(&sql).bind(run_id).bind(producer);
                     for d in chunk {
                         q = q
                             .bind(d.key.as_str())
                             .bind(d.kind.as_str())
+                            .bind(d.cause.as_deref())
                             .bind(hash(d.remote_hash))
                             .bind(hash(d.local_hash))
                             .bind(d.doc.as_deref().map(Json::text));
@@ -349,14 +353,15 @@ impl Store {
                     q.execute(&mut tx).await
                 }
                 Backend::Postgres => query(
-                    "INSERT INTO drifts (run_id, producer, key, kind, remote_hash, local_hash, doc)
-                     SELECT $1, $2, u.* FROM UNNEST($3::text[], $4::text[], $5::bytea[], $6::bytea[],
-                       $7::jsonb[]) AS u",
+                    "INSERT INTO drifts (run_id, producer, key, kind, cause, remote_hash, local_hash, doc)
+                     SELECT $1, $2, u.* FROM UNNEST($3::text[], $4::text[], $5::text[], $6::bytea[],
+                       $7::bytea[], $8::jsonb[]) AS u",
                 )
                 .bind(run_id)
                 .bind(producer)
                 .bind(column(chunk, |d| d.key.clone()))
                 .bind(column(chunk, |d| d.kind.clone()))
+                .bind(column(chunk, |d| d.cause.clone()))
                 .bind(column(chunk, |d| hash(d.remote_hash)))
                 .bind(column(chunk, |d| hash(d.local_hash)))
                 .bind(column(chunk, |d| {
@@ -395,7 +400,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<DriftRow>, StoreError> {
         let rows = query(
-            "SELECT key, kind, remote_hash, local_hash, doc FROM drifts
+            "SELECT key, kind, remote_hash, local_hash, doc, cause FROM drifts
              WHERE run_id = $1 AND key > $2 ORDER BY key LIMIT $3",
         )
         .bind(run_id)
@@ -417,7 +422,26 @@ impl Store {
                     remote_hash: hash(2)?,
                     local_hash: hash(3)?,
                     doc: r.try_get(4).map_err(e)?,
+                    cause: r.try_get(5).map_err(e)?,
                 })
+            })
+            .collect()
+    }
+
+    /// How many drifts of run `run_id` each cause explains, by cause name
+    /// (`unknown` for drift found before causes were kept).
+    pub async fn drift_causes(&self, run_id: i64) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows = query("SELECT cause, COUNT(*) FROM drifts WHERE run_id = $1 GROUP BY cause")
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("count drift causes"))?;
+        rows.iter()
+            .map(|r| {
+                let e = db("count drift causes");
+                let cause: Option<String> = r.try_get(0).map_err(e)?;
+                let n: i64 = r.try_get(1).map_err(e)?;
+                Ok((cause.unwrap_or_else(|| "unknown".into()), n.max(0) as u64))
             })
             .collect()
     }

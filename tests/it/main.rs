@@ -10,6 +10,7 @@
 )]
 
 mod admin;
+mod attribution;
 mod catchup;
 mod cli;
 mod converge;
