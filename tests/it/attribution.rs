@@ -33,9 +33,7 @@ impl Orders {
                 get(|| async { StatusCode::SERVICE_UNAVAILABLE }),
             )
             .with_state(o.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = crate::support::serve_loopback(app).await;
         (o, addr)
     }
 
@@ -92,18 +90,6 @@ action = "none"
     )
 }
 
-async fn keyframe(d: &Daemon) -> Value {
-    let resp = d
-        .http
-        .post(format!("{}/admin/keyframe/orders", d.base))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.json().await.unwrap()
-}
-
 async fn each_cause_is_found_exactly(db: &TestDb) {
     let (orders, addr) = Orders::start().await;
     for key in [
@@ -125,7 +111,7 @@ async fn each_cause_is_found_exactly(db: &TestDb) {
         let (status, body) = d.send("orders", r, &format!("seed-{i}")).await;
         assert_eq!(status, 200, "{body}");
     }
-    let first = keyframe(&d).await;
+    let first = d.keyframe(&d.http, ADMIN).await;
     assert_eq!(
         first["missing"].as_u64().unwrap() + first["changed"].as_u64().unwrap(),
         0,
@@ -168,7 +154,7 @@ async fn each_cause_is_found_exactly(db: &TestDb) {
     orders.remove("deleted");
     orders.put("created", "open", 1);
 
-    let second = keyframe(&d).await;
+    let second = d.keyframe(&d.http, ADMIN).await;
     let run_id = second["run_id"].as_i64().unwrap();
     let drifts = d.store.drifts_of_run(run_id).await.unwrap();
     let found: BTreeMap<&str, (&str, Option<&str>)> = drifts

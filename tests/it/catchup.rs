@@ -39,9 +39,7 @@ impl Vendor {
         let app = Router::new()
             .route("/orders", get(list))
             .with_state(v.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = crate::support::serve_loopback(app).await;
         (v, addr)
     }
 

@@ -43,9 +43,7 @@ impl Shop {
             .route("/orders", get(list))
             .route("/orders/{key}", get(one))
             .with_state(shop.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = crate::support::serve_loopback(app).await;
         (shop, addr)
     }
 

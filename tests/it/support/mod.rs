@@ -216,3 +216,11 @@ pub async fn differing(
         .map(|(k, _)| k.clone())
         .collect()
 }
+
+/// Serves `app` on a loopback port of its own, for the life of the test.
+pub async fn serve_loopback(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
