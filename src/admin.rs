@@ -45,6 +45,15 @@ pub(crate) async fn status_report(config: &Config, store: &Store) -> Result<Valu
             "fetch": p.fetch.as_ref().map(|_| json!({
                 "waiting": backlog.get(&p.name).copied().unwrap_or(0),
             })),
+            "pacing": match &p.adaptive {
+                Some(a) => Some(json!({
+                    "min_interval_secs": a.min_interval_secs,
+                    "max_interval_secs": a.max_interval_secs,
+                    "target_drift_seconds": a.target_drift_seconds,
+                    "last": store.pacing(&p.name).await?,
+                })),
+                None => None,
+            },
             "catchup": match &p.catchup {
                 Some(c) => Some(json!({
                     "every_secs": c.every_secs,

@@ -621,6 +621,19 @@ async fn status(config: &Config, store: &Store, json: bool) -> anyhow::Result<Ex
         if let Some(n) = p["fetch"]["waiting"].as_i64() {
             println!("  fetch: {n} keys waiting");
         }
+        if p["pacing"].is_object() {
+            let last = &p["pacing"]["last"];
+            match last["next_at"].as_i64() {
+                None => println!("  adaptive: no keyframe paced yet"),
+                Some(at) => println!(
+                    "  adaptive: every {:.1}s ({}; drift rate {:.4}/s)  next in {}s",
+                    last["interval_secs"].as_f64().unwrap_or_default(),
+                    last["reason"].as_str().unwrap_or_default(),
+                    last["rate"].as_f64().unwrap_or_default(),
+                    ((at - now) / 1000).max(0)
+                ),
+            }
+        }
         if p["catchup"].is_object() {
             let last = &p["catchup"]["last"];
             match last["last_at"].as_i64() {

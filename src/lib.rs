@@ -37,6 +37,7 @@ pub mod entity;
 pub mod ingest;
 pub mod keyframe;
 pub mod metrics;
+pub mod pacing;
 pub(crate) mod patch;
 pub(crate) mod probe;
 pub(crate) mod redact;

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub(crate) catchup_records: IntCounterVec,
     pub(crate) catchup_running: IntGaugeVec,
     pub(crate) catchup_last_success: GaugeVec,
+    pub(crate) keyframe_interval: GaugeVec,
+    pub(crate) drift_rate: GaugeVec,
+    pub(crate) pacing_reason: IntGaugeVec,
     pub(crate) build_info: Gauge,
 }
 
@@ -223,6 +226,19 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            keyframe_interval: register(
+                &r,
+                GaugeVec::new(Opts::new("driftd_keyframe_interval_seconds", "The interval adaptive pacing chose after the last keyframe."), &["producer"]).expect("valid metric"),
+            ),
+            drift_rate: register(
+                &r,
+                GaugeVec::new(Opts::new("driftd_keyframe_drift_rate", "Drifted records per second, as adaptive pacing estimates it."), &["producer"]).expect("valid metric"),
+            ),
+            pacing_reason: igauge(
+                "driftd_keyframe_pacing_reason",
+                "1 for why adaptive pacing chose its current interval.",
+                &["producer", "reason"],
+            ),
             build_info: register(
                 &r,
                 Gauge::with_opts(
@@ -238,6 +254,22 @@ impl Metrics {
         };
         m.build_info.set(1.0);
         m
+    }
+
+    /// Shows an adaptive producer's pacing: interval, estimated drift rate,
+    /// and which reason holds (1) and which do not (0).
+    pub(crate) fn set_pacing(&self, producer: &str, pace: &crate::pacing::Pace) {
+        self.keyframe_interval
+            .with_label_values(&[producer])
+            .set(pace.interval_secs);
+        self.drift_rate
+            .with_label_values(&[producer])
+            .set(pace.rate);
+        for reason in crate::pacing::Reason::ALL {
+            self.pacing_reason
+                .with_label_values(&[producer, reason.as_str()])
+                .set(i64::from(*reason == pace.reason));
+        }
     }
 
     /// Creates every labelled series of a producer at zero so dashboards and

@@ -3,7 +3,12 @@
 //! Each run claims the tick it serves (`Keyframer::run_scheduled`): one tick
 //! is one run across replicas. After a run the next time is computed from the
 //! current time: a tick missed while the daemon was busy or down is skipped,
-//! never run twice.
+//! never run twice. An adaptive producer's next time is the one its last
+//! keyframe stored (`pacing`), read again every few seconds so a replica
+//! follows the pace another one set; a time already past (a restart after
+//! it) runs at once.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -11,11 +16,15 @@ use tracing::{debug, info, warn};
 
 use crate::config::Producer;
 use crate::keyframe::run::{KeyframeError, Keyframer};
+use crate::store::now_ms;
 
 /// Runs `p`'s keyframes on its schedule until `cancel`. A run under way when
 /// `cancel` fires is interrupted by the keyframer (recorded `failed`, its
 /// lease released), not dropped.
 pub(crate) async fn run_schedule(keyframer: Keyframer, p: Producer, cancel: CancellationToken) {
+    if p.schedule().is_adaptive() {
+        return run_adaptive(keyframer, p, cancel).await;
+    }
     let mut served: Option<DateTime<Utc>> = None;
     loop {
         let now = Utc::now();
@@ -42,6 +51,65 @@ pub(crate) async fn run_schedule(keyframer: Keyframer, p: Producer, cancel: Canc
             Err(e) => warn!(producer = %p.name, error = %e, "keyframe could not run"),
         }
         served = Some(next);
+        if cancel.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// How often an adaptive producer's stored next time is read again.
+const PACING_POLL: Duration = Duration::from_secs(5);
+
+/// Runs an adaptive producer's keyframes at the times they pace themselves to.
+async fn run_adaptive(keyframer: Keyframer, p: Producer, cancel: CancellationToken) {
+    let min_ms = p
+        .adaptive
+        .as_ref()
+        .map_or(1_000, |a| (a.min_interval_secs * 1000.0).round() as i64);
+    let mut served: Option<i64> = None;
+    loop {
+        let due = match keyframer.show_pacing(&p).await {
+            // Never a tick at or before the last one served here: if the
+            // pace was not moved (the run could not record it), wait a
+            // minimum interval past it.
+            Ok(Some(s)) => match served {
+                Some(last) if s.next_at <= last => last + min_ms,
+                _ => s.next_at,
+            },
+            Ok(None) => served.map_or_else(now_ms, |last| last + min_ms),
+            Err(e) => {
+                warn!(producer = %p.name, error = %e, "cannot read the pacing; trying again");
+                served
+                    .map_or_else(now_ms, |last| last + min_ms)
+                    .max(now_ms() + 1_000)
+            }
+        };
+        let wait = Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0));
+        if !wait.is_zero() {
+            debug!(producer = %p.name, due, "next adaptive keyframe");
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait.min(PACING_POLL)) => {}
+            }
+            if wait > PACING_POLL {
+                continue;
+            }
+        }
+        match keyframer.run_scheduled(&p, due).await {
+            Ok(s) => {
+                if let Some(pace) = s.pace {
+                    debug!(producer = %p.name, interval_secs = pace.interval_secs, reason = pace.reason.as_str(), "paced");
+                }
+            }
+            Err(KeyframeError::Busy(_)) => {
+                info!(producer = %p.name, "keyframe skipped: another replica or process is running one");
+            }
+            Err(KeyframeError::TickServed { .. }) => {
+                debug!(producer = %p.name, tick = due, "keyframe skipped: another replica served this time");
+            }
+            Err(e) => warn!(producer = %p.name, error = %e, "keyframe could not run"),
+        }
+        served = Some(due);
         if cancel.is_cancelled() {
             return;
         }

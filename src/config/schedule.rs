@@ -7,28 +7,39 @@
 use chrono::{DateTime, DurationRound, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 
-/// A cron expression with seconds, read in an IANA time zone.
+/// A cron expression with seconds, read in an IANA time zone; or adaptive
+/// pacing, whose times come from the measured drift (`crate::pacing`).
 #[derive(Debug, Clone)]
 pub(crate) struct Schedule {
-    cron: croner::Cron,
-    tz: Tz,
+    cron: Option<(croner::Cron, Tz)>,
 }
 
 impl Schedule {
     pub(super) fn new(cron: croner::Cron, tz: Tz) -> Self {
-        Self { cron, tz }
+        Self {
+            cron: Some((cron, tz)),
+        }
+    }
+
+    pub(super) fn adaptive() -> Self {
+        Self { cron: None }
+    }
+
+    /// Whether keyframes are paced by the drift found rather than a cron.
+    pub(crate) fn is_adaptive(&self) -> bool {
+        self.cron.is_none()
     }
 
     /// The first fire time strictly after `after`, on a whole second; `None`
-    /// when the expression has no later time. Whole seconds give every
+    /// when the expression has no later time (or the schedule is adaptive). Whole seconds give every
     /// replica the same instant (croner keeps the sub-second part of its
     /// start, which would give each replica its own phase).
     pub(crate) fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let (cron, tz) = self.cron.as_ref()?;
         let second = TimeDelta::seconds(1);
         let after = after.duration_trunc(second).ok()?;
-        let local = self.tz.from_utc_datetime(&after.naive_utc());
-        self.cron
-            .find_next_occurrence(&local, false)
+        let local = tz.from_utc_datetime(&after.naive_utc());
+        cron.find_next_occurrence(&local, false)
             .ok()
             .and_then(|t| t.with_timezone(&Utc).duration_trunc(second).ok())
             .filter(|t| *t > after)

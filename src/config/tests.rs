@@ -216,3 +216,60 @@ fn the_snapshot_plan_is_checked_with_the_config() {
         "{plan}"
     );
 }
+
+#[test]
+fn adaptive_schedules_need_their_bounds() {
+    let producer = |schedule: &str, adaptive: &str| {
+        format!(
+            "[[producer]]\nname = \"a\"\nschedule = \"{schedule}\"\n{adaptive}\
+             [producer.snapshot]\nurl = \"http://127.0.0.1:9/\"\n"
+        )
+    };
+    let ok = producer(
+        "adaptive",
+        "[producer.adaptive]\nmin_interval_secs = 30\nmax_interval_secs = 3600\ntarget_drift_seconds = 600\n",
+    );
+    let ok = Config::parse("t.toml", &ok, &env).unwrap();
+    assert!(ok.config.producers[0].schedule().is_adaptive());
+    let cases = [
+        (
+            producer("adaptive", ""),
+            "producer[0].adaptive: schedule = \"adaptive\" needs a [producer.adaptive] table",
+        ),
+        (
+            producer(
+                "adaptive",
+                "[producer.adaptive]\nmin_interval_secs = 60\nmax_interval_secs = 30\ntarget_drift_seconds = 0\nmax_pulls_per_day = 0\n",
+            ),
+            "producer[0].adaptive.max_interval_secs: max_interval_secs 30 is below min_interval_secs 60",
+        ),
+        (
+            producer(
+                "* * * * * *",
+                "[producer.adaptive]\nmin_interval_secs = 1\nmax_interval_secs = 2\ntarget_drift_seconds = 1\n",
+            ),
+            "producer[0].adaptive: only read with schedule = \"adaptive\"; schedule is \"* * * * * *\"",
+        ),
+    ];
+    for (text, want) in cases {
+        let shown = Config::parse("t.toml", &text, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(shown.contains(want), "{shown}");
+    }
+    let bad = producer(
+        "adaptive",
+        "[producer.adaptive]\nmin_interval_secs = 60\nmax_interval_secs = 30\ntarget_drift_seconds = 0\nmax_pulls_per_day = 0\n",
+    );
+    let err = Config::parse("t.toml", &bad, &env).unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.contains("target_drift_seconds 0 must be a positive number"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("max_pulls_per_day: must be at least 1"),
+        "{shown}"
+    );
+    assert_eq!(err.problems.len(), 3, "{shown}");
+}

@@ -115,7 +115,8 @@ impl Default for DatabaseConfig {
 pub struct ProducerConfig {
     /// Lowercase letters, digits, `-` and `_`; used in URLs and metric labels.
     pub name: String,
-    /// Keyframe schedule: cron with seconds (`sec min hour dom month dow`).
+    /// Keyframe schedule: cron with seconds (`sec min hour dom month dow`),
+    /// or `adaptive` (paced by the drift found; `[producer.adaptive]`).
     pub schedule: String,
     /// IANA time zone the schedule is read in; UTC when absent.
     pub timezone: Option<String>,
@@ -139,6 +140,8 @@ pub struct ProducerConfig {
     pub fetch: Option<FetchConfig>,
     /// Incremental pulls between keyframes.
     pub catchup: Option<CatchupConfig>,
+    /// The bounds and target of `schedule = "adaptive"`.
+    pub adaptive: Option<AdaptiveConfig>,
 }
 
 /// What a 404 from the fetch URL means.
@@ -194,6 +197,21 @@ pub enum SinceFormat {
     Rfc3339,
     /// The version as an integer; `overlap` in version units.
     Integer,
+}
+
+/// `schedule = "adaptive"`: each keyframe is scheduled from the drift rate
+/// the previous ones measured (`pacing`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdaptiveConfig {
+    /// The shortest interval between keyframes, in seconds (fractions allowed).
+    pub min_interval_secs: f64,
+    /// The longest interval between keyframes, in seconds.
+    pub max_interval_secs: f64,
+    /// Drift-seconds allowed to accumulate between two keyframes (one record
+    /// wrong for an hour is 3600): the interval is sqrt(2 × this / drift rate).
+    pub target_drift_seconds: f64,
+    /// At most this many keyframes a day, for vendors with quotas.
+    pub max_pulls_per_day: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

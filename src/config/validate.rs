@@ -146,14 +146,32 @@ pub(super) fn validate(
                 format!("duplicate producer name {:?}", p.name),
             );
         }
-        let cron = parse_cron(&p.schedule)
-            .map_err(|e| {
+        let adaptive = p.schedule == ADAPTIVE;
+        let cron = if adaptive {
+            validate_adaptive(&mut c, &at, p.adaptive.as_ref());
+            None
+        } else {
+            if p.adaptive.is_some() {
                 c.push(
-                    format!("{at}.schedule"),
-                    format!("invalid cron expression {:?}: {e}", p.schedule),
+                    format!("{at}.adaptive"),
+                    format!(
+                        "only read with schedule = \"{ADAPTIVE}\"; schedule is {:?}",
+                        p.schedule
+                    ),
                 );
-            })
-            .ok();
+            }
+            parse_cron(&p.schedule)
+                .map_err(|e| {
+                    c.push(
+                        format!("{at}.schedule"),
+                        format!(
+                            "invalid cron expression {:?}: {e} (or \"{ADAPTIVE}\")",
+                            p.schedule
+                        ),
+                    );
+                })
+                .ok()
+        };
         let tz = match &p.timezone {
             None => Some(Tz::UTC),
             Some(tz) => tz
@@ -191,18 +209,20 @@ pub(super) fn validate(
         };
         validate_work(&mut c, &format!("{at}.work"), &p.work);
         validate_fetch(&mut c, &at, p);
-        if let (Some(cron), Some(tz), Some(hasher), Some(rules)) = (cron, tz, hasher, rules) {
+        let schedule = match (cron, tz) {
+            (Some(cron), Some(tz)) => Some(Schedule::new(cron, tz)),
+            (None, Some(_)) if adaptive => Some(Schedule::adaptive()),
+            _ => None,
+        };
+        if let (Some(schedule), Some(hasher), Some(rules)) = (schedule, hasher, rules) {
             if c.found() == before {
                 // What the checks above left for the pull to find (a header
                 // value that is not valid in HTTP) is found here, once.
                 match Plan::new(&p.snapshot, &hasher, p.bucket_bits) {
-                    Ok(plan) => {
-                        match Producer::new(p.clone(), Schedule::new(cron, tz), hasher, plan, rules)
-                        {
-                            Ok(producer) => producers.push(producer),
-                            Err(e) => c.push(format!("{at}.fetch"), e),
-                        }
-                    }
+                    Ok(plan) => match Producer::new(p.clone(), schedule, hasher, plan, rules) {
+                        Ok(producer) => producers.push(producer),
+                        Err(e) => c.push(format!("{at}.fetch"), e),
+                    },
                     Err(e) => c.push(format!("{at}.snapshot"), e.to_string()),
                 }
             }
@@ -427,6 +447,54 @@ fn validate_work(c: &mut Check<'_>, at: &str, w: &WorkConfig) {
             ),
         );
     }
+}
+
+/// The `schedule` that paces keyframes by the drift they find.
+const ADAPTIVE: &str = "adaptive";
+
+/// Checks `[producer.adaptive]` for `schedule = "adaptive"`; whether it is usable.
+fn validate_adaptive(c: &mut Check<'_>, at: &str, a: Option<&AdaptiveConfig>) -> bool {
+    let Some(a) = a else {
+        c.push(
+            format!("{at}.adaptive"),
+            "schedule = \"adaptive\" needs a [producer.adaptive] table \
+             (min_interval_secs, max_interval_secs, target_drift_seconds)",
+        );
+        return false;
+    };
+    let before = c.found();
+    let aat = format!("{at}.adaptive");
+    for (field, value) in [
+        ("min_interval_secs", a.min_interval_secs),
+        ("max_interval_secs", a.max_interval_secs),
+        ("target_drift_seconds", a.target_drift_seconds),
+    ] {
+        if !(value.is_finite() && value > 0.0) {
+            c.push(
+                format!("{aat}.{field}"),
+                format!("{field} {value} must be a positive number"),
+            );
+        }
+    }
+    if a.min_interval_secs.is_finite() && a.min_interval_secs < 0.1 {
+        c.push(
+            format!("{aat}.min_interval_secs"),
+            format!("min_interval_secs {} is below 0.1", a.min_interval_secs),
+        );
+    }
+    if a.max_interval_secs < a.min_interval_secs {
+        c.push(
+            format!("{aat}.max_interval_secs"),
+            format!(
+                "max_interval_secs {} is below min_interval_secs {}",
+                a.max_interval_secs, a.min_interval_secs
+            ),
+        );
+    }
+    if a.max_pulls_per_day == Some(0) {
+        c.push(format!("{aat}.max_pulls_per_day"), "must be at least 1");
+    }
+    c.found() == before
 }
 
 /// Checks `[producer.fetch]`, `[producer.catchup]` and the settings that need them.

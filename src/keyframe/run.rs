@@ -22,8 +22,9 @@ use crate::config::{Action, Config, Producer};
 use crate::entity::{Change, EntityWrite, LocalRow, Source, WriteOutcome, WriteRule};
 use crate::ingest::pipeline::named_keys;
 use crate::metrics::Metrics;
+use crate::pacing::{self, Observation, Pace};
 use crate::state::{Health, RunState};
-use crate::store::{now_ms, DriftRow, InboxOutcome, RunCounts, Store, StoreError};
+use crate::store::{now_ms, DriftRow, InboxOutcome, Pacing, RunCounts, Store, StoreError};
 use crate::work;
 
 /// Mismatched buckets whose local rows are read and classified together.
@@ -96,6 +97,12 @@ pub struct Summary {
     /// Drifted entities by kind and cause, for `driftd_drift_detected_total`.
     #[serde(skip)]
     pub(crate) detected: BTreeMap<(DriftKind, Cause), u64>,
+    /// When the run began (ms), before its pull.
+    #[serde(skip)]
+    pub(crate) started_at_ms: i64,
+    /// An adaptive producer's next pace, set by this run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pace: Option<Pace>,
     pub duration_ms: u64,
     pub error: Option<String>,
 }
@@ -396,6 +403,8 @@ impl Keyframer {
             loaded: 0,
             causes: BTreeMap::new(),
             detected: BTreeMap::new(),
+            started_at_ms: started_at,
+            pace: None,
             duration_ms: 0,
             error: None,
         };
@@ -760,6 +769,9 @@ impl Keyframer {
                 .with_label_values(&[&p.name])
                 .set(i64::from(summary.state == RunState::Guarded));
         }
+        if p.schedule().is_adaptive() {
+            summary.pace = self.pace(p, &summary).await?;
+        }
         if summary.state == RunState::Ok {
             m.keyframe_last_success
                 .with_label_values(&[&p.name])
@@ -780,6 +792,58 @@ impl Keyframer {
             "keyframe finished"
         );
         Ok(summary)
+    }
+}
+
+impl Keyframer {
+    /// Schedules an adaptive producer's next keyframe from what `summary`
+    /// found (`pacing::next`), records it for every replica and shows it.
+    async fn pace(&self, p: &Producer, summary: &Summary) -> Result<Option<Pace>, KeyframeError> {
+        let Some(cfg) = &p.adaptive else {
+            return Ok(None);
+        };
+        let observed = match summary.state {
+            RunState::Ok => {
+                let previous = self
+                    .store
+                    .previous_pull_started(&p.name, summary.started_at_ms)
+                    .await?;
+                Observation::Compared {
+                    drift: summary.drift(),
+                    elapsed_secs: previous.map(|at| (summary.started_at_ms - at) as f64 / 1000.0),
+                }
+            }
+            RunState::Guarded => Observation::Guarded,
+            RunState::Failed => Observation::Failed,
+            _ => return Ok(None),
+        };
+        let previous = self.store.pacing(&p.name).await?.map(|s| s.pace);
+        let quota = p
+            .snapshot_plan()
+            .pace()
+            .quota_wait()
+            .map(|d| d.as_secs_f64());
+        let pace = pacing::next(cfg, previous.as_ref(), observed, quota);
+        let next_at = summary.started_at_ms + (pace.interval_secs * 1000.0).round() as i64;
+        self.store.record_pacing(&p.name, &pace, next_at).await?;
+        self.metrics.set_pacing(&p.name, &pace);
+        info!(
+            producer = %p.name,
+            interval_secs = pace.interval_secs,
+            drift_rate = pace.rate,
+            reason = pace.reason.as_str(),
+            "next keyframe paced"
+        );
+        Ok(Some(pace))
+    }
+
+    /// Shows an adaptive producer's stored pacing (at start, before its first run here).
+    pub(crate) async fn show_pacing(&self, p: &Producer) -> Result<Option<Pacing>, StoreError> {
+        let pacing = self.store.pacing(&p.name).await?;
+        if let Some(s) = &pacing {
+            self.metrics.set_pacing(&p.name, &s.pace);
+        }
+        Ok(pacing)
     }
 }
 

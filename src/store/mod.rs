@@ -33,6 +33,7 @@ mod entities;
 mod feed;
 mod fetches;
 mod inbox;
+mod pacing;
 mod runs;
 mod seal;
 pub mod sql;
@@ -55,6 +56,7 @@ pub use feed::FeedChange;
 pub use fetches::{FetchClaim, FetchResult, FetchRow, FetchSettled};
 pub use inbox::{Channel, InboxEffect, InboxEntry, InboxFilter, InboxOutcome, InboxRow, Settled};
 pub(crate) use inbox::{LockOrder, SettleMode};
+pub use pacing::Pacing;
 pub use runs::{DriftRow, Pruned, RunCounts, RunRow};
 pub use work::{Emitted, NewWork, WorkRow};
 

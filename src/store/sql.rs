@@ -136,6 +136,7 @@ pub fn column<T, U>(rows: &[T], f: impl Fn(&T) -> U) -> Arr<U> {
 #[derive(Debug, Clone)]
 pub enum Arg<'q> {
     Int(Option<i64>),
+    Float(Option<f64>),
     Flag(Option<bool>),
     Text(Option<Cow<'q, str>>),
     Bytes(Option<Vec<u8>>),
@@ -166,6 +167,7 @@ arg_from! {
     i64 => |v| Arg::Int(Some(v));
     &'q i64 => |v| Arg::Int(Some(*v));
     Option<i64> => |v| Arg::Int(v);
+    f64 => |v| Arg::Float(Some(v));
     bool => |v| Arg::Flag(Some(v));
     &'q str => |v| Arg::Text(Some(Cow::Borrowed(v)));
     &'q String => |v| Arg::Text(Some(Cow::Borrowed(v.as_str())));
@@ -331,6 +333,7 @@ impl<'q> Query<'q> {
         for a in self.args {
             q = match a {
                 Arg::Int(v) => q.bind(v),
+                Arg::Float(v) => q.bind(v),
                 Arg::Flag(v) => q.bind(v),
                 Arg::Text(v) | Arg::Json(v) => q.bind(v),
                 Arg::Bytes(v) => q.bind(v),
@@ -350,6 +353,7 @@ impl<'q> Query<'q> {
         for a in self.args {
             q = match a {
                 Arg::Int(v) => q.bind(v),
+                Arg::Float(v) => q.bind(v),
                 Arg::Flag(v) => q.bind(v),
                 Arg::Text(v) => q.bind(v),
                 Arg::Bytes(v) => q.bind(v),
@@ -625,7 +629,7 @@ macro_rules! plain_column {
     };
 }
 
-plain_column!(bool, Option<bool>, Vec<u8>, Option<Vec<u8>>);
+plain_column!(bool, Option<bool>, f64, Vec<u8>, Option<Vec<u8>>);
 
 impl<A: Column, B: Column> Column for (A, B) {
     fn sqlite(row: &SqliteRow, i: usize) -> Result<Self, sqlx::Error> {

@@ -23,6 +23,7 @@ mod leases;
 mod lifecycle;
 mod logs;
 mod observe;
+mod pacing;
 mod readyz;
 mod replicas;
 mod store;

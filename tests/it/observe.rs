@@ -26,7 +26,8 @@ async fn start(
 ) -> Daemon {
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{db}\"\n\
-         [[producer]]\nname = \"orders\"\nschedule = \"* * * * * *\"\nbucket_bits = 8\n\
+         [[producer]]\nname = \"orders\"\nschedule = \"adaptive\"\nbucket_bits = 8\n\
+         [producer.adaptive]\nmin_interval_secs = 1.0\nmax_interval_secs = 1.0\ntarget_drift_seconds = 1.0\n\
          [producer.snapshot]\n{orders_snap}\nretries = 1\nretry_backoff_ms = 1\n\
          [producer.work]\naction = \"apply\"\nbackoff_base_ms = 10\nbackoff_max_ms = 100\n\
          [[producer]]\nname = \"billing\"\nschedule = \"* * * * * *\"\nmax_drift_ratio = 1.0\n\

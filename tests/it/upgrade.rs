@@ -489,13 +489,13 @@ async fn a_populated_first_schema_database_upgrades_in_place(db: &TestDb) {
                                    'locked_until', 'deleted', 'mirrored', 'until', 'tick',
                                    'received_at', 'applied_at', 'started_at', 'finished_at',
                                    'approved_at', 'scheduled_for', 'time', 'health_since',
-                                   'first_asked', 'last_at', 'last_ok')
+                                   'first_asked', 'last_at', 'last_ok', 'next_at')
              ORDER BY 1",
         )
         .fetch_all(upgraded.pool())
         .await
         .unwrap();
-        assert_eq!(types.len(), 27, "{types:?}");
+        assert_eq!(types.len(), 29, "{types:?}");
         for (column, ty) in &types {
             let want = match column.rsplit('.').next().unwrap() {
                 "doc" | "spec" | "headers" => "jsonb",

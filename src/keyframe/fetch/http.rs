@@ -28,6 +28,9 @@ const BACKOFF_MAX_MS: u64 = 60_000;
 pub struct Pace {
     interval: Option<Duration>,
     next: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+    /// When the vendor's quota, as its rate-limit headers last told it,
+    /// lets the next request go (`None`: no hold).
+    quota: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for Pace {
@@ -43,11 +46,38 @@ impl Pace {
         Self {
             interval,
             next: Default::default(),
+            quota: Default::default(),
         }
+    }
+
+    /// Spreads what is left of the vendor's quota over the time until it
+    /// resets: after a response saying `remaining` requests are left for
+    /// `reset` more, the next one waits `reset / (remaining + 1)` (the whole
+    /// window when none are left), so the quota is never run out.
+    pub(crate) fn observe_quota(&self, headers: &HeaderMap) {
+        let Some(q) = quota(headers) else { return };
+        let gap = q
+            .reset
+            .div_f64(q.remaining as f64 + 1.0)
+            .min(QUOTA_WAIT_MAX);
+        let until = Instant::now() + gap;
+        let mut hold = self.quota.lock().unwrap_or_else(|e| e.into_inner());
+        *hold = Some(hold.map_or(until, |h| h.max(until)));
+    }
+
+    /// How long the vendor's quota still holds requests back, if at all (a
+    /// floor under the next adaptive keyframe's interval).
+    pub fn quota_wait(&self) -> Option<Duration> {
+        let hold = *self.quota.lock().unwrap_or_else(|e| e.into_inner());
+        hold.map(|h| h.saturating_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
     }
 
     /// Waits for this request's turn.
     pub async fn wait(&self) {
+        if let Some(wait) = self.quota_wait() {
+            tokio::time::sleep(wait).await;
+        }
         let Some(interval) = self.interval else {
             return;
         };
@@ -162,7 +192,8 @@ pub(super) async fn fetch_page(
         attempt = attempt.saturating_add(1);
         *requests += 1;
         let failure =
-            match tokio::time::timeout(cfg.timeout(), fetch_once(client, url, headers)).await {
+            match tokio::time::timeout(cfg.timeout(), fetch_once(client, url, headers, pace)).await
+            {
                 Ok(Ok(fetched)) => return Ok(fetched),
                 Ok(Err(failure)) => failure,
                 Err(_) => Failure::Timeout,
@@ -195,6 +226,55 @@ fn backoff(base_ms: u64, attempt: u32) -> Duration {
     Duration::from_millis(rand::random_range(0..=ceiling))
 }
 
+/// Longest a quota can hold one request back.
+const QUOTA_WAIT_MAX: Duration = Duration::from_secs(3600);
+
+/// What a response's rate-limit headers say is left of the quota.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Quota {
+    pub(crate) remaining: u64,
+    /// Until the quota resets.
+    pub(crate) reset: Duration,
+}
+
+/// The quota in `X-RateLimit-Remaining`/`X-RateLimit-Reset`,
+/// `RateLimit-Remaining`/`RateLimit-Reset`, or the IETF draft's one
+/// `RateLimit: limit=…, remaining=…, reset=…`. A reset above 10^9 is a Unix
+/// time (as GitHub sends), else seconds from now.
+pub(crate) fn quota(headers: &HeaderMap) -> Option<Quota> {
+    let get = |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+    let pair = [
+        ("x-ratelimit-remaining", "x-ratelimit-reset"),
+        ("ratelimit-remaining", "ratelimit-reset"),
+    ]
+    .iter()
+    .find_map(|(r, t)| Some((get(r)?, get(t)?)))
+    .or_else(|| {
+        let field = headers.get("ratelimit")?.to_str().ok()?;
+        let item = |key: &str| {
+            field.split([',', ';']).find_map(|part| {
+                let (k, v) = part.trim().split_once('=')?;
+                (k.trim() == key).then(|| v.trim().parse::<u64>().ok())?
+            })
+        };
+        Some((item("remaining")?, item("reset")?))
+    })?;
+    let (remaining, reset) = pair;
+    let reset = if reset > 1_000_000_000 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        reset.saturating_sub(now)
+    } else {
+        reset
+    };
+    Some(Quota {
+        remaining,
+        reset: Duration::from_secs(reset),
+    })
+}
+
 /// `Retry-After: <seconds>`, capped; the HTTP-date form is ignored.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let secs: u64 = headers
@@ -212,6 +292,7 @@ async fn fetch_once(
     client: &reqwest::Client,
     url: &Url,
     headers: &HeaderMap,
+    pace: &Pace,
 ) -> Result<Fetched, Failure> {
     let mut resp = client
         .get(url.clone())
@@ -219,6 +300,7 @@ async fn fetch_once(
         .send()
         .await
         .map_err(|e| Failure::from_reqwest(e, url))?;
+    pace.observe_quota(resp.headers());
     let status = resp.status();
     if !status.is_success() {
         return Err(Failure::Status {
@@ -294,5 +376,80 @@ impl Incoming {
                 Ok(Body::File(file.into_inner().into_std().await))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn q(pairs: &[(&'static str, &str)]) -> Option<Quota> {
+        quota(&headers(pairs))
+    }
+
+    #[test]
+    fn quotas_from_each_header_family() {
+        let secs = Duration::from_secs;
+        assert_eq!(
+            q(&[("x-ratelimit-remaining", "4"), ("x-ratelimit-reset", "30")]),
+            Some(Quota {
+                remaining: 4,
+                reset: secs(30)
+            })
+        );
+        assert_eq!(
+            q(&[("ratelimit-remaining", "0"), ("ratelimit-reset", "12")]),
+            Some(Quota {
+                remaining: 0,
+                reset: secs(12)
+            })
+        );
+        assert_eq!(
+            q(&[("ratelimit", "limit=100, remaining=7, reset=50")]),
+            Some(Quota {
+                remaining: 7,
+                reset: secs(50)
+            })
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let at = (now + 100).to_string();
+        let epoch = q(&[("x-ratelimit-remaining", "1"), ("x-ratelimit-reset", &at)]).unwrap();
+        assert!((98..=100).contains(&epoch.reset.as_secs()), "{epoch:?}");
+        assert_eq!(q(&[("x-ratelimit-remaining", "4")]), None);
+        assert_eq!(q(&[("ratelimit", "limit=100")]), None);
+    }
+
+    #[tokio::test]
+    async fn a_short_quota_spreads_the_requests_left_over_its_window() {
+        let pace = Pace::new(None);
+        // 1 s for 3 requests left: one every 250 ms.
+        pace.observe_quota(&headers(&[
+            ("x-ratelimit-remaining", "3"),
+            ("x-ratelimit-reset", "1"),
+        ]));
+        let wait = pace.quota_wait().unwrap();
+        assert!(
+            wait > Duration::from_millis(200) && wait <= Duration::from_millis(250),
+            "{wait:?}"
+        );
+        let started = Instant::now();
+        pace.wait().await;
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert_eq!(pace.quota_wait(), None);
+        // None left: the whole window.
+        pace.observe_quota(&headers(&[("ratelimit", "remaining=0, reset=25")]));
+        let wait = pace.quota_wait().unwrap();
+        assert!(wait > Duration::from_secs(24), "{wait:?}");
     }
 }
