@@ -91,11 +91,13 @@ impl Sender {
 }
 
 /// Changes the vendor `rate` times a second until `stop` (or `deadline`), sending
-/// each change as a webhook except the lost ones; flushes a held-back delta on the way out.
+/// each change as a webhook except the lost ones (the share of `losses` in
+/// force); flushes a held-back delta on the way out.
 pub(super) async fn churn(
     vendor: Vendor,
     sender: Sender,
-    loss: f64,
+    // `(from, share of webhooks lost)`, in order.
+    losses: Vec<(Instant, f64)>,
     rate: u32,
     seed: u64,
     deadline: Instant,
@@ -120,6 +122,12 @@ pub(super) async fn churn(
         seq += 1;
         let stats = &sender.stats;
         Stats::bump(&stats.changes);
+        let now_at = Instant::now();
+        let loss = losses
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= now_at)
+            .map_or(0.0, |(_, l)| *l);
         if rng.random_bool(loss) {
             Stats::bump(&stats.lost);
             continue;

@@ -90,6 +90,12 @@ pub struct DemoArgs {
     /// (`[producer.catchup]`): lost webhooks come back within seconds.
     #[arg(long)]
     pub catchup: bool,
+    /// Pace keyframes by the drift they find (`schedule = "adaptive"`,
+    /// between a fifth of --keyframe-every and twice it), while the vendor
+    /// loses a hundredth of --loss for the first third of the run, --loss for
+    /// the second, and a hundredth again for the last.
+    #[arg(long)]
+    pub adaptive: bool,
 }
 
 /// Runs the demo; exit 0 only when the local rows equal the vendor's records at the end.

@@ -125,6 +125,13 @@ pub(super) struct Reporter {
     pub(super) correcting: Option<Correcting>,
     /// When the last catch-up printed finished (`--catchup`).
     pub(super) last_catchup: Option<i64>,
+    /// `--adaptive`: keyframes paced by their drift.
+    pub(super) adaptive: bool,
+    /// When the vendor's loss changes, and to what; how many were announced.
+    pub(super) loss_steps: Vec<(Instant, f64)>,
+    pub(super) loss_shown: usize,
+    /// The pacing last printed (its `updated_at`).
+    pub(super) last_paced: Option<i64>,
 }
 
 impl Reporter {
@@ -138,10 +145,13 @@ impl Reporter {
             .filter(|r| r.id > self.last_run && r.finished_at.is_some())
             .collect();
         runs.sort_by_key(|r| r.id);
+        self.loss_steps_passed();
         for r in runs {
             self.last_run = r.id;
             let kind = self.kinds.get(&r.id).copied().unwrap_or(Kind::Scheduled);
-            self.print_run(&r, kind);
+            let causes = self.store.drift_causes(r.id).await?;
+            self.print_run(&r, kind, &causes);
+            self.pacing().await?;
         }
         self.catchups().await?;
         if let Some(mut c) = self.correcting {
@@ -158,6 +168,41 @@ impl Reporter {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Announces each change of the vendor's loss once it takes effect
+    /// (`--adaptive`; the first is the one the run starts with).
+    fn loss_steps_passed(&mut self) {
+        let now = Instant::now();
+        while self.loss_shown < self.loss_steps.len() && self.loss_steps[self.loss_shown].0 <= now {
+            let loss = self.loss_steps[self.loss_shown].1;
+            if self.loss_shown > 0 {
+                self.console
+                    .say(format!("vendor: now {} of webhooks lost", fmt_share(loss)));
+            }
+            self.loss_shown += 1;
+        }
+    }
+
+    /// Prints the interval adaptive pacing chose after the last keyframe.
+    async fn pacing(&mut self) -> anyhow::Result<()> {
+        if !self.adaptive {
+            return Ok(());
+        }
+        let Some(p) = self.store.pacing(PRODUCER).await? else {
+            return Ok(());
+        };
+        if self.last_paced == Some(p.updated_at) {
+            return Ok(());
+        }
+        self.last_paced = Some(p.updated_at);
+        self.console.say(format!(
+            "  pacing: next keyframe in {:.1}s ({}, drift rate {:.2}/s)",
+            p.pace.interval_secs,
+            p.pace.reason.as_str().replace('_', " "),
+            p.pace.rate
+        ));
         Ok(())
     }
 
@@ -185,7 +230,7 @@ impl Reporter {
         Ok(())
     }
 
-    pub(super) fn print_run(&mut self, r: &RunRow, kind: Kind) {
+    pub(super) fn print_run(&mut self, r: &RunRow, kind: Kind, causes: &BTreeMap<String, u64>) {
         let c = &r.counts;
         let t = &mut self.totals;
         t.keyframes += 1;
@@ -253,6 +298,13 @@ impl Reporter {
             }
         }
         self.console.say(line);
+        if drift > 0 && kind != Kind::Bootstrap && !causes.is_empty() {
+            let why: Vec<String> = causes
+                .iter()
+                .map(|(cause, n)| format!("{n} {}", cause.replace('_', " ")))
+                .collect();
+            self.console.say(format!("  why: {}", why.join(", ")));
+        }
     }
 
     pub(super) fn delta_outcome(&self, outcome: &str) -> u64 {
@@ -329,5 +381,15 @@ impl Reporter {
             );
         }
         Ok(())
+    }
+}
+
+/// A share as a percentage, with as many decimals as it needs (0.1%, 10%).
+fn fmt_share(share: f64) -> String {
+    let pct = share * 100.0;
+    if pct >= 1.0 || pct == 0.0 {
+        format!("{pct:.0}%")
+    } else {
+        format!("{pct:.1}%")
     }
 }

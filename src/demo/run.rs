@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::churn::{churn, Sender, Stats};
 use super::reporter::{Console, Kind, Reporter, Totals};
-use super::setup::{catchup_toml, config_toml, new_secret, prepare_dir};
+use super::setup::{adaptive_toml, catchup_toml, config_toml, new_secret, prepare_dir};
 use super::vendor::{list_orders, Orders, Vendor};
 use super::verdict::finish;
 use super::{
@@ -30,7 +30,11 @@ use crate::work::Workers;
 
 pub(super) async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     let seed = args.seed.unwrap_or_else(rand::random);
-    let schedule = schedule_for(args.keyframe_every).map_err(anyhow::Error::msg)?;
+    let schedule = if args.adaptive {
+        "adaptive".to_string()
+    } else {
+        schedule_for(args.keyframe_every).map_err(anyhow::Error::msg)?
+    };
     let dir = prepare_dir(args.dir.as_deref())?;
     let config_path = dir.join(CONFIG_FILE);
 
@@ -62,6 +66,9 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     if args.catchup {
         text.push_str(&catchup_toml(vendor_addr));
     }
+    if args.adaptive {
+        text.push_str(&adaptive_toml(args.keyframe_every, args.rate, args.loss));
+    }
     std::fs::write(&config_path, &text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let loaded = Config::load(&config_path)?;
@@ -76,14 +83,24 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         .context("the demo config has no webhook")?;
 
     let console = Console::new();
+    let pace = if args.adaptive {
+        format!(
+            "{:.1}% -> {:.0}% -> {:.1}% of webhooks lost (a third of the run each), \
+             keyframes paced by the drift they find",
+            args.loss,
+            args.loss * 100.0,
+            args.loss
+        )
+    } else {
+        format!(
+            "{:.0}% of webhooks lost, a keyframe every {}s",
+            args.loss * 100.0,
+            args.keyframe_every
+        )
+    };
     println!(
-        "driftd demo: {} mortgage orders at a simulated vendor, ~{} changes/s for {}s, \
-         {:.0}% of webhooks lost, a keyframe every {}s (seed {seed})",
-        args.records,
-        args.rate,
-        args.duration,
-        args.loss * 100.0,
-        args.keyframe_every
+        "driftd demo: {} mortgage orders at a simulated vendor, ~{} changes/s for {}s,\n  {pace} (seed {seed})",
+        args.records, args.rate, args.duration,
     );
     println!(
         "  config:  {}  (passes `driftd check`; copy from it)",
@@ -132,6 +149,10 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         warned_not_found: false,
         correcting: None,
         last_catchup: None,
+        adaptive: args.adaptive,
+        loss_steps: Vec::new(),
+        loss_shown: 0,
+        last_paced: None,
     };
     let keyframer = Keyframer::new(store.clone(), client.clone(), metrics.clone());
     let mut app_task = None;
@@ -148,10 +169,22 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
             webhook,
             stats: reporter.stats.clone(),
         };
+        let start = Instant::now();
+        let third = Duration::from_secs(args.duration) / 3;
+        let steps = if args.adaptive {
+            vec![
+                (start, args.loss / 100.0),
+                (start + third, args.loss),
+                (start + third * 2, args.loss / 100.0),
+            ]
+        } else {
+            vec![(start, args.loss)]
+        };
+        reporter.loss_steps = steps.clone();
         let churn_task = tasks.spawn(churn(
             vendor.clone(),
             sender,
-            args.loss,
+            steps,
             args.rate,
             seed ^ 0x5eed,
             Instant::now() + Duration::from_secs(args.duration) + FLUSH_TIMEOUT,

@@ -89,6 +89,26 @@ overlap = 0
     )
 }
 
+/// The `[producer.adaptive]` table `driftd demo --adaptive` appends: between
+/// a fifth of `every` (at least 1 s) and twice it, with a target that puts the
+/// interval at its floor when `loss` of `rate` changes a second are lost.
+pub(super) fn adaptive_toml(every: u64, rate: u32, loss: f64) -> String {
+    let min = (every as f64 / 5.0).max(1.0);
+    let max = every as f64 * 2.0;
+    // Drift-seconds of an interval at the floor when the loss is at its worst.
+    let target = (f64::from(rate) * loss * min * min / 2.0).max(0.5);
+    format!(
+        r#"
+# Keyframes paced by the drift they find: the next one after
+# sqrt(2 * target_drift_seconds / drift rate), within these bounds.
+[producer.adaptive]
+min_interval_secs = {min}
+max_interval_secs = {max}
+target_drift_seconds = {target:.2}
+"#
+    )
+}
+
 /// A TOML basic string holding `s` literally (`${` escaped against substitution).
 pub(super) fn toml_string(s: &str) -> String {
     toml::Value::String(s.replace("${", "$${")).to_string()

@@ -233,6 +233,7 @@ fn arguments_are_checked() {
         listen: "127.0.0.1:0".parse().unwrap(),
         seed: None,
         catchup: false,
+        adaptive: false,
     };
     assert_eq!(validate_args(&ok), Ok(()));
     for (bad, expected) in [
@@ -268,4 +269,28 @@ fn arguments_are_checked() {
         let e = validate_args(&bad).unwrap_err();
         assert!(e.contains(expected), "{e}");
     }
+}
+
+#[test]
+fn the_demo_config_with_adaptive_pacing_passes_check() {
+    let mut text = config_toml(
+        Path::new("/tmp/d.db"),
+        "127.0.0.1:7070".parse().unwrap(),
+        "127.0.0.1:9".parse().unwrap(),
+        "adaptive",
+        &new_secret(),
+    );
+    text.push_str(&super::setup::adaptive_toml(10, 30, 0.1));
+    let loaded =
+        Config::parse("demo.toml", &text, &|_| None).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let a = loaded
+        .config
+        .producer(PRODUCER)
+        .unwrap()
+        .adaptive
+        .clone()
+        .unwrap();
+    assert_eq!((a.min_interval_secs, a.max_interval_secs), (2.0, 20.0));
+    // At 10% of 30 changes a second lost, the floor's drift-seconds: 3 × 2² / 2.
+    assert_eq!(a.target_drift_seconds, 6.0);
 }

@@ -9,16 +9,20 @@ use crate::support::driftd_bin;
 /// Longest the demo may take before the test kills it.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-#[test]
-fn demo_converges_and_writes_a_valid_config() {
+/// Runs `driftd demo ARGS --dir DIR` to its end (bounded); its exit status,
+/// stdout and stderr.
+fn run_demo(
+    args: &[&str],
+    demo_dir: &std::path::Path,
+) -> (std::process::ExitStatus, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let demo_dir = dir.path().join("demo");
     let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     // Output goes to files, not pipes, so a chatty run can never block on a full pipe.
     let mut child = Command::new(driftd_bin())
-        .args(["demo", "--duration", "8", "--records", "500"])
-        .args(["--keyframe-every", "2", "--loss", "0.2", "--dir"])
-        .arg(&demo_dir)
+        .arg("demo")
+        .args(args)
+        .arg("--dir")
+        .arg(demo_dir)
         .env_remove("RUST_LOG")
         .env_remove("DRIFTD_DEMO_WEBHOOK_SECRET")
         .stdin(Stdio::null())
@@ -42,8 +46,71 @@ fn demo_converges_and_writes_a_valid_config() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let stdout = std::fs::read_to_string(&out_path).unwrap();
-    let stderr = std::fs::read_to_string(&err_path).unwrap();
+    (
+        status,
+        std::fs::read_to_string(&out_path).unwrap(),
+        std::fs::read_to_string(&err_path).unwrap(),
+    )
+}
+
+#[test]
+fn demo_paces_keyframes_by_their_drift_with_adaptive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stdout, stderr) = run_demo(
+        &[
+            "--duration",
+            "15",
+            "--records",
+            "500",
+            "--keyframe-every",
+            "2",
+            "--loss",
+            "0.3",
+            "--adaptive",
+        ],
+        &dir.path().join("demo"),
+    );
+    let shown = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(status.code(), Some(0), "{shown}");
+    assert!(
+        stdout.contains("vendor: now 30% of webhooks lost"),
+        "{shown}"
+    );
+    assert!(
+        stdout.contains("vendor: now 0.3% of webhooks lost"),
+        "{shown}"
+    );
+    let intervals: Vec<f64> = stdout
+        .lines()
+        .filter_map(|l| l.split("pacing: next keyframe in ").nth(1))
+        .filter_map(|rest| rest.split('s').next()?.parse().ok())
+        .collect();
+    assert!(intervals.len() >= 3, "{shown}");
+    // Between a fifth of --keyframe-every (at least 1 s) and twice it.
+    assert!(
+        intervals.iter().all(|i| (1.0..=4.0).contains(i)),
+        "{intervals:?}\n{shown}"
+    );
+    assert!(stdout.contains("equal: yes"), "{shown}");
+}
+
+#[test]
+fn demo_converges_and_writes_a_valid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let (status, stdout, stderr) = run_demo(
+        &[
+            "--duration",
+            "8",
+            "--records",
+            "500",
+            "--keyframe-every",
+            "2",
+            "--loss",
+            "0.2",
+        ],
+        &demo_dir,
+    );
     let shown = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
     assert_eq!(status.code(), Some(0), "{shown}");
 
@@ -62,6 +129,8 @@ fn demo_converges_and_writes_a_valid_config() {
         later_drift.iter().any(|&n| n > 0),
         "no keyframe after the bootstrap found drift: {later_drift:?}\n{shown}"
     );
+    // Each keyframe with drift says why.
+    assert!(stdout.contains("  why: "), "{shown}");
     assert!(stdout.contains("final drift 0"), "{shown}");
     assert!(stdout.contains("equal: yes"), "{shown}");
     assert!(
