@@ -77,6 +77,12 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
+        // process_* (CPU seconds, resident memory, open files, start time)
+        // of this process, read from /proc at each scrape.
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("the process collector registers once");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             register(
                 &r,

@@ -283,6 +283,17 @@ async fn promtool_finds_no_problem_in_the_metrics() {
     let (daemon, _vendor) = daemon_with_history(&db, 200).await;
     let text = daemon.metrics().await;
     daemon.stop().await;
+    // The process collector's families are there, with values (CPU time
+    // is counted in whole seconds, so it may still be 0).
+    for family in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "process_threads",
+    ] {
+        assert!(sample_sum(&text, family, &[]) > 0.0, "{family} missing or zero");
+    }
+    assert!(text.contains("\nprocess_cpu_seconds_total "), "no process_cpu_seconds_total");
 
     let mut child = Command::new(PROMTOOL)
         .args(["check", "metrics"])
