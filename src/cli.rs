@@ -729,6 +729,17 @@ fn work_command(command: WorkCommand) -> ExitCode {
                 };
                 let items = store.list_work(state, limit).await?;
                 if json {
+                    // The spec is a JSON document: printed as one, not as a string.
+                    let items: Vec<serde_json::Value> = items
+                        .iter()
+                        .map(|w| {
+                            let mut v = serde_json::to_value(w).unwrap_or_default();
+                            if let Ok(spec) = serde_json::from_str::<serde_json::Value>(&w.spec) {
+                                v["spec"] = spec;
+                            }
+                            v
+                        })
+                        .collect();
                     println!("{}", serde_json::to_string(&items)?);
                 } else {
                     for w in &items {

@@ -240,6 +240,19 @@ async fn keyframe_guard_approve_and_status_through_the_binary() {
         run_async(&["approve", "--config", cfg, &run_id.to_string()]).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("120 work items emitted"), "{stdout}");
+    // Each item's spec is printed as the JSON document it is.
+    let (code, stdout, _) = run_async(&[
+        "work", "list", "--config", cfg, "--state", "pending", "--limit", "5", "--json",
+    ])
+    .await;
+    assert_eq!(code, 0);
+    let items: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(items.len(), 5, "{stdout}");
+    for item in &items {
+        assert_eq!(item["spec"]["kind"], "extra", "{item}");
+        assert_eq!(item["spec"]["cause"], "deleted_upstream", "{item}");
+        assert_eq!(item["spec"]["key"], item["key"], "{item}");
+    }
     let (_, stdout, _) = run_async(&["status", "--config", cfg, "--json"]).await;
     let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(

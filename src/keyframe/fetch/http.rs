@@ -275,16 +275,20 @@ pub(crate) fn quota(headers: &HeaderMap) -> Option<Quota> {
     })
 }
 
-/// `Retry-After: <seconds>`, capped; the HTTP-date form is ignored.
+/// `Retry-After` as seconds or as an HTTP-date (`Sun, 06 Nov 1994 08:49:37
+/// GMT`, a time from now), capped; a date already past is no wait.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs).min(RETRY_AFTER_MAX))
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default()
+        }
+    };
+    Some(wait.min(RETRY_AFTER_MAX))
 }
 
 /// One request, its status checked and its body streamed to memory or disk.
@@ -428,6 +432,20 @@ mod tests {
         assert!((98..=100).contains(&epoch.reset.as_secs()), "{epoch:?}");
         assert_eq!(q(&[("x-ratelimit-remaining", "4")]), None);
         assert_eq!(q(&[("ratelimit", "limit=100")]), None);
+    }
+
+    #[test]
+    fn retry_after_in_seconds_and_as_an_http_date() {
+        let at = |v: &str| retry_after(&headers(&[("retry-after", v)]));
+        assert_eq!(at("7"), Some(Duration::from_secs(7)));
+        assert_eq!(at("3600"), Some(RETRY_AFTER_MAX));
+        let soon = (chrono::Utc::now() + chrono::TimeDelta::seconds(20))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        let wait = at(&soon).unwrap();
+        assert!((18..=20).contains(&wait.as_secs()), "{soon}: {wait:?}");
+        assert_eq!(at("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
+        assert_eq!(at("soon"), None);
     }
 
     #[tokio::test]
