@@ -875,6 +875,8 @@ struct Compared {
 /// Newest deltas read per outcome to attribute drift: refused and pending
 /// deltas are few; past this many, older ones are not consulted.
 const EVIDENCE_DELTAS: i64 = 10_000;
+/// Deltas read per page of evidence: each body may be up to the body limit.
+const EVIDENCE_PAGE: i64 = 64;
 /// Keys waiting for a fetch consulted to attribute drift.
 const EVIDENCE_FETCHES: i64 = 100_000;
 
@@ -897,19 +899,29 @@ impl InboxEvidence {
         {
             out.waiting.insert(f.key);
         }
-        for row in store
-            .newest_deltas(&p.name, InboxOutcome::Pending, EVIDENCE_DELTAS)
-            .await?
-        {
-            out.waiting.extend(named_keys(p, row.channel, &row.body));
-        }
-        for row in store
-            .newest_deltas(&p.name, InboxOutcome::Rejected, EVIDENCE_DELTAS)
-            .await?
-        {
-            for key in named_keys(p, row.channel, &row.body) {
-                let at = out.refused.entry(key).or_insert(row.received_at);
-                *at = (*at).max(row.received_at);
+        for outcome in [InboxOutcome::Pending, InboxOutcome::Rejected] {
+            // A page of bodies in memory at a time (each up to the body limit).
+            let (mut before, mut read) = (i64::MAX, 0);
+            while read < EVIDENCE_DELTAS {
+                let page = EVIDENCE_PAGE.min(EVIDENCE_DELTAS - read);
+                let rows = store.newest_deltas(&p.name, outcome, before, page).await?;
+                for row in &rows {
+                    let keys = named_keys(p, row.channel, &row.body);
+                    if outcome == InboxOutcome::Pending {
+                        out.waiting.extend(keys);
+                    } else {
+                        for key in keys {
+                            let at = out.refused.entry(key).or_insert(row.received_at);
+                            *at = (*at).max(row.received_at);
+                        }
+                    }
+                }
+                let got = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+                read = read.saturating_add(got);
+                match rows.last() {
+                    Some(last) if got == page => before = last.id,
+                    _ => break,
+                }
             }
         }
         Ok(out)

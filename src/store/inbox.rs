@@ -519,21 +519,24 @@ impl Store {
         .await
     }
 
-    /// The newest `limit` deltas of `producer` with `outcome`, newest first
-    /// (attribution reads the refused and the pending ones).
+    /// Up to `limit` deltas of `producer` with `outcome` and an id below
+    /// `before_id`, newest first (attribution reads the refused and the
+    /// pending ones, a page at a time).
     pub(crate) async fn newest_deltas(
         &self,
         producer: &str,
         outcome: InboxOutcome,
+        before_id: i64,
         limit: i64,
     ) -> Result<Vec<InboxRow>, StoreError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM inbox WHERE producer = $1 AND outcome = $2
-             ORDER BY id DESC LIMIT $3"
+            "SELECT {COLUMNS} FROM inbox WHERE producer = $1 AND outcome = $2 AND id < $3
+             ORDER BY id DESC LIMIT $4"
         );
         let rows = query(&sql)
             .bind(producer)
             .bind(outcome.as_str())
+            .bind(before_id)
             .bind(limit)
             .fetch_all(&self.pool)
             .await
