@@ -21,13 +21,9 @@ pub(crate) const EXIT_USAGE: u8 = 64;
     about = "Keeps a local copy of vendor-owned state correct"
 )]
 pub struct Cli {
-    /// Log format: human on a terminal, or one JSON object per line.
-    #[arg(
-        long,
-        global = true,
-        env = "DRIFTD_LOG_FORMAT",
-        default_value = "human"
-    )]
+    /// Log format on stderr: `text` (coloured only on a terminal) or `json`
+    /// (one object per line).
+    #[arg(long, global = true, env = "DRIFTD_LOG_FORMAT", default_value = "text")]
     pub(crate) log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -35,7 +31,10 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum LogFormat {
-    Human,
+    /// One line per event; coloured only when stderr is a terminal.
+    #[value(alias = "human")]
+    Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -440,17 +439,45 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Logs go to stderr, filtered by `RUST_LOG` (else `default_filter`), in
+/// colour only when stderr is a terminal and `NO_COLOR` is unset.
 fn init_logging(format: LogFormat, default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    use std::io::IsTerminal;
+    let asked = std::env::var("RUST_LOG").ok();
+    let directives = log_directives(asked.as_deref(), default_filter);
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("RUST_LOG {asked:?} ignored: {e}");
+        tracing_subscriber::EnvFilter::new(log_directives(None, default_filter))
+    });
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color);
     match format {
-        LogFormat::Human => builder.init(),
+        LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
 }
+
+/// The log filter: `RUST_LOG` when set, else `default_filter`; either way
+/// PostgreSQL's notices to driftd's own statements (`relation
+/// "_sqlx_migrations" already exists, skipping`, which sqlx logs at INFO)
+/// are left out, unless `RUST_LOG` names their target. Its warnings stay.
+fn log_directives(rust_log: Option<&str>, default_filter: &str) -> String {
+    let base = rust_log
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or(default_filter);
+    if base.contains(PG_NOTICE) {
+        base.to_string()
+    } else {
+        format!("{base},{PG_NOTICE}=warn")
+    }
+}
+
+/// The `tracing` target of the notices a PostgreSQL server sends.
+const PG_NOTICE: &str = "sqlx::postgres::notice";
 
 fn load(path: &Path) -> Result<Loaded, ExitCode> {
     Config::load(path).map_err(|e: ConfigError| {
@@ -944,3 +971,6 @@ fn probe_producers(config: &Config) -> ExitCode {
         }
     })
 }
+
+#[cfg(test)]
+mod tests;

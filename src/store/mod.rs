@@ -141,6 +141,13 @@ pub enum StoreError {
         backend: &'static str,
         source: sqlx::Error,
     },
+    /// The server did not take a connection; `at` is its host and port only.
+    #[error("cannot connect to the {backend} database at {at}: {reason}")]
+    Unreachable {
+        backend: &'static str,
+        at: String,
+        reason: String,
+    },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error while trying to {op}: {source}")]
@@ -167,7 +174,7 @@ impl StoreError {
     /// Whether retrying later may succeed (connection trouble, pool exhaustion).
     pub(crate) fn is_transient(&self) -> bool {
         match self {
-            Self::Connect { .. } => true,
+            Self::Connect { .. } | Self::Unreachable { .. } => true,
             Self::Db { source, .. } => matches!(
                 source,
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
@@ -282,6 +289,10 @@ impl Store {
             }
             Backend::Postgres => {
                 let options: PgConnectOptions = url.parse().map_err(connect)?;
+                // The pool retries a refused connection until its acquire
+                // timeout and then reports only that it timed out: one
+                // direct connection first says why, at once.
+                reach_postgres(&options).await?;
                 Pool::Postgres(
                     pool_options(max_connections.max(2))
                         .connect_with(options)
@@ -510,8 +521,53 @@ fn pool_options<DB: sqlx::Database>(size: u32) -> PoolOptions<DB> {
         .min_connections(0)
         .idle_timeout(None)
         .max_lifetime(None)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(CONNECT_TIMEOUT)
 }
+
+/// Opens and closes one connection to the PostgreSQL server of `options`;
+/// an error names the server (host and port, never the credentials) and
+/// the reason: refused, no answer, authentication, a missing database.
+async fn reach_postgres(options: &PgConnectOptions) -> Result<(), StoreError> {
+    let host = options.get_host();
+    let at = if host.starts_with('/') {
+        format!("{host} (port {})", options.get_port())
+    } else {
+        format!("{host}:{}", options.get_port())
+    };
+    let unreachable = |reason: String| StoreError::Unreachable {
+        backend: Backend::Postgres.name(),
+        at: at.clone(),
+        reason,
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Err(_) => Err(unreachable(format!(
+            "no answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(e)) => Err(unreachable(connect_failure(&e))),
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+    }
+}
+
+/// Why a connection failed, in words: the server's own message (a wrong
+/// password, a missing database), or what the network said.
+fn connect_failure(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+            std::io::ErrorKind::TimedOut => "connection timed out".into(),
+            _ => io.to_string(),
+        },
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// How long a connection may take: a direct one, or one from the pool.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether connecting may create a missing SQLite file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -409,3 +409,121 @@ async fn read_only_commands_never_create_a_database(db: &TestDb) {
 }
 
 crate::on_both_backends!(read_only_commands_never_create_a_database);
+
+/// A loopback port nothing listens on: bound, then closed, so connecting is refused.
+fn refused_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+crate::limited_test! {
+async fn an_unreachable_database_is_named_and_refused_without_its_password() {
+    let port = refused_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftd.toml");
+    std::fs::write(
+        &config,
+        format!("[database]\nurl = \"postgres://u:secret@127.0.0.1:{port}/db\"\n"),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    for args in [
+        &["status", "--config", cfg][..],
+        &["migrate", "--config", cfg],
+        &["work", "list", "--config", cfg],
+    ] {
+        let (code, stdout, stderr) = run_async(args).await;
+        assert_eq!(code, 1, "{args:?}: {stdout}{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "cannot connect to the postgres database at 127.0.0.1:{port}: connection refused"
+            )),
+            "{args:?}: {stderr}"
+        );
+        // The pool's own words would mean the cause was hidden behind its 10 s wait.
+        assert!(!stderr.contains("pool timed out"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("secret") && !stdout.contains("secret"), "{args:?}: {stderr}");
+    }
+}
+}
+
+/// `driftd migrate` on PostgreSQL with `RUST_LOG` as given (unset if `None`): (exit code, stdout, stderr).
+async fn migrate_with_log(cfg: &str, rust_log: Option<&str>) -> (bool, String, String) {
+    let mut cmd = tokio::process::Command::new(driftd_bin());
+    cmd.args(["migrate", "--config", cfg])
+        .env_remove("DRIFTD_CONFIG")
+        .env_remove("RUST_LOG");
+    if let Some(filter) = rust_log {
+        cmd.env("RUST_LOG", filter);
+    }
+    let out = cmd.output().await.expect("run driftd migrate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+crate::limited_test! {
+async fn migrate_twice_on_postgres_prints_no_notice() {
+    let db = TestDb::postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftd.toml");
+    std::fs::write(&config, format!("[database]\nurl = \"{}\"\n", db.url)).unwrap();
+    let cfg = config.to_str().unwrap();
+    // The first creates the tables; the later ones find them, which is
+    // what makes PostgreSQL send `relation ... already exists, skipping`.
+    for rust_log in [None, None, Some("info"), Some("debug")] {
+        let (ok, stdout, stderr) = migrate_with_log(cfg, rust_log).await;
+        assert!(ok, "{stdout}{stderr}");
+        assert_eq!(stdout, "migrations applied (postgres)\n", "RUST_LOG={rust_log:?}");
+        for text in [&stdout, &stderr] {
+            assert!(
+                !text.contains("already exists, skipping") && !text.contains("postgres::notice"),
+                "RUST_LOG={rust_log:?}: a PostgreSQL notice reached the user:\n{text}"
+            );
+        }
+    }
+    // Asked for by name, the notices are there: the check above can see them.
+    let (ok, _, stderr) =
+        migrate_with_log(cfg, Some("info,sqlx::postgres::notice=info")).await;
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("already exists, skipping"), "{stderr}");
+}
+}
+
+crate::limited_test! {
+async fn piped_output_carries_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftd.toml");
+    std::fs::write(
+        &config,
+        format!("[database]\nurl = \"postgres://u:secret@127.0.0.1:{}/db\"\n", refused_port()),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    for args in [
+        &["--help"][..],
+        &["status", "--help"],
+        &["status", "--no-such-flag"],
+        &["status", "--config", cfg],
+        &["--log-format", "text", "run", "--config", cfg],
+        &["--log-format", "json", "run", "--config", cfg],
+    ] {
+        let mut cmd = tokio::process::Command::new(driftd_bin());
+        let out = cmd
+            .args(args)
+            .env_remove("DRIFTD_CONFIG")
+            .env_remove("NO_COLOR")
+            .env_remove("DRIFTD_LOG_FORMAT")
+            .env("RUST_LOG", "info")
+            .output()
+            .await
+            .expect("run driftd");
+        let all = [out.stdout, out.stderr].concat();
+        let text = String::from_utf8_lossy(&all);
+        assert!(!text.trim().is_empty(), "{args:?} printed something");
+        assert!(!text.contains('\u{1b}'), "{args:?} printed a colour code into a pipe:\n{text:?}");
+    }
+}
+}

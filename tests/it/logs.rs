@@ -157,3 +157,88 @@ async fn log_format_env_json() {
     json_logs_carry_span_fields_and_no_secret(Ask::Env).await;
 }
 }
+
+/// `driftd run` against a database that refuses connections, its output
+/// piped or through a pseudo-terminal (`script`): (output, exit status).
+fn run_refused(dir: &Path, terminal: bool) -> (String, std::process::ExitStatus) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("refused.toml");
+    std::fs::write(
+        &config,
+        format!("[database]\nurl = \"postgres://u:pw@127.0.0.1:{port}/db\"\n"),
+    )
+    .unwrap();
+    let bin = crate::support::driftd_bin();
+    let mut cmd = if terminal {
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec"]).arg(format!(
+            "{} run --config {}",
+            bin.display(),
+            config.display()
+        ));
+        c.arg("/dev/null");
+        c
+    } else {
+        let mut c = std::process::Command::new(bin);
+        c.args(["run", "--config", config.to_str().unwrap()]);
+        c
+    };
+    let out = cmd
+        .env_remove("DRIFTD_CONFIG")
+        .env_remove("DRIFTD_LOG_FORMAT")
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run driftd");
+    (
+        String::from_utf8_lossy(&[out.stdout, out.stderr].concat()).into_owned(),
+        out.status,
+    )
+}
+
+#[test]
+fn text_logs_are_coloured_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (piped, status) = run_refused(dir.path(), false);
+    assert!(!status.success(), "{piped}");
+    assert!(
+        piped.contains("ERROR")
+            && piped.contains("cannot start")
+            && piped.contains("connection refused"),
+        "{piped}"
+    );
+    assert!(
+        !piped.contains('\u{1b}'),
+        "colour codes in a pipe: {piped:?}"
+    );
+    let (on_terminal, _) = run_refused(dir.path(), true);
+    assert!(on_terminal.contains("cannot start"), "{on_terminal}");
+    assert!(
+        on_terminal.contains("\u{1b}["),
+        "no colour on a terminal: {on_terminal:?}"
+    );
+}
+
+crate::limited_test! {
+async fn a_running_daemons_text_logs_carry_no_colour_codes_into_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("driftd.db");
+    let mut daemon = DaemonProcess::spawn(
+        dir.path(),
+        "driftd",
+        |listen| format!("[server]\nlisten = \"{listen}\"\n[database]\nurl = \"sqlite://{}\"\n", db.display()),
+        |cmd| {
+            cmd.env_remove("DRIFTD_LOG_FORMAT").env_remove("NO_COLOR");
+        },
+    );
+    daemon.ready().await;
+    let log = daemon.stop();
+    assert!(log.contains(" INFO ") && log.contains("driftd running"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in the log file: {log:?}");
+}
+}
