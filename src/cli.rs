@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod status;
+mod table;
+
 use crate::config::{Config, ConfigError, Loaded};
 use crate::keyframe::run::{Keyframer, Summary};
 use crate::metrics::Metrics;
@@ -628,112 +631,8 @@ async fn status(config: &Config, store: &Store, json: bool) -> anyhow::Result<Ex
         println!("{report}");
         return Ok(ExitCode::SUCCESS);
     }
-    let producers = report["producers"].as_array().cloned().unwrap_or_default();
-    let work = report["work"].as_object().cloned().unwrap_or_default();
-    let now = now_ms();
-    for p in &producers {
-        println!(
-            "{}  health {}  entities {}  open drift {}",
-            p["producer"].as_str().unwrap_or_default(),
-            p["health"].as_str().unwrap_or_default(),
-            p["entities"],
-            p["open_drift"]
-        );
-        if let Some(run) = p["guarded_run"].as_i64() {
-            println!(
-                "  GUARDED: run {run} found more deletions/overwrites than max_drift_ratio/max_drift_rows allow; \
-                 nothing is corrected until `driftd approve {run}` (or a later keyframe finds less)"
-            );
-        }
-        if let Some(n) = p["fetch"]["waiting"].as_i64() {
-            println!("  fetch: {n} keys waiting");
-        }
-        if p["pacing"].is_object() {
-            let last = &p["pacing"]["last"];
-            match last["next_at"].as_i64() {
-                None => println!("  adaptive: no keyframe paced yet"),
-                Some(at) => println!(
-                    "  adaptive: every {:.1}s ({}; drift rate {:.4}/s)  next in {}s",
-                    last["interval_secs"].as_f64().unwrap_or_default(),
-                    last["reason"].as_str().unwrap_or_default(),
-                    last["rate"].as_f64().unwrap_or_default(),
-                    ((at - now) / 1000).max(0)
-                ),
-            }
-        }
-        if p["catchup"].is_object() {
-            let last = &p["catchup"]["last"];
-            match last["last_at"].as_i64() {
-                None => println!(
-                    "  catch-up every {}s: not run yet",
-                    p["catchup"]["every_secs"]
-                ),
-                Some(at) => println!(
-                    "  catch-up every {}s: last {}s ago {}  records {}  applied {}  since {}{}",
-                    p["catchup"]["every_secs"],
-                    (now - at) / 1000,
-                    if last["last_ok"].as_bool() == Some(true) {
-                        "ok"
-                    } else {
-                        "failed"
-                    },
-                    last["records"],
-                    last["applied"],
-                    last["since"],
-                    last["last_error"]
-                        .as_str()
-                        .map(|e| format!("  error: {e}"))
-                        .unwrap_or_default()
-                ),
-            }
-        }
-        for r in p["runs"].as_array().into_iter().flatten() {
-            let age = (now - r["started_at"].as_i64().unwrap_or(now)) / 1000;
-            println!(
-                "  run {:>5}  {:<8}  {:>5}s ago  records {}  missing {}  extra {}  changed {}{}",
-                r["id"],
-                r["state"].as_str().unwrap_or_default(),
-                age,
-                r["records"],
-                r["missing"],
-                r["extra"],
-                r["changed"],
-                r["error"]
-                    .as_str()
-                    .map(|e| format!("  error: {e}"))
-                    .unwrap_or_default()
-            );
-            let causes: Vec<String> = r["causes"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(cause, n)| format!("{cause} {n}"))
-                .collect();
-            if !causes.is_empty() {
-                println!("             why: {}", causes.join(", "));
-            }
-        }
-    }
-    let counts: Vec<String> = work.iter().map(|(s, n)| format!("{s} {n}")).collect();
     let waiting = store.pending_fetches(None, 20).await?;
-    if !waiting.is_empty() {
-        println!("waiting to be fetched (oldest first):");
-        for f in &waiting {
-            println!(
-                "  {:<10} {:<24} asked {}  {:>5}s ago  attempts {}{}",
-                f.producer,
-                f.key,
-                f.asked,
-                (now - f.first_asked) / 1000,
-                f.attempts,
-                f.last_error
-                    .as_deref()
-                    .map(|e| format!("  last error: {e}"))
-                    .unwrap_or_default()
-            );
-        }
-    }
-    println!("work: {}", counts.join("  "));
+    print!("{}", status::render(&report, &waiting, now_ms()));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -768,21 +667,33 @@ fn work_command(command: WorkCommand) -> ExitCode {
                         })
                         .collect();
                     println!("{}", serde_json::to_string(&items)?);
+                } else if items.is_empty() {
+                    println!("no work items");
                 } else {
+                    use table::{Align, Table};
+                    let mut t = Table::new(
+                        &["id", "state", "producer", "key", "attempts", "last error"],
+                        &[
+                            Align::Right,
+                            Align::Left,
+                            Align::Left,
+                            Align::Left,
+                            Align::Right,
+                            Align::Left,
+                        ],
+                    );
                     for w in &items {
-                        println!(
-                            "{:>6}  {:<9} {:<10} {:<24} attempts {}/{}{}",
-                            w.id,
-                            w.state.as_str(),
-                            w.producer,
-                            w.key,
-                            w.attempts,
-                            w.max_attempts,
-                            w.last_error
-                                .as_deref()
-                                .map(|e| format!("  last error: {e}"))
-                                .unwrap_or_default()
-                        );
+                        t.row(vec![
+                            w.id.to_string(),
+                            w.state.to_string(),
+                            w.producer.clone(),
+                            w.key.clone(),
+                            format!("{}/{}", w.attempts, w.max_attempts),
+                            w.last_error.clone().unwrap_or_else(|| "-".to_string()),
+                        ]);
+                    }
+                    for line in t.lines("") {
+                        println!("{line}");
                     }
                 }
                 Ok(ExitCode::SUCCESS)

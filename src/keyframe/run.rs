@@ -474,14 +474,17 @@ impl Keyframer {
             RunState::Ok
         };
         if guarded {
+            let until = run_id.map_or_else(
+                || "a dry run records nothing to approve".to_string(),
+                |id| format!("nothing emitted until `driftd approve {id}`"),
+            );
             warn!(
                 producer = %p.name,
-                run_id = ?run_id,
+                run_id,
                 extra = summary.extra,
                 changed = summary.changed,
                 local_rows,
-                "keyframe guarded: deletions and overwrites exceed max_drift_ratio of the local rows or max_drift_rows; nothing emitted until `driftd approve {}`",
-                run_id.unwrap_or_default()
+                "keyframe guarded: deletions and overwrites exceed max_drift_ratio of the local rows or max_drift_rows; {until}"
             );
         }
         if first_sync && summary.state == RunState::Ok && summary.missing > 0 {
@@ -489,7 +492,7 @@ impl Keyframer {
                 Some(loaded) => summary.loaded = loaded,
                 None => return self.interrupted(p, summary, clock).await,
             }
-            info!(producer = %p.name, run_id = ?run_id, loaded = summary.loaded, "first sync: records loaded into the mirror");
+            info!(producer = %p.name, run_id, loaded = summary.loaded, "first sync: records loaded into the mirror");
         }
         if p.catchup.is_some() && summary.state == RunState::Ok {
             // Catch-ups start from the newest version this full view held,
@@ -577,7 +580,7 @@ impl Keyframer {
         clock: Instant,
     ) -> Result<Summary, KeyframeError> {
         let reason = self.interruption();
-        warn!(producer = %p.name, run_id = ?summary.run_id, "keyframe {reason}: recorded as failed, nothing emitted");
+        warn!(producer = %p.name, run_id = summary.run_id, "keyframe {reason}: recorded as failed, nothing emitted");
         summary.state = RunState::Failed;
         summary.error = Some(reason.to_string());
         summary.duration_ms = clock.elapsed().as_millis() as u64;

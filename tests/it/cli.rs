@@ -527,3 +527,87 @@ async fn piped_output_carries_no_colour_codes() {
     }
 }
 }
+
+/// Where `word` starts in `line` (a column's left edge), and where it ends (a right-aligned column's edge).
+fn span_of(line: &str, word: &str) -> (usize, usize) {
+    let start = line
+        .find(word)
+        .unwrap_or_else(|| panic!("{word:?} not in {line:?}"));
+    (start, start + word.len())
+}
+
+crate::limited_test! {
+async fn status_lines_up_producers_of_different_name_lengths() {
+    let (_short, short_addr) = crate::support::Vendor::start(7).await;
+    let (_long, long_addr) = crate::support::Vendor::start(1200).await;
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"{}\"\n\
+             [[producer]]\nname = \"a\"\nschedule = \"0 0 0 1 1 *\"\n[producer.snapshot]\n{}\n\
+             [[producer]]\nname = \"shipments-eu\"\nschedule = \"0 0 0 1 1 *\"\n[producer.snapshot]\n{}\n",
+            db.url,
+            crate::support::snapshot_toml("none", short_addr),
+            crate::support::snapshot_toml("none", long_addr),
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let (code, _, stderr) = run_async(&["migrate", "--config", cfg]).await;
+    assert_eq!(code, 0, "{stderr}");
+    for producer in ["a", "shipments-eu"] {
+        // JSON logs: the first sync's run id is a number, not `Some(..)`.
+        let (code, stdout, stderr) = run_async(&[
+            "--log-format", "json", "keyframe", "--config", cfg, producer, "--json",
+        ])
+        .await;
+        assert_eq!(code, 0, "{stderr}");
+        let run_id = serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["run_id"].clone();
+        let first_sync: Vec<serde_json::Value> = stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == "first sync: records loaded into the mirror")
+            .collect();
+        assert_eq!(first_sync.len(), 1, "{stderr}");
+        assert_eq!(first_sync[0]["fields"]["run_id"], run_id, "{stderr}");
+        assert!(run_id.is_u64(), "{stdout}");
+        assert!(!stderr.contains("Some(") && !stderr.contains("None"), "{stderr}");
+    }
+
+    let (code, stdout, stderr) = run_async(&["status", "--config", cfg]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let header = lines[0];
+    let row = |name: &str| {
+        *lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{stdout}"))
+    };
+    let (short, long) = (row("a"), row("shipments-eu"));
+    // Text columns start under their heading, numbers end under theirs.
+    let health = span_of(header, "health").0;
+    let entities = span_of(header, "entities").1;
+    let open = span_of(header, "open drift").1;
+    for (line, count) in [(short, "7"), (long, "1200")] {
+        assert_eq!(&line[health..health + "healthy".len()], "healthy", "{stdout}");
+        assert_eq!(&line[entities - count.len()..entities], count, "{stdout}");
+        assert_eq!(line.as_bytes()[entities - count.len() - 1], b' ', "{stdout}");
+        assert_eq!(&line[open - 1..open], "0", "{stdout}");
+    }
+    // Each producer's runs, in columns of their own.
+    let runs_header: Vec<&&str> = lines.iter().filter(|l| l.trim_start().starts_with("run  state")).collect();
+    assert_eq!(runs_header.len(), 2, "{stdout}");
+    let records = span_of(runs_header[1], "records").1;
+    let long_run = lines
+        .iter()
+        .skip_while(|l| !l.starts_with("shipments-eu:"))
+        .find(|l| l.contains(" ok "))
+        .unwrap_or_else(|| panic!("a run line of shipments-eu:\n{stdout}"));
+    assert_eq!(&long_run[records - 4..records], "1200", "{stdout}");
+    assert!(!stdout.contains("null") && !stdout.contains("Some("), "{stdout}");
+}
+}

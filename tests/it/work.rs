@@ -748,8 +748,10 @@ async fn url_credentials_stay_out_of_errors(db: &TestDb) {
     let config = config_file(dir.path(), db, &secret_url("orders"));
     let (code, stdout, stderr) = driftd(&["work", "list", "--config", &config]).await;
     assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("id  state"), "{stdout}");
     assert!(
-        stdout.contains(&format!("last error: POST {} failed", shown("work"))),
+        stdout.lines().next().unwrap().ends_with("last error")
+            && stdout.contains(&format!("  POST {} failed", shown("work"))),
         "{stdout}"
     );
     no_secret(&stdout);
