@@ -77,6 +77,7 @@ pub enum Command {
     Keyframe {
         #[command(flatten)]
         config: ConfigArg,
+        /// The producer's name, as in the config.
         producer: String,
         /// Pull and compare, but record and emit nothing.
         #[arg(long)]
@@ -90,6 +91,7 @@ pub enum Command {
     Refresh {
         #[command(flatten)]
         config: ConfigArg,
+        /// The producer's name, as in the config.
         producer: String,
         /// The records' keys.
         #[arg(required = true)]
@@ -102,6 +104,7 @@ pub enum Command {
     Catchup {
         #[command(flatten)]
         config: ConfigArg,
+        /// The producer's name, as in the config (it needs `[producer.catchup]`).
         producer: String,
         /// Print the result as one JSON object.
         #[arg(long)]
@@ -111,6 +114,7 @@ pub enum Command {
     Approve {
         #[command(flatten)]
         config: ConfigArg,
+        /// The guarded run's id, as `driftd keyframe` and `driftd status` print it.
         run_id: i64,
     },
     /// Re-apply stored deltas in id order (idempotent) and print the count per outcome.
@@ -159,8 +163,10 @@ pub enum WorkCommand {
         /// Only items in this state (pending, running, done, dead, cancelled).
         #[arg(long)]
         state: Option<String>,
+        /// At most this many items.
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// Print one JSON array of the items, each spec as a JSON document.
         #[arg(long)]
         json: bool,
     },
@@ -168,18 +174,21 @@ pub enum WorkCommand {
     Retry {
         #[command(flatten)]
         config: ConfigArg,
+        /// The work item's id, as `driftd work list` prints it.
         id: i64,
     },
     /// Mark an item done (your application carried it out): the mirror then holds the record it carried.
     Done {
         #[command(flatten)]
         config: ConfigArg,
+        /// The work item's id, as `driftd work list` prints it.
         id: i64,
     },
     /// Cancel a pending or running item.
     Cancel {
         #[command(flatten)]
         config: ConfigArg,
+        /// The work item's id, as `driftd work list` prints it.
         id: i64,
     },
 }

@@ -105,6 +105,73 @@ state_machine! {
     }
 }
 
+/// What an operator or the application asks of one work item: `driftd
+/// work retry|done|cancel`, `POST /v1/work/{id}/done`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Steer {
+    /// A dead item back in the queue, or a pending one due now; attempts start again.
+    Retry,
+    /// Carried out elsewhere: the mirror then holds its record.
+    Done,
+    Cancel,
+}
+
+impl Steer {
+    #[cfg(test)]
+    pub(crate) const ALL: [Steer; 3] = [Steer::Retry, Steer::Done, Steer::Cancel];
+
+    /// The steer that moves an item to `next`, if any does.
+    pub(crate) fn to(next: WorkState) -> Option<Self> {
+        match next {
+            WorkState::Pending => Some(Self::Retry),
+            WorkState::Done => Some(Self::Done),
+            WorkState::Cancelled => Some(Self::Cancel),
+            WorkState::Running | WorkState::Dead => None,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn target(self) -> WorkState {
+        match self {
+            Self::Retry => WorkState::Pending,
+            Self::Done => WorkState::Done,
+            Self::Cancel => WorkState::Cancelled,
+        }
+    }
+
+    /// `None` when item `id`, now in `state`, may be steered so; otherwise
+    /// the sentence that tells its user why not. Allows only what the
+    /// transition table allows, and a retry of a pending item (due now).
+    pub(crate) fn refusal(self, id: i64, state: WorkState) -> Option<String> {
+        use WorkState::{Cancelled, Dead, Done, Pending, Running};
+        let item = format!("work item {id}");
+        let why = match (self, state) {
+            (Self::Retry, Dead | Pending)
+            | (Self::Done, Pending | Running | Dead)
+            | (Self::Cancel, Pending | Running) => return None,
+            (Self::Retry, Running) => format!(
+                "{item} is running: it is being carried out now; wait for its outcome, or cancel it"
+            ),
+            (Self::Retry, Done) => format!("{item} is done: only dead or pending items can be retried"),
+            (Self::Retry, Cancelled) => {
+                format!("{item} was cancelled: only dead or pending items can be retried")
+            }
+            (Self::Done, Done) => format!("{item} is already done"),
+            (Self::Done, Cancelled) => format!(
+                "{item} was cancelled: only pending, running or dead items can be marked done"
+            ),
+            (Self::Cancel, Done) => {
+                format!("{item} is done: only pending or running items can be cancelled")
+            }
+            (Self::Cancel, Dead) => format!(
+                "{item} is dead: only pending or running items can be cancelled; `driftd work retry {id}` puts it back in the queue"
+            ),
+            (Self::Cancel, Cancelled) => format!("{item} is already cancelled"),
+        };
+        Some(why)
+    }
+}
+
 state_machine! {
     /// An entity's sync state.
     SyncState, "entity sync" {
@@ -205,6 +272,40 @@ mod tests {
                 (Dead, Done),
             ],
         );
+    }
+
+    /// Every steer from every state: allowed only where the table allows
+    /// it (or a retry of a pending item), refused with a sentence about the
+    /// item, never the machine's words.
+    #[test]
+    fn steering_work_items() {
+        let mut allowed = Vec::new();
+        for &steer in &Steer::ALL {
+            assert_eq!(Steer::to(steer.target()), Some(steer));
+            for &state in WorkState::ALL {
+                match steer.refusal(7, state) {
+                    None => {
+                        assert!(
+                            state.can_become(steer.target())
+                                || (steer, state) == (Steer::Retry, WorkState::Pending),
+                            "{steer:?} from {state:?}"
+                        );
+                        allowed.push((steer, state));
+                    }
+                    Some(why) => {
+                        assert!(why.starts_with("work item 7 "), "{why}");
+                        assert!(why.contains(state.as_str()), "{why}");
+                        assert!(!why.contains("transition"), "{why}");
+                    }
+                }
+            }
+        }
+        assert_eq!(allowed.len(), 7, "{allowed:?}");
+        assert_eq!(
+            Steer::Retry.refusal(7, WorkState::Done).as_deref(),
+            Some("work item 7 is done: only dead or pending items can be retried")
+        );
+        assert_eq!(Steer::to(WorkState::Dead), None);
     }
 
     #[test]

@@ -7,16 +7,17 @@
 //! nothing, so it does not make a guarded run stale. A guarded run older than
 //! the retention window has expired (it is pruned with the other history).
 
-use crate::state::{RunState, TransitionError};
+use crate::state::RunState;
 use crate::store::RunRow;
 
-/// Why a run cannot be approved.
+/// Why a run cannot be approved: the rest of a sentence whose subject is
+/// the run ("keyframe run 12 is already approved").
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("{0}")]
-    NotGuarded(TransitionError),
+    #[error("{}", not_guarded(*.0))]
+    NotGuarded(RunState),
     #[error(
-        "its drift list is stale: run {newer} ({state}) of producer {producer:?} compared the producer since; \
+        "cannot be approved: its drift list is stale: run {newer} ({state}) of producer {producer:?} compared the producer since; \
          approve that run if it is guarded, or let the next keyframe find the drift again"
     )]
     Superseded {
@@ -24,8 +25,19 @@ pub enum Refusal {
         newer: i64,
         state: RunState,
     },
-    #[error("it expired: it is older than retention_days ({days}); run a new keyframe")]
+    #[error("cannot be approved: it expired: it is older than retention_days ({days}); run a new keyframe")]
     Expired { days: u32 },
+}
+
+/// Why a run in `state` has nothing to approve.
+fn not_guarded(state: RunState) -> &'static str {
+    match state {
+        RunState::Approved => "is already approved",
+        RunState::Ok => "finished ok and was never guarded: nothing to approve",
+        RunState::Failed => "failed and compared nothing: nothing to approve; run a new keyframe",
+        RunState::Running => "is still running: only a guarded run can be approved",
+        RunState::Guarded => "is guarded",
+    }
 }
 
 /// Decides whether `run` may be approved now. `newer` is the producer's
@@ -37,9 +49,9 @@ pub(crate) fn check(
     now_ms: i64,
     retention_days: u32,
 ) -> Result<(), Refusal> {
-    run.state
-        .check(RunState::Approved)
-        .map_err(Refusal::NotGuarded)?;
+    if !run.state.can_become(RunState::Approved) {
+        return Err(Refusal::NotGuarded(run.state));
+    }
     if let Some((newer, state)) = newer {
         return Err(Refusal::Superseded {
             producer: run.producer.clone(),
@@ -103,7 +115,7 @@ mod tests {
                 run(RunState::Guarded, recent),
                 Some((9, RunState::Ok)),
                 30,
-                Err("stale: run 9 (ok)"),
+                Err("cannot be approved: its drift list is stale: run 9 (ok)"),
             ),
             (
                 "a later guarded run",
@@ -131,18 +143,35 @@ mod tests {
                 run(RunState::Approved, recent),
                 None,
                 30,
-                Err("invalid keyframe run transition from \"approved\""),
+                Err("is already approved"),
             ),
             (
                 "an ok run",
                 run(RunState::Ok, recent),
                 None,
                 30,
-                Err("invalid keyframe run transition from \"ok\""),
+                Err("finished ok and was never guarded: nothing to approve"),
+            ),
+            (
+                "a failed run",
+                run(RunState::Failed, recent),
+                None,
+                30,
+                Err("failed and compared nothing: nothing to approve"),
+            ),
+            (
+                "a running run",
+                run(RunState::Running, recent),
+                None,
+                30,
+                Err("is still running"),
             ),
         ];
         for (name, r, newer, days, expected) in cases {
             let got = check(&r, newer, now, days).map_err(|e| e.to_string());
+            if let Err(got) = &got {
+                assert!(!got.contains("transition"), "{name}: {got}");
+            }
             match (got, expected) {
                 (Ok(()), Ok(())) => {}
                 (Err(got), Err(part)) => assert!(got.contains(part), "{name}: {got}"),

@@ -62,7 +62,7 @@ pub enum KeyframeError {
     NoSuchRun(i64),
     #[error("keyframe run {run_id} belongs to producer {producer:?}, which is not in the config")]
     UnknownProducer { run_id: i64, producer: String },
-    #[error("cannot approve keyframe run {run_id}: {refusal}")]
+    #[error("keyframe run {run_id} {refusal}")]
     Refused { run_id: i64, refusal: Refusal },
 }
 

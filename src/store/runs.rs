@@ -300,9 +300,12 @@ impl Store {
             .run(id)
             .await?
             .ok_or_else(|| StoreError::Invalid(format!("keyframe run {id} does not exist")))?;
-        run.state
-            .check(RunState::Approved)
-            .map_err(|e| StoreError::Invalid(format!("keyframe run {id}: {e}")))?;
+        if !run.state.can_become(RunState::Approved) {
+            return Err(StoreError::Invalid(format!(
+                "keyframe run {id} is {}, not guarded: nothing to approve",
+                run.state
+            )));
+        }
         let updated = query(
             "UPDATE keyframe_runs SET state = $2, approved_at = $3 WHERE id = $1 AND state = $4",
         )

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::sql::{column, query, query_scalar, At, Json, Row};
 use super::{db, now_ms, placeholders, Backend, Store, StoreError};
-use crate::state::{Health, WorkState};
+use crate::state::{Health, Steer, WorkState};
 
 /// A work item to emit.
 #[derive(Debug, Clone)]
@@ -611,9 +611,12 @@ impl Store {
             .work_item(id)
             .await?
             .ok_or_else(|| StoreError::Invalid(format!("work item {id} does not exist")))?;
-        item.state
-            .check(next)
-            .map_err(|e| StoreError::Invalid(format!("work item {id}: {e}")))?;
+        let steer = Steer::to(next).ok_or_else(|| {
+            StoreError::Invalid(format!("work item {id} cannot be set {next} by hand"))
+        })?;
+        if let Some(why) = steer.refusal(id, item.state) {
+            return Err(StoreError::Invalid(why));
+        }
         let now = now_ms();
         let changed = query(
             "UPDATE work SET state = $2, run_at = $3, attempts = CASE WHEN $2 = 'pending' THEN 0 ELSE attempts END,
@@ -626,7 +629,14 @@ impl Store {
         .execute(&self.pool)
         .await;
         match changed {
-            Ok(_) => {}
+            Ok(r) if r.rows_affected() == 1 => {}
+            // It moved since it was read: say why it cannot move now.
+            Ok(_) => {
+                let now = self.work_item(id).await?.map_or(item.state, |w| w.state);
+                return Err(StoreError::Invalid(steer.refusal(id, now).unwrap_or_else(
+                    || format!("work item {id} changed meanwhile; try again"),
+                )));
+            }
             // Reopening an item conflicts with the entity's one open item
             // (the partial unique index): name that item instead.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {

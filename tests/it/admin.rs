@@ -116,6 +116,11 @@ async fn status_keyframe_and_approve_over_http() {
     )
     .await;
     assert_eq!(status, 409, "{a}");
+    assert_eq!(
+        a["error"],
+        format!("keyframe run {run} is already approved"),
+        "{a}"
+    );
     daemon.stop().await;
 }
 }

@@ -261,8 +261,9 @@ async fn keyframe_guard_approve_and_status_through_the_binary() {
     );
     let (code, _, stderr) = run_async(&["approve", "--config", cfg, &run_id.to_string()]).await;
     assert_ne!(code, 0);
-    assert!(
-        stderr.contains("invalid keyframe run transition"),
+    assert_eq!(
+        stderr,
+        format!("error: keyframe run {run_id} is already approved\n"),
         "{stderr}"
     );
     let (code, _, stderr) = run_async(&["keyframe", "--config", cfg, "nope"]).await;
@@ -609,5 +610,62 @@ async fn status_lines_up_producers_of_different_name_lengths() {
         .unwrap_or_else(|| panic!("a run line of shipments-eu:\n{stdout}"));
     assert_eq!(&long_run[records - 4..records], "1200", "{stdout}");
     assert!(!stdout.contains("null") && !stdout.contains("Some("), "{stdout}");
+}
+}
+
+crate::limited_test! {
+async fn approving_or_steering_in_the_wrong_state_says_why_in_words() {
+    let (_vendor, addr) = crate::support::Vendor::start(3).await;
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"{}\"\n[[producer]]\nname = \"orders\"\nschedule = \"0 0 0 1 1 *\"\n[producer.snapshot]\n{}\n[producer.work]\naction = \"none\"\n",
+            db.url,
+            crate::support::snapshot_toml("none", addr)
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    assert_eq!(run_async(&["migrate", "--config", cfg]).await.0, 0);
+    let (code, stdout, stderr) = run_async(&["keyframe", "--config", cfg, "orders", "--json"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let run: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(run["work_emitted"], 3, "{run}");
+    let run_id = run["run_id"].to_string();
+    let (_, stdout, _) = run_async(&["work", "list", "--config", cfg, "--json"]).await;
+    let ids: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&stdout)
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].to_string())
+        .collect();
+    let [a, b, c] = &ids[..] else { panic!("three items: {stdout}") };
+
+    // (command, exit code, what it prints on stdout or stderr)
+    let steps: Vec<(Vec<&str>, i32, String)> = vec![
+        (vec!["approve", &run_id], 1, format!("error: keyframe run {run_id} finished ok and was never guarded: nothing to approve\n")),
+        (vec!["work", "done", a], 0, format!("work item {a} done: ")),
+        (vec!["work", "done", a], 1, format!("error: work item {a} is already done\n")),
+        (vec!["work", "retry", a], 1, format!("error: work item {a} is done: only dead or pending items can be retried\n")),
+        (vec!["work", "cancel", a], 1, format!("error: work item {a} is done: only pending or running items can be cancelled\n")),
+        (vec!["work", "cancel", b], 0, format!("work item {b} cancelled\n")),
+        (vec!["work", "done", b], 1, format!("error: work item {b} was cancelled: only pending, running or dead items can be marked done\n")),
+        (vec!["work", "retry", b], 1, format!("error: work item {b} was cancelled: only dead or pending items can be retried\n")),
+        (vec!["work", "cancel", b], 1, format!("error: work item {b} is already cancelled\n")),
+        (vec!["work", "retry", c], 0, format!("work item {c} is pending again\n")),
+        (vec!["work", "retry", "999999"], 1, "error: work item 999999 does not exist\n".to_string()),
+    ];
+    for (args, expected_code, expected) in steps {
+        // `approve --config F ID`, `work SUB --config F ID`
+        let (command, id) = args.split_at(args.len() - 1);
+        let full = [command, &["--config", cfg], id].concat();
+        let (code, stdout, stderr) = run_async(&full).await;
+        assert_eq!(code, expected_code, "{args:?}: {stdout}{stderr}");
+        let shown = if code == 0 { &stdout } else { &stderr };
+        assert!(shown.starts_with(&expected), "{args:?}: {shown:?}, expected {expected:?}");
+        assert!(!stderr.contains("transition"), "{args:?}: {stderr}");
+    }
 }
 }

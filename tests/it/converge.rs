@@ -221,6 +221,20 @@ async fn none_items_finished_by_hand_close_their_drift(db: &TestDb) {
             .unwrap();
         assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     }
+    // Finishing one twice says so in words.
+    let resp = client
+        .post(format!("{}/v1/work/{}/done", d.base, items[2].id))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        format!("work item {} is already done", items[2].id),
+        "{body}"
+    );
     // An unknown item is a 404.
     let resp = client
         .post(format!("{}/v1/work/999999/done", d.base))
