@@ -27,6 +27,9 @@ pub struct App {
     metrics: Metrics,
     listener: TcpListener,
     client: reqwest::Client,
+    /// When this process built the daemon (ms): the last-success gauge of a
+    /// producer without any keyframe run counts from here.
+    started_ms: i64,
 }
 
 impl App {
@@ -39,7 +42,17 @@ impl App {
         )
         .await?;
         match Self::prepare(&config, &store, listener).await {
-            Ok((listener, client)) => Ok(Self::assemble(config, store, listener, client)),
+            Ok((listener, client)) => {
+                let app = Self::assemble(config, store, listener, client);
+                // Gauges that mirror the database (the last successful
+                // keyframe among them) hold its values before the first scrape.
+                if let Err(e) =
+                    refresh_once(&app.store, &app.metrics, &app.config, app.started_ms).await
+                {
+                    warn!(error = %e, "could not refresh gauges");
+                }
+                Ok(app)
+            }
             Err(e) => {
                 store.close().await;
                 Err(e)
@@ -79,11 +92,18 @@ impl App {
         client: reqwest::Client,
     ) -> Self {
         let metrics = Metrics::new();
+        let now = chrono::Utc::now();
         for p in &config.producers {
             metrics.init_producer(&p.name);
+            if let Some(secs) = crate::schedule::expected_interval_secs(p, now) {
+                metrics
+                    .keyframe_expected_interval
+                    .with_label_values(&[&p.name])
+                    .set(secs);
+            }
             match p.work.action {
-                crate::config::Action::Apply => metrics.init_action("apply"),
-                crate::config::Action::Http => metrics.init_action("http"),
+                crate::config::Action::Apply => metrics.init_action(&p.name, "apply"),
+                crate::config::Action::Http => metrics.init_action(&p.name, "http"),
                 crate::config::Action::None => {}
             }
         }
@@ -93,6 +113,7 @@ impl App {
             metrics,
             listener,
             client,
+            started_ms: now.timestamp_millis(),
         }
     }
 
@@ -155,6 +176,7 @@ impl App {
             self.store.clone(),
             self.metrics.clone(),
             self.config.clone(),
+            self.started_ms,
             shutdown.clone(),
         ));
         if self.config.database.retention_days > 0 {
@@ -309,10 +331,11 @@ async fn refresh_gauges(
     store: Store,
     metrics: Metrics,
     config: Arc<Config>,
+    started_ms: i64,
     cancel: CancellationToken,
 ) {
     loop {
-        if let Err(e) = refresh_once(&store, &metrics, &config).await {
+        if let Err(e) = refresh_once(&store, &metrics, &config, started_ms).await {
             warn!(error = %e, "could not refresh gauges");
         }
         tokio::select! {
@@ -326,6 +349,7 @@ pub(crate) async fn refresh_once(
     store: &Store,
     metrics: &Metrics,
     config: &Config,
+    started_ms: i64,
 ) -> anyhow::Result<()> {
     let open = store.open_work_by_producer().await?;
     let health = store.producer_health().await?;
@@ -350,6 +374,13 @@ pub(crate) async fn refresh_once(
             .drift_open
             .with_label_values(&[&p.name])
             .set(open.get(&p.name).copied().unwrap_or(0));
+        // From the database, so a restart (or another replica's keyframe)
+        // shows the real last success, never 0 or nothing.
+        let succeeded = store.keyframe_succeeded_at(&p.name).await?;
+        metrics
+            .keyframe_last_success
+            .with_label_values(&[&p.name])
+            .set(succeeded.unwrap_or(started_ms) as f64 / 1000.0);
         let current = health
             .get(&p.name)
             .map(|(h, _)| *h)
@@ -361,12 +392,14 @@ pub(crate) async fn refresh_once(
                 .set(i64::from(*h == current));
         }
     }
-    let counts = store.work_counts().await?;
-    for state in [WorkState::Pending, WorkState::Running, WorkState::Dead] {
-        metrics
-            .work_items
-            .with_label_values(&[state.as_str()])
-            .set(counts.get(&state).copied().unwrap_or(0));
+    let counts = store.work_counts_by_producer().await?;
+    for p in &config.producers {
+        for state in [WorkState::Pending, WorkState::Running, WorkState::Dead] {
+            metrics
+                .work_items
+                .with_label_values(&[&p.name, state.as_str()])
+                .set(counts.get(&(p.name.clone(), state)).copied().unwrap_or(0));
+        }
     }
     Ok(())
 }

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub(crate) keyframe_records: IntGaugeVec,
     pub(crate) first_sync_records: IntCounterVec,
     pub(crate) keyframe_last_success: GaugeVec,
+    pub(crate) keyframe_expected_interval: GaugeVec,
     pub keyframe_guarded: IntGaugeVec,
     pub(crate) drift_detected: IntCounterVec,
     pub drift_open: IntGaugeVec,
@@ -135,7 +136,21 @@ impl Metrics {
                 GaugeVec::new(
                     Opts::new(
                         "driftd_keyframe_last_success_timestamp_seconds",
-                        "Unix time of the last successful keyframe.",
+                        "Unix time of the last successful keyframe (from the database, so a \
+                         restart keeps it); for a producer that never succeeded, when its first \
+                         run began, else when this process started.",
+                    ),
+                    &["producer"],
+                )
+                .expect("valid metric"),
+            ),
+            keyframe_expected_interval: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "driftd_keyframe_expected_interval_seconds",
+                        "The longest time the producer's schedule lets pass between keyframes \
+                         (a cron's longest gap between ticks, or adaptive max_interval_secs).",
                     ),
                     &["producer"],
                 )
@@ -168,16 +183,20 @@ impl Metrics {
                 &["producer"],
             ),
             entities: igauge("driftd_entities", "Live entities stored.", &["producer"]),
-            work_items: igauge("driftd_work_items", "Work items by state.", &["state"]),
+            work_items: igauge(
+                "driftd_work_items",
+                "Work items by producer and state (pending, running, dead).",
+                &["producer", "state"],
+            ),
             work_completed: counter(
                 "driftd_work_completed_total",
-                "Work attempts finished, by action and outcome (done, retry, dead).",
-                &["action", "outcome"],
+                "Work attempts finished, by producer, action and outcome (done, retry, dead).",
+                &["producer", "action", "outcome"],
             ),
             work_duration: hist(
                 "driftd_work_duration_seconds",
                 "Time to carry out one work attempt.",
-                &["action"],
+                &["producer", "action"],
                 work_buckets,
             ),
             producer_state: igauge(
@@ -322,14 +341,17 @@ impl Metrics {
         }
         self.catchup_running.with_label_values(&[producer]);
         for state in [WorkState::Pending, WorkState::Running, WorkState::Dead] {
-            self.work_items.with_label_values(&[state.as_str()]);
+            self.work_items
+                .with_label_values(&[producer, state.as_str()]);
         }
     }
 
-    /// Creates the work series of an action at zero (`apply`, `http`).
-    pub(crate) fn init_action(&self, action: &str) {
+    /// Creates the work series of a producer whose items driftd carries out
+    /// (`apply`, `http`) at zero.
+    pub(crate) fn init_action(&self, producer: &str, action: &str) {
         for outcome in ["done", "retry", "dead"] {
-            self.work_completed.with_label_values(&[action, outcome]);
+            self.work_completed
+                .with_label_values(&[producer, action, outcome]);
         }
     }
 

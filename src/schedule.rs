@@ -18,6 +18,41 @@ use crate::config::Producer;
 use crate::keyframe::run::{KeyframeError, Keyframer};
 use crate::store::now_ms;
 
+/// How far ahead [`expected_interval_secs`] looks for a cron's longest gap:
+/// a week and a day, so a schedule that skips weekends shows its weekend.
+const GAP_HORIZON: chrono::TimeDelta = chrono::TimeDelta::days(8);
+
+/// At most this many ticks are walked (a per-second cron stops after ~3 h).
+const GAP_TICKS: usize = 10_000;
+
+/// The longest time, in seconds, that `p`'s schedule lets pass between two
+/// keyframes: an adaptive producer's `max_interval_secs`, or the longest gap
+/// between a cron's ticks from `now` over the next eight days (at least one
+/// gap, however far apart the first two ticks are). `None` for a cron with
+/// fewer than two future ticks. Exported as
+/// `driftd_keyframe_expected_interval_seconds`, against which the
+/// `DriftdKeyframeStale` alert measures the last success.
+pub(crate) fn expected_interval_secs(p: &Producer, now: DateTime<Utc>) -> Option<f64> {
+    if let Some(a) = &p.adaptive {
+        return Some(a.max_interval_secs);
+    }
+    let schedule = p.schedule();
+    let horizon = now + GAP_HORIZON;
+    let mut prev = schedule.next_after(now)?;
+    let mut longest: Option<chrono::TimeDelta> = None;
+    for _ in 0..GAP_TICKS {
+        let Some(next) = schedule.next_after(prev) else {
+            break;
+        };
+        longest = Some(longest.map_or(next - prev, |l| l.max(next - prev)));
+        if next > horizon {
+            break;
+        }
+        prev = next;
+    }
+    longest.map(|l| l.num_milliseconds() as f64 / 1000.0)
+}
+
 /// Runs `p`'s keyframes on its schedule until `cancel`. A run under way when
 /// `cancel` fires is interrupted by the keyframer (recorded `failed`, its
 /// lease released), not dropped.
@@ -115,3 +150,6 @@ async fn run_adaptive(keyframer: Keyframer, p: Producer, cancel: CancellationTok
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -593,12 +593,12 @@ impl Workers {
                     debug!(work_id = id, ?outcome, "apply item done");
                     self.metrics
                         .work_duration
-                        .with_label_values(&["apply"])
+                        .with_label_values(&[&p.name, "apply"])
                         .observe(per_item);
                 }
                 self.metrics
                     .work_completed
-                    .with_label_values(&["apply", "done"])
+                    .with_label_values(&[&p.name, "apply", "done"])
                     .inc_by(outcomes.len() as u64);
                 Ok(())
             }
@@ -650,7 +650,7 @@ impl Workers {
         {
             self.metrics
                 .work_completed
-                .with_label_values(&[action, outcome])
+                .with_label_values(&[&p.name, action, outcome])
                 .inc();
         }
         Ok(())
@@ -667,7 +667,7 @@ impl Workers {
         };
         self.metrics
             .work_duration
-            .with_label_values(&[action])
+            .with_label_values(&[&p.name, action])
             .observe(started.elapsed().as_secs_f64());
         let recorded = match result {
             Ok(note) => match self.store.complete_work(&item, &self.id).await {
@@ -675,7 +675,7 @@ impl Workers {
                     debug!(note, "work item done");
                     self.metrics
                         .work_completed
-                        .with_label_values(&[action, "done"])
+                        .with_label_values(&[&p.name, action, "done"])
                         .inc();
                     // The application holds the record now: so does the mirror.
                     mirror_done(&self.store, p).await.map(|_| ())

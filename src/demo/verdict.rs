@@ -119,7 +119,7 @@ pub(super) async fn finish(
     let done = r
         .metrics
         .work_completed
-        .with_label_values(&["apply", "done"])
+        .with_label_values(&[PRODUCER, "apply", "done"])
         .get();
 
     let s = &r.stats;

@@ -244,6 +244,33 @@ impl Store {
         .map_err(db("find the previous keyframe run"))
     }
 
+    /// When the producer's keyframes last succeeded: the newest `ok` run's
+    /// finish; for a producer none of whose kept runs succeeded, when its
+    /// oldest kept run started (it has been trying since); `None` without any
+    /// run. Both read the `(producer, id)` index from one end.
+    pub(crate) async fn keyframe_succeeded_at(
+        &self,
+        producer: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let e = db("find the last successful keyframe");
+        let ok: Option<Option<i64>> = query_scalar(
+            "SELECT finished_at FROM keyframe_runs WHERE producer = $1 AND state = 'ok'
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(producer)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(e)?;
+        if let Some(finished) = ok.flatten() {
+            return Ok(Some(finished));
+        }
+        query_scalar("SELECT started_at FROM keyframe_runs WHERE producer = $1 ORDER BY id LIMIT 1")
+            .bind(producer)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(e)
+    }
+
     /// Per producer, the run awaiting approval: the producer's latest run that
     /// compared (`ok`, `guarded` or `approved`), when that run is `guarded`.
     pub async fn guarded_runs(&self) -> Result<BTreeMap<String, i64>, StoreError> {

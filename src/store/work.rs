@@ -587,6 +587,30 @@ impl Store {
         Ok(out)
     }
 
+    /// Items per producer and state (a producer with none has no entry).
+    pub async fn work_counts_by_producer(
+        &self,
+    ) -> Result<BTreeMap<(String, WorkState), i64>, StoreError> {
+        let mut out = BTreeMap::new();
+        for r in query("SELECT producer, state, COUNT(*) FROM work GROUP BY producer, state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("count work per producer"))?
+        {
+            let producer: String = r.try_get(0).map_err(db("count work per producer"))?;
+            let state: String = r.try_get(1).map_err(db("count work per producer"))?;
+            let state = WorkState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                table: "work",
+                reason: format!("unknown state {state:?}"),
+            })?;
+            out.insert(
+                (producer, state),
+                r.try_get(2).map_err(db("count work per producer"))?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Open items (pending or running) per producer: the open drift.
     pub async fn open_work_by_producer(&self) -> Result<BTreeMap<String, i64>, StoreError> {
         let mut out = BTreeMap::new();

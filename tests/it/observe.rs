@@ -195,7 +195,13 @@ fn dashboard_queries(producer: &str) -> Vec<(String, String)> {
         for t in panel["targets"].as_array().expect("targets") {
             let expr = t["expr"]
                 .as_str()
-                .unwrap_or_else(|| panic!("panel {title} has a target without expr"))
+                .unwrap_or_else(|| panic!("panel {title} has a target without expr"));
+            // README: the `producer` variable filters every panel.
+            assert!(
+                expr.contains(r#"producer=~"$producer""#),
+                "panel {title}: {expr} ignores the producer variable"
+            );
+            let expr = expr
                 .replace("$__rate_interval", "1m")
                 .replace("$__interval", "15s")
                 .replace("$__range", "5m")
@@ -373,5 +379,152 @@ async fn metric_series_stay_bounded_with_thousands_of_keys() {
         "{} series in /metrics for 2 producers: {per_family:?}",
         series.len()
     );
+}
+}
+
+/// A daemon restarted over a database that holds keyframe runs exports, at
+/// its first scrape, the last success the database records (an ok run's
+/// finish; for a producer that only failed, when its first run began; for
+/// one that never ran, the process start), and each producer's expected
+/// interval from its schedule: what `DriftdKeyframeStale` compares.
+async fn a_restarted_daemon_exports_the_last_success_at_once(db: &TestDb) {
+    let (_vendor, addr) = Vendor::start(20).await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"adm\"\n[database]\nurl = \"{db}\"\n\
+         [[producer]]\nname = \"orders\"\nschedule = \"0 0 3 * * *\"\n\
+         [producer.snapshot]\n{snap}\nretries = 0\n\
+         [[producer]]\nname = \"broken\"\nschedule = \"0 0 4 * * Sun\"\n\
+         [producer.snapshot]\nurl = \"http://{addr}/missing\"\nitems = \"/data\"\nretries = 0\n\
+         [[producer]]\nname = \"idle\"\nschedule = \"0 0 5 1 1 *\"\n\
+         [producer.snapshot]\n{snap}\n\
+         [[producer]]\nname = \"paced\"\nschedule = \"adaptive\"\n\
+         [producer.adaptive]\nmin_interval_secs = 3600.0\nmax_interval_secs = 7200.0\n\
+         target_drift_seconds = 60.0\n\
+         [producer.snapshot]\n{snap}\n",
+        db = db.url,
+        snap = snapshot_toml("cursor", addr),
+    );
+    let d = Daemon::start(config(&text)).await;
+    for producer in ["orders", "broken"] {
+        d.http
+            .post(format!("{}/admin/keyframe/{producer}", d.base))
+            .bearer_auth("adm")
+            .send()
+            .await
+            .unwrap();
+    }
+    let ok = d.store.runs("orders", 1).await.unwrap().remove(0);
+    assert_eq!(ok.state.as_str(), "ok", "{ok:?}");
+    let failed = d.store.runs("broken", 1).await.unwrap().remove(0);
+    assert_eq!(failed.state.as_str(), "failed", "{failed:?}");
+    d.stop().await;
+
+    let before_restart = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let d = Daemon::start(config(&text)).await;
+    let m = d.metrics().await;
+    let last = |p: &str| {
+        sample_sum(
+            &m,
+            "driftd_keyframe_last_success_timestamp_seconds",
+            &[&format!("producer=\"{p}\"")],
+        )
+    };
+    let expected = |p: &str| {
+        sample_sum(
+            &m,
+            "driftd_keyframe_expected_interval_seconds",
+            &[&format!("producer=\"{p}\"")],
+        )
+    };
+    let finished = ok.finished_at.expect("an ok run has finished") as f64 / 1000.0;
+    assert!(
+        (last("orders") - finished).abs() < 0.001,
+        "orders: {} is not the ok run's finish {finished}",
+        last("orders")
+    );
+    let began = failed.started_at as f64 / 1000.0;
+    assert!(
+        (last("broken") - began).abs() < 0.001,
+        "broken: {} is not its failed run's start {began}",
+        last("broken")
+    );
+    let after_start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        // The start is kept in whole milliseconds.
+        (before_restart - 0.001..=after_start).contains(&last("idle")),
+        "idle: {} is not the restarted process's start ({before_restart}..{after_start})",
+        last("idle")
+    );
+    assert_eq!(expected("orders"), 86_400.0);
+    assert_eq!(expected("broken"), 7.0 * 86_400.0);
+    // A year from one January 1st to the next.
+    let year = expected("idle") / 86_400.0;
+    assert!(year == 365.0 || year == 366.0, "idle: {year} days");
+    assert_eq!(expected("paced"), 7_200.0);
+    d.stop().await;
+}
+
+crate::on_both_backends!(a_restarted_daemon_exports_the_last_success_at_once);
+
+crate::limited_test! {
+async fn the_readme_metrics_table_names_every_family_with_its_type_and_labels() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    // `| `name` | type | labels |` rows of the metrics table.
+    let rows: std::collections::BTreeMap<String, (String, String)> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `driftd_"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split(" | ").collect();
+            let name = cells[0].trim_start_matches("| ").trim_matches('`').to_string();
+            (name, (cells[1].to_string(), cells[2..].join(" | ")))
+        })
+        .collect();
+    let source = std::fs::read_to_string(repo_root().join("src/metrics.rs")).unwrap();
+    for name in rows.keys() {
+        assert!(
+            source.contains(&format!("\"{name}\"")),
+            "README lists {name}, which src/metrics.rs does not define"
+        );
+    }
+
+    let db = TestDb::sqlite();
+    let (daemon, _vendor) = daemon_with_history(&db, 200).await;
+    let text = daemon.metrics().await;
+    daemon.stop().await;
+    let mut checked = 0;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE driftd_") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').unwrap();
+        let name = format!("driftd_{name}");
+        let (ty, labels) = rows
+            .get(&name)
+            .unwrap_or_else(|| panic!("README's metrics table has no row for {name}"));
+        assert!(ty.contains(kind), "README: {name} is a {kind}, not {ty:?}");
+        for sample in text.lines().filter(|l| {
+            l.strip_prefix(&name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with("_bucket{"))
+        }) {
+            let inner = &sample[sample.find('{').unwrap() + 1..sample.find('}').unwrap()];
+            for label in inner.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, _)| k) {
+                if label == "le" {
+                    continue;
+                }
+                assert!(
+                    labels.contains(label),
+                    "README: {name} has label {label}, not in {labels:?}"
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 25, "only {checked} driftd_ families were served");
 }
 }
