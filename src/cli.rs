@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod status;
+mod sync;
 mod table;
 
 use crate::config::{Config, ConfigError, Loaded};
@@ -107,6 +108,23 @@ pub enum Command {
         /// The producer's name, as in the config (it needs `[producer.catchup]`).
         producer: String,
         /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One keyframe of PRODUCER, then the work it left open carried out
+    /// (`apply`: written; `http`: sent to the application; `none`: left for
+    /// it), for cron instead of the daemon. Exit 0 all closed, 1 a failed
+    /// keyframe or any item failed or left open, 3 guarded.
+    Sync {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The producer's name, as in the config.
+        producer: String,
+        /// Stop waiting for the work after this many seconds; the items
+        /// still open stay in the queue for the next sync or the daemon.
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        timeout: u64,
+        /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -389,6 +407,42 @@ pub fn main() -> ExitCode {
                 })
             })
         }
+        Command::Sync {
+            config,
+            producer,
+            timeout,
+            json,
+        } => with_store_opened(
+            &config.config,
+            Open::Upgrade,
+            move |loaded, store| async move {
+                let Some(p) = loaded.config.producer(&producer) else {
+                    eprintln!(
+                        "unknown producer {producer:?}; configured: {}",
+                        producer_names(&loaded.config)
+                    );
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                };
+                // SIGINT/SIGTERM stop the keyframe or the workers the
+                // daemon's way; the report then says what is left open.
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let run = sync::sync(
+                    store,
+                    p,
+                    std::time::Duration::from_secs(timeout),
+                    json,
+                    shutdown.clone(),
+                );
+                tokio::pin!(run);
+                tokio::select! {
+                    r = &mut run => r,
+                    _ = wait_for_signal() => {
+                        shutdown.cancel();
+                        run.await
+                    }
+                }
+            },
+        ),
         Command::Approve { config, run_id } => {
             with_store(&config.config, move |loaded, store| async move {
                 let keyframer =
@@ -545,10 +599,12 @@ where
     with_store_opened(path, Open::Migrate, f)
 }
 
-/// How a command opens the store: only `run` and `migrate` create or migrate.
+/// How a command opens the store: only `run` and `migrate` create or
+/// migrate; `sync` migrates an existing database but creates none.
 #[derive(Debug, Clone, Copy)]
 enum Open {
     Migrate,
+    Upgrade,
     Existing,
 }
 
@@ -572,6 +628,7 @@ where
         let db = &loaded.config.database;
         let opened = match open {
             Open::Migrate => Store::open(db.url.expose(), db.max_connections).await,
+            Open::Upgrade => Store::open_and_upgrade(db.url.expose(), db.max_connections).await,
             Open::Existing => Store::open_existing(db.url.expose(), db.max_connections).await,
         };
         let store = match opened {

@@ -323,14 +323,7 @@ impl Store {
     /// than those two opens the store this way, so a mistyped path is an
     /// error instead of a new, empty database.
     pub(crate) async fn open_existing(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        if Backend::from_url(url) == Some(Backend::Sqlite) {
-            let path = sqlite_path(url);
-            if !path.is_empty() && path != ":memory:" && !std::path::Path::new(path).exists() {
-                return Err(StoreError::NotCreated(format!(
-                    "the SQLite database {path:?} does not exist"
-                )));
-            }
-        }
+        require_sqlite_file(url)?;
         let store = Self::connect_with(url, max_connections, Create::Never).await?;
         let applied = match store.applied_migrations().await {
             Ok(n) => n,
@@ -347,6 +340,23 @@ impl Store {
             } else {
                 format!("the database schema is behind: {applied} of {expected} migrations applied")
             }));
+        }
+        Ok(store)
+    }
+
+    /// Connects to a database that already exists and applies pending
+    /// migrations, as `driftd run` does, but creates no SQLite file: for
+    /// `driftd sync`, which a scheduler runs unattended, so a mistyped path
+    /// fails instead of filling a new database nobody reads.
+    pub(crate) async fn open_and_upgrade(
+        url: &str,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        require_sqlite_file(url)?;
+        let store = Self::connect_with(url, max_connections, Create::Never).await?;
+        if let Err(e) = store.migrate().await {
+            store.close().await;
+            return Err(e);
         }
         Ok(store)
     }
@@ -574,6 +584,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 enum Create {
     IfMissing,
     Never,
+}
+
+/// Refuses a `sqlite:` URL whose file does not exist (other URLs pass).
+fn require_sqlite_file(url: &str) -> Result<(), StoreError> {
+    if Backend::from_url(url) == Some(Backend::Sqlite) {
+        let path = sqlite_path(url);
+        if !path.is_empty() && path != ":memory:" && !std::path::Path::new(path).exists() {
+            return Err(StoreError::NotCreated(format!(
+                "the SQLite database {path:?} does not exist"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The file path of a `sqlite:` URL (`sqlite://PATH?opts`, `sqlite:PATH`).

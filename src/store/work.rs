@@ -611,6 +611,47 @@ impl Store {
         Ok(out)
     }
 
+    /// The ids of `producer`'s open items (pending or running), oldest first.
+    pub(crate) async fn open_work_ids(&self, producer: &str) -> Result<Vec<i64>, StoreError> {
+        query_scalar(
+            "SELECT id FROM work WHERE producer = $1 AND state IN ('pending', 'running') ORDER BY id",
+        )
+        .bind(producer)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list open work"))
+    }
+
+    /// How many of items `ids` are in each state now (every state present,
+    /// zero when none); an id that no longer exists is not counted.
+    pub(crate) async fn work_states(
+        &self,
+        ids: &[i64],
+    ) -> Result<BTreeMap<WorkState, u64>, StoreError> {
+        let mut out: BTreeMap<WorkState, u64> = WorkState::ALL.iter().map(|s| (*s, 0)).collect();
+        for chunk in ids.chunks(self.backend.batch()) {
+            let sql = format!(
+                "SELECT state, COUNT(*) FROM work WHERE id {} GROUP BY state",
+                self.backend.any(1, chunk.len())
+            );
+            let q = self.backend.bind_any(query(&sql), chunk.to_vec());
+            for r in q
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("count work items by state"))?
+            {
+                let state: String = r.try_get(0).map_err(db("count work items by state"))?;
+                let state = WorkState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                    table: "work",
+                    reason: format!("unknown state {state:?}"),
+                })?;
+                let n: i64 = r.try_get(1).map_err(db("count work items by state"))?;
+                *out.entry(state).or_default() += n.unsigned_abs();
+            }
+        }
+        Ok(out)
+    }
+
     /// Open items (pending or running) per producer: the open drift.
     pub async fn open_work_by_producer(&self) -> Result<BTreeMap<String, i64>, StoreError> {
         let mut out = BTreeMap::new();

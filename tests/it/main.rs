@@ -28,6 +28,7 @@ mod readyz;
 mod replicas;
 mod store;
 mod support;
+mod sync;
 mod tidy;
 mod upgrade;
 mod work;
