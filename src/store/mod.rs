@@ -280,12 +280,14 @@ impl Store {
             Backend::Sqlite => {
                 let options: SqliteConnectOptions = url.parse().map_err(connect)?;
                 let options = options.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
-                Pool::Sqlite(
-                    pool_options(1)
-                        .connect_with(options)
-                        .await
-                        .map_err(connect)?,
-                )
+                let path = sqlite_path(&url).to_string();
+                Pool::Sqlite(pool_options(1).connect_with(options).await.map_err(|e| {
+                    StoreError::Unreachable {
+                        backend: backend.name(),
+                        at: format!("{path:?}"),
+                        reason: connect_failure(&e),
+                    }
+                })?)
             }
             Backend::Postgres => {
                 let options: PgConnectOptions = url.parse().map_err(connect)?;

@@ -445,6 +445,15 @@ async fn an_unreachable_database_is_named_and_refused_without_its_password() {
         assert!(!stderr.contains("pool timed out"), "{args:?}: {stderr}");
         assert!(!stderr.contains("secret") && !stdout.contains("secret"), "{args:?}: {stderr}");
     }
+    // A SQLite file that cannot be opened is named too.
+    let path = dir.path().join("no-such-dir").join("driftd.db");
+    std::fs::write(&config, format!("[database]\nurl = \"sqlite://{}\"\n", path.display())).unwrap();
+    let (code, _, stderr) = run_async(&["migrate", "--config", cfg]).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stderr,
+        format!("error: cannot connect to the sqlite database at {:?}: unable to open database file\n", path.display().to_string()),
+    );
 }
 }
 
