@@ -327,27 +327,40 @@ pub fn main() -> ExitCode {
                 }
             };
             let mut failed = false;
+            let mut t = table::Table::new(
+                &["key", "outcome", "error"],
+                &[table::Align::Left, table::Align::Left, table::Align::Left],
+            );
             for r in &done {
                 failed |= matches!(r.outcome, "failed" | "gave_up");
                 if json {
                     println!("{}", serde_json::to_string(r)?);
                 } else {
-                    println!(
-                        "{:<24} {}{}",
-                        r.key,
-                        r.outcome,
-                        r.error
-                            .as_deref()
-                            .map(|e| format!("  {e}"))
-                            .unwrap_or_default()
-                    );
+                    t.row(vec![
+                        r.key.clone(),
+                        r.outcome.to_string(),
+                        r.error.clone().unwrap_or_else(|| "-".to_string()),
+                    ]);
                 }
             }
+            const BUSY: &str = "another process is fetching it; it will apply the record";
             for key in keys.iter().filter(|k| !done.iter().any(|r| r.key == **k)) {
                 failed = true;
-                println!(
-                    "{key:<24} busy  another process is fetching it; it will apply the record"
-                );
+                if json {
+                    let busy = serde_json::json!({"key": key, "outcome": "busy", "error": BUSY});
+                    println!("{busy}");
+                } else {
+                    t.row(vec![
+                        (*key).to_string(),
+                        "busy".to_string(),
+                        BUSY.to_string(),
+                    ]);
+                }
+            }
+            if !json {
+                for line in t.lines("") {
+                    println!("{line}");
+                }
             }
             Ok(if failed {
                 ExitCode::FAILURE

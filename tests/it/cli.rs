@@ -678,3 +678,57 @@ async fn approving_or_steering_in_the_wrong_state_says_why_in_words() {
     }
 }
 }
+
+crate::limited_test! {
+async fn refresh_prints_each_key_in_columns() {
+    use axum::extract::Path;
+    use axum::http::StatusCode;
+    let shop = crate::support::serve_loopback(axum::Router::new().route(
+        "/orders/{key}",
+        axum::routing::get(|Path(key): Path<String>| async move {
+            if key == "k-1" {
+                Ok(axum::Json(serde_json::json!({"order": {"id": key, "status": "paid"}})))
+            } else {
+                Err(StatusCode::NOT_FOUND)
+            }
+        }),
+    ))
+    .await;
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"{}\"\n[[producer]]\nname = \"orders\"\nschedule = \"0 0 0 1 1 *\"\n\
+             [producer.snapshot]\nurl = \"http://{shop}/orders\"\nitems = \"/data\"\n\
+             [producer.fetch]\nurl = \"http://{shop}/orders/{{key}}\"\nitem = \"/order\"\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    assert_eq!(run_async(&["migrate", "--config", cfg]).await.0, 0);
+    let long = "a-much-longer-key-than-the-other-one";
+    let (code, stdout, stderr) = run_async(&["refresh", "--config", cfg, "orders", "k-1", long]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let outcome = span_of(lines[0], "outcome").0;
+    let error = span_of(lines[0], "error").0;
+    let row = |key: &str| {
+        *lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no row for {key}:\n{stdout}"))
+    };
+    assert_eq!(&row("k-1")[outcome..], "applied    -", "{stdout}");
+    assert_eq!(&row(long)[outcome..], "not_found  -", "{stdout}");
+    assert_eq!(&row(long)[error..], "-", "{stdout}");
+
+    let (code, stdout, _) = run_async(&["refresh", "--config", cfg, "orders", "k-1", "--json"]).await;
+    assert_eq!(code, 0);
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["outcome"], "unchanged", "{stdout}");
+}
+}
