@@ -100,17 +100,33 @@ impl RecordHasher {
 
 /// A JSON pointer that is not of the RFC 6901 form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid JSON pointer {0:?}: must be empty or start with '/'")]
-pub struct PointerError(pub String);
+#[error("invalid JSON pointer {pointer:?}: {reason}")]
+pub struct PointerError {
+    pub pointer: String,
+    pub reason: &'static str,
+}
 
 /// Splits an RFC 6901 pointer into unescaped tokens.
 pub(crate) fn parse_pointer(pointer: &str) -> Result<Vec<String>, PointerError> {
     if pointer.is_empty() {
         return Ok(Vec::new());
     }
-    let Some(rest) = pointer.strip_prefix('/') else {
-        return Err(PointerError(pointer.to_string()));
+    let error = |reason| PointerError {
+        pointer: pointer.to_string(),
+        reason,
     };
+    let Some(rest) = pointer.strip_prefix('/') else {
+        return Err(error("must be empty or start with '/'"));
+    };
+    // `~` only escapes: `~0` is `~`, `~1` is `/`; any other `~` is a mistake.
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+            return Err(error(
+                "'~' must be followed by 0 or 1 (write ~0 for '~' and ~1 for '/')",
+            ));
+        }
+    }
     Ok(rest
         .split('/')
         .map(|t| t.replace("~1", "/").replace("~0", "~"))

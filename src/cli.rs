@@ -560,23 +560,33 @@ const PG_NOTICE: &str = "sqlx::postgres::notice";
 
 fn load(path: &Path) -> Result<Loaded, ExitCode> {
     Config::load(path).map_err(|e: ConfigError| {
-        eprintln!("{e}");
+        eprint!("{}", e.render(colour_stderr()));
         ExitCode::from(EXIT_USAGE)
     })
+}
+
+/// Colour on stderr only for a terminal, and never with `NO_COLOR` set.
+fn colour_stderr() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// The config's warnings, as cargo prints them.
+fn print_warnings(path: &Path, loaded: &Loaded) {
+    let file = path.display().to_string();
+    for w in &loaded.warnings {
+        eprint!("{}", w.render("warning", &file, colour_stderr()));
+    }
 }
 
 fn check(path: &Path, probe: bool) -> ExitCode {
     match load(path) {
         Ok(loaded) if probe => {
-            for w in &loaded.warnings {
-                eprintln!("warning: {w}");
-            }
+            print_warnings(path, &loaded);
             probe_producers(&loaded.config)
         }
         Ok(loaded) => {
-            for w in &loaded.warnings {
-                eprintln!("warning: {w}");
-            }
+            print_warnings(path, &loaded);
             println!(
                 "{}: ok ({} producer{})",
                 path.display(),

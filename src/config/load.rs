@@ -1,17 +1,39 @@
-//! Loading a config file: TOML, `${VAR}` substitution in every string, unknown keys, and problems named by TOML path.
+//! Loading a config file: TOML with spans, `${VAR}` substitution in every string, reading and validating with every problem collected, and the report.
 
 use std::fmt;
 use std::path::Path;
 
+use super::de::{self, Found, Read};
+use super::report::{self, locate, Location, Mask, Paint};
+use super::tree::{self, Node};
 use super::types::ConfigFile;
 use super::validate::validate;
-use super::{Config, Loaded, Producer};
+use super::{Config, Loaded};
 
 /// One problem in a config file: where, and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The TOML path of the bad value (`producer[1].schedule`); empty for the file as a whole.
     pub path: String,
     pub message: String,
+    /// The line holding the bad value (or the table that misses it), when the file has one.
+    pub at: Option<Location>,
+}
+
+impl Problem {
+    /// The problem as cargo prints one: `level: path: message`, then where it is.
+    pub fn render(&self, level: &str, file: &str, colour: bool) -> String {
+        let mut out = String::new();
+        report::render(
+            &mut out,
+            level,
+            Paint::new(colour),
+            file,
+            &self.to_string(),
+            self.at.as_ref(),
+        );
+        out
+    }
 }
 
 impl fmt::Display for Problem {
@@ -31,19 +53,35 @@ pub struct ConfigError {
     pub problems: Vec<Problem>,
 }
 
+impl ConfigError {
+    /// Every problem as cargo prints one, then their count; coloured for a terminal.
+    pub fn render(&self, colour: bool) -> String {
+        let mut out = String::new();
+        for p in &self.problems {
+            out.push_str(&p.render("error", &self.file, colour));
+            out.push('\n');
+        }
+        let n = self.problems.len();
+        let summary = format!(
+            "{}: {n} problem{}",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        );
+        report::render(
+            &mut out,
+            "error",
+            Paint::new(colour),
+            &self.file,
+            &summary,
+            None,
+        );
+        out
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} problem{}",
-            self.file,
-            self.problems.len(),
-            if self.problems.len() == 1 { "" } else { "s" }
-        )?;
-        for p in &self.problems {
-            write!(f, "\n  {p}")?;
-        }
-        Ok(())
+        f.write_str(self.render(false).trim_end())
     }
 }
 
@@ -56,6 +94,7 @@ impl Config {
             problems: vec![Problem {
                 path: String::new(),
                 message: format!("cannot read config file: {e}"),
+                at: None,
             }],
         })?;
         Self::parse(&file, &text, &|name| std::env::var(name).ok())
@@ -71,50 +110,39 @@ impl Config {
             file: file.to_string(),
             problems,
         };
-        let mut tree: toml::Value = match text.parse::<toml::Table>() {
-            Ok(t) => toml::Value::Table(t),
+        let mut root = match tree::parse(text) {
+            Ok(root) => root,
             Err(e) => {
-                return Err(fail(
-                    vec![Problem {
-                        path: String::new(),
-                        message: format!("invalid TOML: {}", e.message().trim()),
-                    }]
-                    .into_iter()
-                    .chain(e.span().map(|s| Problem {
-                        path: String::new(),
-                        message: format!("at line {}", line_of(text, s.start)),
-                    }))
-                    .collect(),
-                ));
+                // One mistake in the syntax is one problem: nothing after it is read.
+                return Err(fail(vec![Problem {
+                    path: String::new(),
+                    message: format!("invalid TOML: {}", e.message),
+                    at: e.span.map(|s| locate(text, &s, &[])),
+                }]));
             }
         };
-        let mut problems = Vec::new();
-        substitute_env(&mut tree, &mut String::new(), env, &mut problems);
-
-        let mut unknown = Vec::new();
-        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(format_ignored(&path));
-        let de = serde_ignored::Deserializer::new(tree, &mut on_unknown);
-        let parsed: Result<ConfigFile, _> = serde_path_to_error::deserialize(de);
-        for path in unknown {
-            problems.push(Problem {
-                path,
-                message: "unknown key".into(),
-            });
+        let mut unset = Vec::new();
+        tree::substitute_env(&mut root, "", env, &mut unset);
+        let (parsed, mut read) = de::read::<ConfigFile>(&root);
+        for u in unset {
+            // A variable in a value already found wrong adds nothing.
+            if !read.is_poisoned(&u.path) {
+                read.poison(
+                    u.path,
+                    format!("environment variable {:?} is not set", u.name),
+                    u.span,
+                );
+            }
         }
-        let file_config = match parsed {
-            Ok(c) => c,
-            Err(e) => {
-                problems.push(Problem {
-                    path: toml_path(&e.path().to_string()),
-                    message: e.inner().to_string(),
-                });
-                return Err(fail(problems));
-            }
+        let Some(file_config) = parsed else {
+            return Err(fail(located(text, &root, &read, read.found.clone())));
         };
+        let mut found = std::mem::take(&mut read.found);
         let mut warnings = Vec::new();
-        let producers = validate(&file_config, &mut problems, &mut warnings);
+        let producers = validate(&file_config, &read, &mut found, &mut warnings);
+        let warnings = located(text, &root, &read, warnings);
         match producers {
-            Some(producers) if problems.is_empty() => Ok(Loaded {
+            Some(producers) if found.is_empty() => Ok(Loaded {
                 config: Config {
                     server: file_config.server,
                     database: file_config.database,
@@ -122,136 +150,59 @@ impl Config {
                 },
                 warnings,
             }),
-            _ => Err(fail(problems)),
+            _ => Err(fail(located(text, &root, &read, found))),
         }
     }
 
-    pub fn producer(&self, name: &str) -> Option<&Producer> {
+    pub fn producer(&self, name: &str) -> Option<&super::Producer> {
         self.producers.iter().find(|p| p.name == name)
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-/// `producer.1.schedule` (serde's path) → `producer[1].schedule`.
-fn toml_path(dotted: &str) -> String {
-    let mut out = String::new();
-    for part in dotted.split('.') {
-        if part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty() {
-            out.push_str(&format!("[{part}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(part);
+/// Problems with their lines, in the order of the file.
+fn located(text: &str, root: &Node, read: &Read, found: Vec<Found>) -> Vec<Problem> {
+    let mut masks: Vec<Mask> = read
+        .hidden
+        .iter()
+        .map(|span| Mask {
+            span: span.clone(),
+            whole: true,
+        })
+        .collect();
+    // A URL of any setting may carry credentials or a token in its query.
+    root.each_string(&mut |value, span| {
+        if value.contains("://") {
+            masks.push(Mask {
+                span: span.clone(),
+                whole: false,
+            });
         }
-    }
-    out
-}
-
-fn format_ignored(path: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path as P;
-    match path {
-        P::Root => String::new(),
-        P::Seq { parent, index } => format!("{}[{index}]", format_ignored(parent)),
-        P::Map { parent, key } => {
-            let p = format_ignored(parent);
-            if p.is_empty() {
-                key.clone()
-            } else {
-                format!("{p}.{key}")
-            }
-        }
-        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
-            format_ignored(parent)
-        }
-    }
-}
-
-/// Replaces `${NAME}` (or `${NAME:-default}`) in every string of `v`; `$${` stays a literal `${`.
-fn substitute_env(
-    v: &mut toml::Value,
-    path: &mut String,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Vec<Problem>,
-) {
-    match v {
-        toml::Value::String(s) => match expand(s, env) {
-            Ok(expanded) => *s = expanded,
-            Err(missing) => {
-                for name in missing {
-                    problems.push(Problem {
-                        path: path.clone(),
-                        message: format!("environment variable {name:?} is not set"),
-                    });
+    });
+    let mut problems: Vec<(usize, Problem)> = found
+        .into_iter()
+        .map(|f| {
+            let span = f.span.clone().or_else(|| {
+                // Validation names a path: the value there, its key, or the
+                // table that should hold it.
+                let (node, exact) = root.find(&f.path);
+                match (exact && f.on_key, &node.key, &node.span) {
+                    (true, Some(key), _) => Some(key.clone()),
+                    (_, _, Some(span)) => Some(span.clone()),
+                    (_, key, None) => key.clone(),
                 }
-            }
-        },
-        toml::Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                substitute_env(item, path, env, problems);
-                path.truncate(len);
-            }
-        }
-        toml::Value::Table(t) => {
-            for (k, item) in t.iter_mut() {
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(k);
-                substitute_env(item, path, env, problems);
-                path.truncate(len);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Expands `${NAME}` references; returns the names that are unset.
-pub(super) fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Vec<String>> {
-    let mut out = String::with_capacity(s.len());
-    let mut missing = Vec::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i..];
-        if let Some(tail) = after.strip_prefix("$${") {
-            out.push_str("${");
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix("${") {
-            match tail.find('}') {
-                Some(end) => {
-                    let reference = &tail[..end];
-                    let (name, default) = match reference.split_once(":-") {
-                        Some((name, default)) => (name, Some(default)),
-                        None => (reference, None),
-                    };
-                    match (env(name), default) {
-                        (Some(value), _) => out.push_str(&value),
-                        (None, Some(default)) => out.push_str(default),
-                        (None, None) => missing.push(name.to_string()),
-                    }
-                    rest = &tail[end + 1..];
-                }
-                None => {
-                    out.push_str(after);
-                    rest = "";
-                }
-            }
-        } else {
-            out.push('$');
-            rest = &after[1..];
-        }
-    }
-    out.push_str(rest);
-    if missing.is_empty() {
-        Ok(out)
-    } else {
-        Err(missing)
-    }
+            });
+            let order = span.as_ref().map_or(usize::MAX, |s| s.start);
+            let at = span.map(|s| locate(text, &s, &masks));
+            (
+                order,
+                Problem {
+                    path: f.path,
+                    message: f.message,
+                    at,
+                },
+            )
+        })
+        .collect();
+    problems.sort_by_key(|(order, _)| *order);
+    problems.into_iter().map(|(_, p)| p).collect()
 }

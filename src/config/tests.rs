@@ -1,6 +1,6 @@
 //! Tests of loading and validating config files.
 
-use super::load::expand;
+use super::tree::expand;
 use super::*;
 
 fn env(name: &str) -> Option<String> {
@@ -98,7 +98,7 @@ fn type_errors_name_the_path() {
     let err = Config::parse("t.toml", text, &env).unwrap_err();
     assert!(
         err.to_string()
-            .contains("producer[0].bucket_bits: invalid type"),
+            .contains("producer[0].bucket_bits: expected an integer, found a string \"x\""),
         "{err}"
     );
 }
@@ -116,7 +116,7 @@ fn semantic_checks() {
         ),
         (
             "bucket_bits = 30",
-            "producer[0].bucket_bits: bucket_bits 30 is out of range",
+            "producer[0].bucket_bits: must be between 0 and 24, not 30",
         ),
         (
             "max_drift_ratio = 0.0",
@@ -272,4 +272,464 @@ fn adaptive_schedules_need_their_bounds() {
         "{shown}"
     );
     assert_eq!(err.problems.len(), 3, "{shown}");
+}
+
+/// A producer with `extra` lines after its name and schedule, and a snapshot table.
+fn producer(extra: &str) -> String {
+    format!(
+        "[[producer]]\nname = \"a\"\nschedule = \"* * * * * *\"\n{extra}\n\
+         [producer.snapshot]\nurl = \"http://127.0.0.1:9/\"\n"
+    )
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    Config::parse("t.toml", text, &env).unwrap_err().problems
+}
+
+fn shown(problems: &[Problem]) -> Vec<String> {
+    problems.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn paths_split_into_keys_and_indexes() {
+    use super::tree::{join, steps, Step};
+    assert_eq!(
+        steps(r#"producer[1].email.rule[0].set."/a.b""#).unwrap(),
+        vec![
+            Step::Key("producer".into()),
+            Step::Index(1),
+            Step::Key("email".into()),
+            Step::Key("rule".into()),
+            Step::Index(0),
+            Step::Key("set".into()),
+            Step::Key("/a.b".into()),
+        ]
+    );
+    assert_eq!(join("a", "X-Key"), "a.X-Key");
+    assert_eq!(join("a", "X Key"), r#"a."X Key""#);
+}
+
+/// A type error no longer hides the rest: four mistakes of four kinds are four problems.
+#[test]
+fn four_mistakes_of_four_kinds_are_four_problems() {
+    let text = r#"[[producer]]
+name = "a"
+shedule = "* * * * * *"
+schedule = "* * * * * *"
+bucket_bits = "x"
+unhealthy_after = 0
+[producer.snapshot]
+url = "not a url"
+"#;
+    let p = problems(text);
+    assert_eq!(
+        shown(&p),
+        [
+            "producer[0].shedule: unknown key `shedule`, did you mean `schedule`?",
+            "producer[0].bucket_bits: expected an integer, found a string \"x\"",
+            "producer[0].unhealthy_after: must be at least 1, not 0",
+            "producer[0].snapshot.url: invalid URL \"not a url\": relative URL without a base",
+        ]
+    );
+}
+
+/// Values of the wrong type anywhere (a string for a table, for an array, for a
+/// number, for a secret) are each one problem, and the checks that would read
+/// them say nothing more.
+#[test]
+fn every_type_error_is_reported_once() {
+    let text = r#"[server]
+max_connections = "many"
+read_token = 7
+[[producer]]
+name = 5
+schedule = "* * * * * *"
+webhook = "hmac"
+email = { maildir = "/tmp/m", rule = "subject" }
+[producer.snapshot]
+url = "http://127.0.0.1:9/"
+ignore = "/updated_at"
+headers = "Bearer abc"
+"#;
+    let p = problems(text);
+    assert_eq!(
+        shown(&p),
+        [
+            "server.max_connections: expected an integer, found a string \"many\"",
+            "server.read_token: expected a string, found an integer",
+            "producer[0].name: expected a string, found an integer 5",
+            "producer[0].webhook: expected a table, found a string",
+            "producer[0].email.rule: expected an array, found a string",
+            "producer[0].snapshot.ignore: expected an array, found a string",
+            "producer[0].snapshot.headers: expected a table, found a string",
+        ]
+    );
+    // Where a table was expected the value may be a secret: never shown.
+    let rendered = Config::parse("t.toml", text, &env).unwrap_err().to_string();
+    assert!(!rendered.contains("Bearer abc"), "{rendered}");
+    assert!(rendered.contains("headers = \"***\""), "{rendered}");
+}
+
+#[test]
+fn a_missing_key_is_one_problem_at_its_table() {
+    let text = "[[producer]]\nname = \"a\"\nschedule = \"* * * * * *\"\n[producer.snapshot]\nkey = \"/id\"\n[producer.webhook]\nsecret = \"s\"\n";
+    let p = problems(text);
+    assert_eq!(
+        shown(&p),
+        [
+            "producer[0].snapshot: missing key `url`",
+            "producer[0].webhook: missing key `scheme`",
+        ]
+    );
+    let at = p[0].at.as_ref().unwrap();
+    assert_eq!((at.line, at.source.as_str()), (4, "[producer.snapshot]"));
+}
+
+/// Each problem carries its line, column and the line with a caret under the value.
+#[test]
+fn problems_point_at_the_line_and_column() {
+    let text = producer("bucket_bits = 300\nshedule = \"0 * * * * *\"");
+    let p = problems(&text);
+    let at = p[0].at.as_ref().unwrap();
+    assert_eq!((at.line, at.column), (4, 15));
+    assert_eq!(at.source, "bucket_bits = 300");
+    assert_eq!(at.caret, 14..17);
+    let at = p[1].at.as_ref().unwrap();
+    assert_eq!((at.line, at.column, at.caret.clone()), (5, 1, 0..7));
+    assert_eq!(
+        p[1].render("error", "driftd.toml", false),
+        "error: producer[0].shedule: unknown key `shedule`, did you mean `schedule`?\n \
+         --> driftd.toml:5:1\n  |\n5 | shedule = \"***\"\n  | ^^^^^^^\n"
+    );
+    // A problem found by validation is located through its path.
+    let p = problems(&producer("timezone = \"Mars/Base\""));
+    let at = p[0].at.as_ref().unwrap();
+    assert_eq!((at.line, at.column, at.caret.clone()), (4, 12, 11..22));
+    // Without a terminal there is no colour; with one, ANSI codes.
+    assert!(!p[0].render("error", "t.toml", false).contains('\x1b'));
+    assert!(p[0]
+        .render("error", "t.toml", true)
+        .contains("\x1b[1;31merror"));
+}
+
+#[test]
+fn unknown_keys_and_values_suggest_the_nearest() {
+    let text = "[server]\nlistn = \"127.0.0.1:1\"\n[databse]\n".to_string()
+        + &producer("bukcet_bits = 3\nzzz = 1")
+        + "[producer.webhook]\nscheme = \"Github\"\nsecret = \"s\"\n";
+    assert_eq!(
+        shown(&problems(&text)),
+        [
+            "server.listn: unknown key `listn`, did you mean `listen`?",
+            "databse: unknown key `databse`, did you mean `database`?",
+            "producer[0].bukcet_bits: unknown key `bukcet_bits`, did you mean `bucket_bits`?",
+            "producer[0].zzz: unknown key `zzz`",
+            "producer[0].webhook.scheme: unknown value \"Github\", expected one of `hmac-sha256`, \
+             `github`, `stripe`, `standard-webhooks`, `none`; did you mean `github`?",
+        ]
+    );
+}
+
+/// One mistake is one problem: what a bad value makes other checks see is not reported.
+#[test]
+fn one_mistake_is_one_problem() {
+    let webhook = |scheme: &str, secret: &str| {
+        producer("") + &format!("[producer.webhook]\nscheme = \"{scheme}\"\n{secret}\n")
+    };
+    let email = |rule: &str| {
+        producer("") + &format!("[producer.email]\nmaildir = \"/tmp/m\"\n[[producer.email.rule]]\nname = \"r\"\n{rule}\n")
+    };
+    let cases = [
+        // An unset variable, not also "must be base64".
+        (
+            webhook("standard-webhooks", "secret = \"whsec_${UNSET}\""),
+            "producer[0].webhook.secret: environment variable \"UNSET\" is not set",
+        ),
+        // A bad regex, not also a missing group for key, version and set.
+        (
+            email("subject = \"(?P<id>[0-9+\"\nkey = \"id\"\nversion = \"v\"\nset = { \"/s\" = \"id\" }"),
+            "producer[0].email.rule[0].subject: invalid regex",
+        ),
+        // An unknown scheme, not also "secret required" or "header required".
+        (
+            webhook("hmac", ""),
+            "producer[0].webhook.scheme: unknown value \"hmac\"",
+        ),
+        // A schedule of the wrong type, not also "[producer.adaptive] only read with ...".
+        (
+            "[[producer]]\nname = \"a\"\nschedule = 5\n[producer.adaptive]\nmin_interval_secs = 1\n\
+             max_interval_secs = 2\ntarget_drift_seconds = 1\n[producer.snapshot]\nurl = \"http://127.0.0.1:9/\"\n"
+                .to_string(),
+            "producer[0].schedule: expected a string, found an integer 5",
+        ),
+        // A negative backoff_max_ms, not also "backoff_base_ms exceeds it".
+        (
+            producer("") + "[producer.work]\nbackoff_max_ms = -1\n",
+            "producer[0].work.backoff_max_ms: must be at least 0, not -1",
+        ),
+        // request_timeout_secs of the wrong type, not also a comparison with its stand-in.
+        (
+            "[server]\nrequest_timeout_secs = \"30\"\nidle_timeout_secs = 5\n".to_string() + &producer(""),
+            "server.request_timeout_secs: expected an integer, found a string \"30\"",
+        ),
+        // A min_interval_secs of 0: not positive, not also "below 0.1".
+        (
+            "[[producer]]\nname = \"a\"\nschedule = \"adaptive\"\n[producer.adaptive]\nmin_interval_secs = 0\n\
+             max_interval_secs = 60\ntarget_drift_seconds = 1\n[producer.snapshot]\nurl = \"http://127.0.0.1:9/\"\n"
+                .to_string(),
+            "producer[0].adaptive.min_interval_secs: min_interval_secs 0 must be a positive number",
+        ),
+        // A variable in an unknown key's value: the key is the mistake.
+        (
+            producer("secrt = \"${UNSET}\""),
+            "producer[0].secrt: unknown key `secrt`",
+        ),
+        // A value of the wrong type holding a variable.
+        (
+            producer("bucket_bits = \"${UNSET}\""),
+            "producer[0].bucket_bits: expected an integer, found a string \"${UNSET}\"",
+        ),
+    ];
+    for (text, want) in cases {
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{text}\n{:#?}", shown(&p));
+        assert!(p[0].to_string().starts_with(want), "{text}\n{}", p[0]);
+    }
+}
+
+/// RFC 6901: `~` is followed by 0 or 1; the problem names the key and the pointer.
+#[test]
+fn pointers_with_bad_tilde_escapes_are_refused() {
+    for (pointer, ok) in [
+        ("/a~0b/c~1d", true),
+        ("/a~2", false),
+        ("/a~", false),
+        ("/~/x", false),
+    ] {
+        let text = producer("").replace(
+            "[producer.snapshot]\n",
+            &format!("[producer.snapshot]\nkey = \"{pointer}\"\n"),
+        );
+        match Config::parse("t.toml", &text, &env) {
+            Ok(_) => assert!(ok, "{pointer} accepted"),
+            Err(e) => {
+                assert!(!ok, "{pointer}: {e}");
+                assert_eq!(
+                    shown(&e.problems),
+                    [format!(
+                        "producer[0].snapshot.key: invalid JSON pointer {pointer:?}: '~' must be \
+                         followed by 0 or 1 (write ~0 for '~' and ~1 for '/')"
+                    )]
+                );
+            }
+        }
+    }
+}
+
+/// A number out of range says the range, whether or not its type can hold it.
+#[test]
+fn out_of_range_numbers_say_the_range() {
+    let cases = [
+        (
+            "bucket_bits = 25",
+            "producer[0].bucket_bits: must be between 0 and 24, not 25",
+        ),
+        (
+            "bucket_bits = 300",
+            "producer[0].bucket_bits: must be between 0 and 24, not 300",
+        ),
+        (
+            "bucket_bits = -1",
+            "producer[0].bucket_bits: must be between 0 and 24, not -1",
+        ),
+        (
+            "unhealthy_after = 0",
+            "producer[0].unhealthy_after: must be at least 1, not 0",
+        ),
+        (
+            "unhealthy_after = -3",
+            "producer[0].unhealthy_after: must be at least 1, not -3",
+        ),
+        (
+            "unhealthy_after = 5000000000",
+            "producer[0].unhealthy_after: must be at most 4294967295, not 5000000000",
+        ),
+        (
+            "max_drift_rows = -1",
+            "producer[0].max_drift_rows: must be at least 0, not -1",
+        ),
+    ];
+    for (line, want) in cases {
+        assert_eq!(shown(&problems(&producer(line))), [want], "{line}");
+    }
+    let server = |line: &str| format!("[server]\n{line}\n") + &producer("");
+    for (line, want) in [
+        (
+            "max_connections = 0",
+            "server.max_connections: must be at least 1, not 0",
+        ),
+        (
+            "max_connections = -2",
+            "server.max_connections: must be at least 1, not -2",
+        ),
+        (
+            "body_limit_bytes = -1",
+            "server.body_limit_bytes: must be at least 1, not -1",
+        ),
+    ] {
+        assert_eq!(shown(&problems(&server(line))), [want], "{line}");
+    }
+    let snapshot = |line: &str| {
+        producer("").replace(
+            "[producer.snapshot]\n",
+            &format!("[producer.snapshot]\n{line}\n"),
+        )
+    };
+    for (line, want) in [
+        (
+            "retries = -1",
+            "producer[0].snapshot.retries: must be at least 0, not -1",
+        ),
+        (
+            "max_pages = 0",
+            "producer[0].snapshot.max_pages: must be at least 1, not 0",
+        ),
+        (
+            "timeout_secs = -5",
+            "producer[0].snapshot.timeout_secs: must be at least 1, not -5",
+        ),
+    ] {
+        assert_eq!(shown(&problems(&snapshot(line))), [want], "{line}");
+    }
+}
+
+/// A syntax error is one problem, with its place.
+#[test]
+fn a_syntax_error_is_one_problem_with_its_place() {
+    for (text, line) in [
+        ("[server]\nlisten = \"127.0.0.1:1\n[[producer]]\n", 2),
+        ("[server]\n\n[[producer]\nname = \"a\"\n", 3),
+        ("[server]\nlisten = \"a\"\nlisten = \"b\"\n", 3),
+    ] {
+        let p = problems(text);
+        assert_eq!(p.len(), 1, "{text}: {:?}", shown(&p));
+        assert!(p[0].message.starts_with("invalid TOML: "), "{}", p[0]);
+        let at = p[0].at.as_ref().expect("a place");
+        assert_eq!(at.line, line, "{text}: {}", p[0]);
+        assert!(!at.caret.is_empty());
+    }
+}
+
+/// `listen` takes a host name, resolved when the server binds: `check` only reads its form.
+#[test]
+fn listen_takes_a_host_name_or_an_address() {
+    let listen = |addr: &str| {
+        Config::parse(
+            "t.toml",
+            &format!("[server]\nlisten = \"{addr}\"\n{}", producer("")),
+            &env,
+        )
+    };
+    for ok in [
+        "localhost:7070",
+        "driftd.internal.example:80",
+        "127.0.0.1:7070",
+        "[::1]:7070",
+        "0.0.0.0:0",
+    ] {
+        assert!(listen(ok).is_ok(), "{ok}: {:?}", listen(ok).err());
+    }
+    for (bad, why) in [
+        ("localhost", "expected HOST:PORT"),
+        (
+            "localhost:70700",
+            "port \"70700\" must be a number from 0 to 65535",
+        ),
+        (
+            "local host:7070",
+            "\"local host\" is not a host name or an IP address",
+        ),
+        ("::1:7070", "an IPv6 address is written in brackets"),
+        ("[::g]:7070", "\"::g\" is not an IPv6 address"),
+        (
+            "300.1.1.1:7070",
+            "\"300.1.1.1\" is not a host name or an IP address",
+        ),
+        (":7070", "\"\" is not a host name"),
+    ] {
+        let p = listen(bad).unwrap_err().problems;
+        assert_eq!(p.len(), 1, "{bad}");
+        assert!(
+            p[0].to_string().starts_with(&format!(
+                "server.listen: invalid listen address {bad:?}: {why}"
+            )),
+            "{}",
+            p[0]
+        );
+    }
+}
+
+/// No secret is ever printed: not in a message, not in a source line, whether
+/// the problem is the secret's or another's on the same line.
+#[test]
+fn secrets_never_appear_in_the_printed_lines() {
+    let env = |name: &str| match name {
+        "TOKEN" => Some("envtoken1".to_string()),
+        _ => None,
+    };
+    let text = r#"[server]
+admin_token = "adm1n"
+read_token = "adm1n"
+[database]
+url = "mysql://driftd:pgpass1@db/driftd"
+[[producer]]
+name = "a"
+schedule = "* * * * * *"
+[producer.snapshot]
+url = "ftp://bob:urlpass1@vendor/x?token=query1"
+headers = { Authorization = "Bearer sk_live_lit1 ${TOKEN}", "Bad Name" = "hv1" }
+[producer.webhook]
+scheme = "standard-webhooks"
+secret = "whsec_!!lit2"
+previous_secret = 5
+secrte = "typo1"
+[producer.work]
+action = "http"
+url = "http://127.0.0.1:9/w"
+secret = { x = "nested1" }
+"#;
+    let err = Config::parse("t.toml", text, &env).unwrap_err();
+    let rendered = err.to_string();
+    for secret in [
+        "adm1n",
+        "pgpass1",
+        "urlpass1",
+        "query1",
+        "sk_live_lit1",
+        "envtoken1",
+        "hv1",
+        "lit2",
+        "typo1",
+        "nested1",
+        "bob",
+    ] {
+        assert!(!rendered.contains(secret), "{secret} in\n{rendered}");
+    }
+    // Each of those lines is printed, masked.
+    for line in [
+        "read_token = \"***\"",
+        "url = \"***\"",
+        "url = \"ftp://***@vendor/x?***\"",
+        "headers = { Authorization = \"***${TOKEN}\", \"Bad Name\" = \"***\" }",
+        "secret = \"***\"",
+        "previous_secret = ***",
+        "secrte = \"***\"",
+        "secret = { x = \"***\" }",
+    ] {
+        assert!(
+            rendered.contains(&format!(" | {line}\n")),
+            "{line} in\n{rendered}"
+        );
+    }
+    assert_eq!(err.problems.len(), 8, "{rendered}");
 }

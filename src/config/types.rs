@@ -7,9 +7,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// A string that must never be printed: `Debug` and `Display` show `***`.
+/// A newtype to serde too (not `transparent`), so that reading the config
+/// knows which values are secret and never shows them.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
 pub struct Secret(String);
+
+/// The name serde gives [`Secret`].
+pub(super) const SECRET: &str = "Secret";
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {

@@ -1,11 +1,11 @@
 //! Whole-file validation: every problem at once, each with its TOML path and the bad value; a valid producer comes out compiled.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 
 use chrono_tz::Tz;
 
-use super::load::Problem;
+use super::de::{Found, Overflow, Read};
+use super::tree::join;
 use super::types::*;
 use super::{parse_cron, Producer, Schedule};
 use crate::canonical::{check_pointer, RecordHasher};
@@ -13,20 +13,87 @@ use crate::ingest::email::Rules;
 use crate::keyframe::fetch::Plan;
 
 struct Check<'a> {
-    problems: &'a mut Vec<Problem>,
+    found: &'a mut Vec<Found>,
+    /// What reading the file found: poisoned paths and integers out of range.
+    read: &'a Read,
+    /// Problems pushed, including those dropped at poisoned paths.
+    pushed: usize,
+    /// Paths whose range was checked (an overflow there is reported by the check).
+    ranged: BTreeSet<String>,
 }
 
 impl Check<'_> {
     /// Problems found so far: a step that added none passed.
     fn found(&self) -> usize {
-        self.problems.len()
+        self.pushed
     }
 
+    /// A problem at `path`, unless one was reported there already (a value of
+    /// the wrong type, an unset variable): one mistake, one problem.
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.add(path.into(), message.into(), false);
+    }
+
+    /// A problem with the key at `path` itself, such as an invalid header name.
+    fn push_key(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.add(path.into(), message.into(), true);
+    }
+
+    fn add(&mut self, path: String, message: String, on_key: bool) {
+        self.pushed += 1;
+        if !self.read.is_poisoned(&path) {
+            self.found.push(Found {
+                path,
+                message,
+                span: None,
+                on_key,
+            });
+        }
+    }
+
+    /// Whether the values at `paths` are as written and in range, so a rule
+    /// that compares them says something about the file rather than about a
+    /// stand-in.
+    fn usable(&self, paths: &[&str]) -> bool {
+        paths
+            .iter()
+            .all(|p| !self.read.is_poisoned(p) && !self.read.overflows.contains_key(*p))
+    }
+
+    /// Whether any value at or under `at` was poisoned or out of range.
+    fn tainted(&self, at: &str) -> bool {
+        let inside = |p: &String| {
+            p == at || p.starts_with(&format!("{at}.")) || p.starts_with(&format!("{at}["))
+        };
+        self.read.poisoned.iter().any(inside)
+            || self.read.overflows.keys().any(inside)
+            || self.read.is_poisoned(at)
+    }
+
+    /// An integer setting in `lo..=hi` (`hi` absent: only its type bounds it);
+    /// the message says the range whether the value fits its type or not.
+    fn bounded(
+        &mut self,
+        path: impl Into<String>,
+        typed: impl Into<i128>,
+        lo: i128,
+        hi: Option<i128>,
+    ) {
+        let path = path.into();
+        let over = self.read.overflows.get(&path).copied();
+        self.ranged.insert(path.clone());
+        let value = over.map_or(typed.into(), |o| i128::from(o.value));
+        let message = if value < lo || hi.is_some_and(|hi| value > hi) {
+            Some(match hi {
+                Some(hi) => format!("must be between {lo} and {hi}, not {value}"),
+                None => format!("must be at least {lo}, not {value}"),
+            })
+        } else {
+            over.map(out_of_type)
+        };
+        if let Some(message) = message {
+            self.push(path, message);
+        }
     }
 
     fn pointer(&mut self, path: impl Into<String>, pointer: &str) {
@@ -58,38 +125,130 @@ impl Check<'_> {
     }
 }
 
+/// The range of an integer's type, for one its type cannot hold.
+fn out_of_type(o: Overflow) -> String {
+    if i128::from(o.value) < o.min {
+        format!("must be at least {}, not {}", o.min, o.value)
+    } else {
+        format!("must be at most {}, not {}", o.max, o.value)
+    }
+}
+
+/// `usize` settings are bounded as `u64`s.
+fn wide(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// `[server] listen`: `HOST:PORT` with a host name or an IP address (IPv6 in
+/// brackets); the name is resolved when the server binds, not here, so
+/// `driftd check` looks nothing up.
+fn check_listen(listen: &str) -> Result<(), String> {
+    if listen.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = listen.rsplit_once(':') else {
+        return Err("expected HOST:PORT, such as 127.0.0.1:7070 or localhost:7070".into());
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("port {port:?} must be a number from 0 to 65535"));
+    }
+    if let Some(ip) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return match ip.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!("{ip:?} is not an IPv6 address")),
+        };
+    }
+    if host.contains(':') {
+        return Err("an IPv6 address is written in brackets: [::1]:7070".into());
+    }
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    let labels: Vec<&str> = host.trim_end_matches('.').split('.').collect();
+    let numeric = labels.iter().all(|l| l.chars().all(|c| c.is_ascii_digit()));
+    if host.len() > 253 || numeric || !labels.iter().all(|l| label(l)) {
+        return Err(format!("{host:?} is not a host name or an IP address"));
+    }
+    Ok(())
+}
+
 /// Checks the whole file, pushing every problem; returns the compiled
-/// producers when each of them is valid (`problems` may still hold problems
+/// producers when each of them is valid (`found` may still hold problems
 /// of the server or database settings).
 pub(super) fn validate(
     config: &ConfigFile,
-    problems: &mut Vec<Problem>,
-    warnings: &mut Vec<Problem>,
+    read: &Read,
+    found: &mut Vec<Found>,
+    warnings: &mut Vec<Found>,
 ) -> Option<Vec<Producer>> {
-    let mut c = Check { problems };
+    let mut c = Check {
+        found,
+        read,
+        pushed: 0,
+        ranged: BTreeSet::new(),
+    };
+    let producers = validate_all(&mut c, config, warnings);
+    // An integer its type cannot hold, in a setting with no range of its own.
+    for (path, o) in &read.overflows {
+        if !c.ranged.contains(path) {
+            c.push(path.clone(), out_of_type(*o));
+        }
+    }
+    producers
+}
 
-    if let Err(e) = config.server.listen.parse::<SocketAddr>() {
+fn validate_all(
+    c: &mut Check<'_>,
+    config: &ConfigFile,
+    warnings: &mut Vec<Found>,
+) -> Option<Vec<Producer>> {
+    let server = &config.server;
+    if let Err(e) = check_listen(&server.listen) {
         c.push(
             "server.listen",
-            format!("invalid socket address {:?}: {e}", config.server.listen),
+            format!("invalid listen address {:?}: {e}", server.listen),
         );
     }
-    if let (Some(read), Some(admin)) = (&config.server.read_token, &config.server.admin_token) {
-        if read.expose() == admin.expose() {
+    if let (Some(read), Some(admin)) = (&server.read_token, &server.admin_token) {
+        if c.usable(&["server.read_token", "server.admin_token"]) && read.expose() == admin.expose()
+        {
             c.push(
                 "server.read_token",
                 "must differ from server.admin_token: the application's token must not grant admin rights",
             );
         }
     }
-    if config.server.body_limit_bytes == 0 {
-        c.push("server.body_limit_bytes", "must be greater than 0");
-    }
-    let server = &config.server;
-    if server.header_read_timeout_secs == 0 {
-        c.push("server.header_read_timeout_secs", "must be at least 1");
-    }
-    if server.idle_timeout_secs <= server.request_timeout_secs {
+    c.bounded(
+        "server.body_limit_bytes",
+        wide(server.body_limit_bytes),
+        1,
+        None,
+    );
+    c.bounded(
+        "server.request_timeout_secs",
+        server.request_timeout_secs,
+        0,
+        None,
+    );
+    c.bounded(
+        "server.header_read_timeout_secs",
+        server.header_read_timeout_secs,
+        1,
+        None,
+    );
+    c.bounded(
+        "server.idle_timeout_secs",
+        server.idle_timeout_secs,
+        0,
+        None,
+    );
+    if c.usable(&["server.idle_timeout_secs", "server.request_timeout_secs"])
+        && server.idle_timeout_secs <= server.request_timeout_secs
+    {
         c.push(
             "server.idle_timeout_secs",
             format!(
@@ -98,27 +257,43 @@ pub(super) fn validate(
             ),
         );
     }
-    if server.max_connections == 0 {
-        c.push("server.max_connections", "must be at least 1");
-    }
+    c.bounded(
+        "server.max_connections",
+        wide(server.max_connections),
+        1,
+        None,
+    );
     let url = config.database.url.expose();
     if !(url.starts_with("sqlite:")
         || url.starts_with("postgres://")
         || url.starts_with("postgresql://"))
     {
-        let scheme = url.split(':').next().unwrap_or_default();
-        c.push(
-            "database.url",
-            format!("unsupported database scheme {scheme:?}: use sqlite://PATH or postgres://…"),
-        );
+        // Only a scheme is named: the rest of the URL may hold a password.
+        let message = match url.split_once(':') {
+            Some((scheme, _))
+                if !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "+-.".contains(ch)) =>
+            {
+                format!("unsupported database scheme {scheme:?}: use sqlite://PATH or postgres://…")
+            }
+            _ => "not a database URL (value not shown): use sqlite://PATH or postgres://…".into(),
+        };
+        c.push("database.url", message);
     }
-    if config.database.max_connections == 0 {
-        c.push("database.max_connections", "must be at least 1");
-    }
-    if config.producers.is_empty() {
-        warnings.push(Problem {
+    c.bounded(
+        "database.max_connections",
+        config.database.max_connections,
+        1,
+        None,
+    );
+    if config.producers.is_empty() && !c.read.is_poisoned("producer") {
+        warnings.push(Found {
             path: "producer".into(),
             message: "no producers configured: driftd will only serve metrics".into(),
+            span: None,
+            on_key: false,
         });
     }
 
@@ -147,11 +322,13 @@ pub(super) fn validate(
             );
         }
         let adaptive = p.schedule == ADAPTIVE;
+        // A schedule already found wrong says nothing about [producer.adaptive].
+        let schedule_usable = c.usable(&[&format!("{at}.schedule")]);
         let cron = if adaptive {
-            validate_adaptive(&mut c, &at, p.adaptive.as_ref());
+            validate_adaptive(c, &at, p.adaptive.as_ref());
             None
         } else {
-            if p.adaptive.is_some() {
+            if p.adaptive.is_some() && schedule_usable {
                 c.push(
                     format!("{at}.adaptive"),
                     format!(
@@ -184,38 +361,39 @@ pub(super) fn validate(
                 })
                 .ok(),
         };
-        if p.bucket_bits > 24 {
-            c.push(
-                format!("{at}.bucket_bits"),
-                format!("bucket_bits {} is out of range 0..=24", p.bucket_bits),
-            );
-        }
+        c.bounded(format!("{at}.bucket_bits"), p.bucket_bits, 0, Some(24));
         if !(p.max_drift_ratio > 0.0 && p.max_drift_ratio <= 1.0) {
             c.push(
                 format!("{at}.max_drift_ratio"),
                 format!("max_drift_ratio {} must be in (0, 1]", p.max_drift_ratio),
             );
         }
-        if p.unhealthy_after == 0 {
-            c.push(format!("{at}.unhealthy_after"), "must be at least 1");
-        }
-        let hasher = validate_snapshot(&mut c, &format!("{at}.snapshot"), &p.snapshot);
+        c.bounded(
+            format!("{at}.max_drift_rows"),
+            p.max_drift_rows.unwrap_or(0),
+            0,
+            None,
+        );
+        c.bounded(format!("{at}.unhealthy_after"), p.unhealthy_after, 1, None);
+        let hasher = validate_snapshot(c, &format!("{at}.snapshot"), &p.snapshot);
         if let Some(w) = &p.webhook {
-            validate_webhook(&mut c, warnings, &format!("{at}.webhook"), w);
+            validate_webhook(c, warnings, &format!("{at}.webhook"), w);
         }
         let rules = match &p.email {
-            Some(e) => validate_email(&mut c, &format!("{at}.email"), e).map(Some),
+            Some(e) => validate_email(c, &format!("{at}.email"), e).map(Some),
             None => Some(None),
         };
-        validate_work(&mut c, &format!("{at}.work"), &p.work);
-        validate_fetch(&mut c, &at, p);
+        validate_work(c, &format!("{at}.work"), &p.work);
+        validate_fetch(c, &at, p);
         let schedule = match (cron, tz) {
             (Some(cron), Some(tz)) => Some(Schedule::new(cron, tz)),
             (None, Some(_)) if adaptive => Some(Schedule::adaptive()),
             _ => None,
         };
         if let (Some(schedule), Some(hasher), Some(rules)) = (schedule, hasher, rules) {
-            if c.found() == before {
+            // A producer is compiled only from values as written: a stand-in
+            // for a bad one would fail here for a reason already reported.
+            if c.found() == before && !c.tainted(&at) {
                 // What the checks above left for the pull to find (a header
                 // value that is not valid in HTTP) is found here, once.
                 match Plan::new(&p.snapshot, &hasher, p.bucket_bits) {
@@ -250,20 +428,16 @@ fn validate_snapshot(c: &mut Check<'_>, at: &str, s: &SnapshotConfig) -> Option<
     } else {
         None
     };
-    for name in s.headers.keys() {
-        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            c.push(
-                format!("{at}.headers"),
-                format!("invalid header name {name:?}"),
-            );
-        }
-    }
-    if s.timeout_secs == 0 {
-        c.push(format!("{at}.timeout_secs"), "must be at least 1");
-    }
-    if s.max_pages == 0 {
-        c.push(format!("{at}.max_pages"), "must be at least 1");
-    }
+    header_names(c, &format!("{at}.headers"), s.headers.keys());
+    c.bounded(format!("{at}.timeout_secs"), s.timeout_secs, 1, None);
+    c.bounded(format!("{at}.max_pages"), s.max_pages, 1, None);
+    c.bounded(format!("{at}.retries"), s.retries, 0, None);
+    c.bounded(
+        format!("{at}.retry_backoff_ms"),
+        s.retry_backoff_ms,
+        0,
+        None,
+    );
     if let Some(r) = s.rate_limit {
         if !(r > 0.0 && r.is_finite()) {
             c.push(
@@ -294,10 +468,22 @@ fn validate_snapshot(c: &mut Check<'_>, at: &str, s: &SnapshotConfig) -> Option<
             c.pointer(format!("{pat}.{field}"), p);
         }
     }
-    if pg.limit == Some(0) {
-        c.push(format!("{pat}.limit"), "must be at least 1");
+    if let Some(limit) = pg.limit {
+        c.bounded(format!("{pat}.limit"), limit, 1, None);
+    }
+    if let Some(start) = pg.start {
+        c.bounded(format!("{pat}.start"), start, 0, None);
     }
     hasher
+}
+
+/// Header names HTTP cannot carry, each reported at its key.
+fn header_names<'k>(c: &mut Check<'_>, at: &str, names: impl Iterator<Item = &'k String>) {
+    for name in names {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            c.push_key(join(at, name), format!("invalid header name {name:?}"));
+        }
+    }
 }
 
 fn style_name(style: PaginationStyle) -> &'static str {
@@ -312,11 +498,15 @@ fn style_name(style: PaginationStyle) -> &'static str {
     }
 }
 
-fn validate_webhook(c: &mut Check<'_>, warnings: &mut Vec<Problem>, at: &str, w: &WebhookConfig) {
+fn validate_webhook(c: &mut Check<'_>, warnings: &mut Vec<Found>, at: &str, w: &WebhookConfig) {
     match w.scheme {
-        SignatureScheme::None => warnings.push(Problem {
+        // A scheme already found wrong says nothing about what it needs.
+        _ if !c.usable(&[&format!("{at}.scheme")]) => {}
+        SignatureScheme::None => warnings.push(Found {
             path: format!("{at}.scheme"),
             message: "scheme \"none\": anyone who can reach the endpoint can write deltas".into(),
+            span: None,
+            on_key: false,
         }),
         scheme => {
             if w.secret.is_none() {
@@ -362,6 +552,7 @@ fn validate_webhook(c: &mut Check<'_>, warnings: &mut Vec<Problem>, at: &str, w:
             c.pointer(format!("{at}.{field}"), p);
         }
     }
+    c.bounded(format!("{at}.tolerance_secs"), w.tolerance_secs, 0, None);
     if !w.delete_events.is_empty() && w.event.is_none() {
         c.push(format!("{at}.event"), "required when delete_events is set");
     }
@@ -379,10 +570,16 @@ fn validate_email(c: &mut Check<'_>, at: &str, e: &EmailConfig) -> Option<Rules>
     for (i, r) in e.rule.iter().enumerate() {
         let rat = format!("{at}.rule[{i}]");
         let mut groups = BTreeSet::new();
+        // The groups are known only when every regex of the rule compiled:
+        // a bad regex is one problem, not also a missing group for each use.
+        let mut known = true;
         for (field, re) in [("subject", &r.subject), ("body", &r.body)] {
             if let Some(re) = re {
-                if let Some(re) = c.regex(format!("{rat}.{field}"), re) {
-                    groups.extend(re.capture_names().flatten().map(str::to_string));
+                let path = format!("{rat}.{field}");
+                known &= c.usable(&[&path]);
+                match c.regex(path, re) {
+                    Some(re) => groups.extend(re.capture_names().flatten().map(str::to_string)),
+                    None => known = false,
                 }
             }
         }
@@ -391,7 +588,7 @@ fn validate_email(c: &mut Check<'_>, at: &str, e: &EmailConfig) -> Option<Rules>
             continue;
         }
         let need_group = |c: &mut Check<'_>, path: String, g: &str| {
-            if !groups.contains(g) {
+            if known && !groups.contains(g) {
                 c.push(path, format!("no named group {g:?} in the rule's regexes"));
             }
         };
@@ -400,8 +597,11 @@ fn validate_email(c: &mut Check<'_>, at: &str, e: &EmailConfig) -> Option<Rules>
             need_group(c, format!("{rat}.version"), v);
         }
         for (pointer, group) in &r.set {
-            c.pointer(format!("{rat}.set"), pointer);
-            need_group(c, format!("{rat}.set.{pointer:?}"), group);
+            let path = join(&format!("{rat}.set"), pointer);
+            if let Err(e) = check_pointer(pointer) {
+                c.push_key(path.clone(), e.to_string());
+            }
+            need_group(c, path, group);
         }
     }
     if c.found() > before {
@@ -418,34 +618,40 @@ fn validate_work(c: &mut Check<'_>, at: &str, w: &WorkConfig) {
         (Action::Http, Some(url)) => c.http_url(format!("{at}.url"), url),
         _ => {}
     }
-    if w.max_attempts == 0 {
-        c.push(format!("{at}.max_attempts"), "must be at least 1");
-    }
-    if w.concurrency == 0 {
-        c.push(format!("{at}.concurrency"), "must be at least 1");
-    }
-    if w.lease_secs == 0 {
-        c.push(format!("{at}.lease_secs"), "must be at least 1");
-    } else if w.action == Action::Http && w.lease_secs <= w.timeout_secs {
+    c.bounded(format!("{at}.timeout_secs"), w.timeout_secs, 0, None);
+    c.bounded(format!("{at}.max_attempts"), w.max_attempts, 1, None);
+    c.bounded(format!("{at}.concurrency"), w.concurrency, 1, None);
+    c.bounded(format!("{at}.lease_secs"), w.lease_secs, 1, None);
+    let (lease, timeout) = (format!("{at}.lease_secs"), format!("{at}.timeout_secs"));
+    if w.lease_secs > 0
+        && c.usable(&[&lease, &timeout, &format!("{at}.action")])
+        && w.action == Action::Http
+        && w.lease_secs <= w.timeout_secs
+    {
         // A lease that can end while a call still runs lets another worker
         // deliver the same item again (the lease is renewed, but a renewal
         // that is late must not be the only guard).
         c.push(
-            format!("{at}.lease_secs"),
+            lease,
             format!(
                 "{} must be greater than timeout_secs {}: an item's lease must outlast its call",
                 w.lease_secs, w.timeout_secs
             ),
         );
     }
-    if w.backoff_base_ms > w.backoff_max_ms {
-        c.push(
-            format!("{at}.backoff_base_ms"),
-            format!(
-                "{} exceeds backoff_max_ms {}",
-                w.backoff_base_ms, w.backoff_max_ms
-            ),
-        );
+    backoff(c, at, w.backoff_base_ms, w.backoff_max_ms);
+}
+
+/// `backoff_base_ms` no greater than `backoff_max_ms`, both as written.
+fn backoff(c: &mut Check<'_>, at: &str, base: u64, max: u64) {
+    let (base_at, max_at) = (
+        format!("{at}.backoff_base_ms"),
+        format!("{at}.backoff_max_ms"),
+    );
+    c.bounded(base_at.clone(), base, 0, None);
+    c.bounded(max_at.clone(), max, 0, None);
+    if c.usable(&[&base_at, &max_at]) && base > max {
+        c.push(base_at, format!("{base} exceeds backoff_max_ms {max}"));
     }
 }
 
@@ -476,13 +682,21 @@ fn validate_adaptive(c: &mut Check<'_>, at: &str, a: Option<&AdaptiveConfig>) ->
             );
         }
     }
-    if a.min_interval_secs.is_finite() && a.min_interval_secs < 0.1 {
+    // One problem for a min_interval_secs of 0 or less: it is not positive.
+    if a.min_interval_secs > 0.0 && a.min_interval_secs < 0.1 {
         c.push(
             format!("{aat}.min_interval_secs"),
             format!("min_interval_secs {} is below 0.1", a.min_interval_secs),
         );
     }
-    if a.max_interval_secs < a.min_interval_secs {
+    let (min_at, max_at) = (
+        format!("{aat}.min_interval_secs"),
+        format!("{aat}.max_interval_secs"),
+    );
+    if c.usable(&[&min_at, &max_at])
+        && a.min_interval_secs > 0.0
+        && a.max_interval_secs < a.min_interval_secs
+    {
         c.push(
             format!("{aat}.max_interval_secs"),
             format!(
@@ -491,8 +705,8 @@ fn validate_adaptive(c: &mut Check<'_>, at: &str, a: Option<&AdaptiveConfig>) ->
             ),
         );
     }
-    if a.max_pulls_per_day == Some(0) {
-        c.push(format!("{aat}.max_pulls_per_day"), "must be at least 1");
+    if let Some(n) = a.max_pulls_per_day {
+        c.bounded(format!("{aat}.max_pulls_per_day"), n, 1, None);
     }
     c.found() == before
 }
@@ -513,32 +727,19 @@ fn validate_fetch(c: &mut Check<'_>, at: &str, p: &ProducerConfig) {
             );
         }
         c.pointer(format!("{fat}.item"), &f.item);
-        for name in f.headers.iter().flat_map(|h| h.keys()) {
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                c.push(
-                    format!("{fat}.headers"),
-                    format!("invalid header name {name:?}"),
-                );
-            }
-        }
+        header_names(
+            c,
+            &format!("{fat}.headers"),
+            f.headers.iter().flat_map(|h| h.keys()),
+        );
         for (field, value) in [
             ("timeout_secs", f.timeout_secs),
             ("max_attempts", u64::from(f.max_attempts)),
             ("concurrency", u64::from(f.concurrency)),
         ] {
-            if value == 0 {
-                c.push(format!("{fat}.{field}"), "must be at least 1");
-            }
+            c.bounded(format!("{fat}.{field}"), value, 1, None);
         }
-        if f.backoff_base_ms > f.backoff_max_ms {
-            c.push(
-                format!("{fat}.backoff_base_ms"),
-                format!(
-                    "{} exceeds backoff_max_ms {}",
-                    f.backoff_base_ms, f.backoff_max_ms
-                ),
-            );
-        }
+        backoff(c, &fat, f.backoff_base_ms, f.backoff_max_ms);
     }
     let needs_fetch = |c: &mut Check<'_>, path: String| {
         if p.fetch.is_none() {
@@ -573,9 +774,8 @@ fn validate_fetch(c: &mut Check<'_>, at: &str, p: &ProducerConfig) {
                 ),
             );
         }
-        if k.every_secs == 0 {
-            c.push(format!("{kat}.every_secs"), "must be at least 1");
-        }
+        c.bounded(format!("{kat}.every_secs"), k.every_secs, 1, None);
+        c.bounded(format!("{kat}.overlap"), k.overlap, 0, None);
         if p.snapshot.version.is_none() {
             c.push(
                 kat.to_string(),
