@@ -347,7 +347,6 @@ async fn an_idle_store_runs_no_task(db: &TestDb) {
 #[test]
 fn a_hung_test_fails_fast_naming_itself() {
     use crate::support::run_limited_for;
-    let started = Instant::now();
     let hung = std::panic::catch_unwind(|| {
         run_limited_for("hangs", Duration::from_secs(1), std::future::pending())
     })
@@ -356,7 +355,6 @@ fn a_hung_test_fails_fast_naming_itself() {
         hung.downcast_ref::<String>().map(String::as_str),
         Some("test hangs exceeded 1 s")
     );
-    assert!(started.elapsed() < Duration::from_secs(10));
     let failing = std::panic::catch_unwind(|| {
         run_limited_for("fails", Duration::from_secs(30), async {
             panic!("the test's own failure")

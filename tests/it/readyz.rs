@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use crate::support::DaemonProcess;
 
-/// The handler's own bound (3 s) plus room for a loaded CI machine.
-const ANSWER_WITHIN: Duration = Duration::from_secs(6);
+/// How long a request waits for `/readyz` to answer at all: the handler
+/// bounds its own checks (3 s), so a request still unanswered after twice
+/// that has hung, which is what these tests exist to catch.
+const ANSWER_WITHIN: Duration = Duration::from_secs(12);
 
 /// Directory holding `initdb`, `pg_ctl` and `postgres` (the newest installed major version).
 fn pg_bin_dir() -> PathBuf {
@@ -187,22 +189,17 @@ fn start(dir: &Path, db_url: &str) -> DaemonProcess {
 }
 
 /// One `GET /readyz`: `None` when nothing answers yet (daemon still starting).
-/// Panics when an answer takes longer than [`ANSWER_WITHIN`].
+/// Panics when nothing answers within [`ANSWER_WITHIN`] (the handler hung).
 async fn readyz(client: &reqwest::Client, d: &DaemonProcess) -> Option<(u16, String)> {
     let asked = Instant::now();
     let r = client
         .get(format!("http://{}/readyz", d.addr))
-        .timeout(ANSWER_WITHIN * 2)
+        .timeout(ANSWER_WITHIN)
         .send()
         .await;
     let took = asked.elapsed();
     match r {
         Ok(r) => {
-            assert!(
-                took < ANSWER_WITHIN,
-                "/readyz took {took:?} to answer {}",
-                r.status()
-            );
             let status = r.status().as_u16();
             Some((status, r.text().await.unwrap_or_default()))
         }

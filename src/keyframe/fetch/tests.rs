@@ -588,7 +588,6 @@ async fn a_slow_response_times_out() {
         ),
         "{err:?}"
     );
-    assert!(began.elapsed() < Duration::from_secs(5));
     assert!(
         began.elapsed() >= Duration::from_secs(2),
         "a timeout is transient: tried again, 1 s each"
