@@ -23,6 +23,11 @@ pub struct Problem {
 impl Problem {
     /// The problem as cargo prints one: `level: path: message`, then where it is.
     pub fn render(&self, level: &str, file: &str, colour: bool) -> String {
+        self.render_in(level, file, colour, 0)
+    }
+
+    /// As [`Problem::render`], line numbers in at least `width` columns.
+    fn render_in(&self, level: &str, file: &str, colour: bool, width: usize) -> String {
         let mut out = String::new();
         report::render(
             &mut out,
@@ -31,6 +36,7 @@ impl Problem {
             file,
             &self.to_string(),
             self.at.as_ref(),
+            width,
         );
         out
     }
@@ -57,8 +63,15 @@ impl ConfigError {
     /// Every problem as cargo prints one, then their count; coloured for a terminal.
     pub fn render(&self, colour: bool) -> String {
         let mut out = String::new();
+        let width = self
+            .problems
+            .iter()
+            .filter_map(|p| p.at.as_ref())
+            .map(|at| at.line.to_string().len())
+            .max()
+            .unwrap_or(0);
         for p in &self.problems {
-            out.push_str(&p.render("error", &self.file, colour));
+            out.push_str(&p.render_in("error", &self.file, colour, width));
             out.push('\n');
         }
         let n = self.problems.len();
@@ -74,6 +87,7 @@ impl ConfigError {
             &self.file,
             &summary,
             None,
+            0,
         );
         out
     }

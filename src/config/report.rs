@@ -217,7 +217,8 @@ impl Paint {
     }
 }
 
-/// One problem: `level: path: message`, and where it is when known.
+/// One problem: `level: path: message`, and where it is when known, its line
+/// number right-aligned in `width` columns (the widest of the report's).
 pub(super) fn render(
     out: &mut String,
     level: &str,
@@ -225,6 +226,7 @@ pub(super) fn render(
     file: &str,
     head: &str,
     at: Option<&Location>,
+    width: usize,
 ) {
     let level_colour = if level == "error" { "1;31" } else { "1;33" };
     let _ = writeln!(
@@ -234,7 +236,7 @@ pub(super) fn render(
         paint.wrap("1", &format!(": {head}"))
     );
     let Some(at) = at else { return };
-    let number = at.line.to_string();
+    let number = format!("{:>width$}", at.line);
     let pad = " ".repeat(number.len());
     let blue = |s: &str| paint.wrap("1;34", s);
     let under: String = at

@@ -66,6 +66,160 @@ headers = { Authorization = "Bearer ${DRIFTD_TEST_SURELY_UNSET_TOKEN}" }
     assert!(!std::path::Path::new("x.db").exists());
 }
 
+/// `driftd check` on a file with mistakes of four kinds (a type error, an
+/// unknown key, a number out of range, a URL that is not one) and a secret of
+/// the wrong type reports the five, each with its line, column and a caret
+/// under the value, then exits 64 having opened nothing; the values that may
+/// be secret are masked on the printed lines.
+#[test]
+fn check_reports_every_kind_of_mistake_with_its_line_and_a_caret() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("never.db");
+    let path = dir.path().join("driftd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[server]
+listen = "localhost:7070"
+
+[database]
+url = "sqlite://{}"
+
+[[producer]]
+name = "orders"
+shedule = "0 */5 * * * *"
+schedule = "0 */5 * * * *"
+bucket_bits = "16"
+max_drift_ratio = 0.5
+unhealthy_after = 0
+
+[producer.snapshot]
+url = "htp//vendor.example/orders"
+headers = {{ Authorization = "Bearer sk_live_cli1" }}
+
+[producer.webhook]
+scheme = "github"
+secret = 42
+"#,
+            db.display()
+        ),
+    )
+    .unwrap();
+    let file = path.to_str().unwrap();
+    let (code, stdout, stderr) = run(&["check", "--config", file]);
+    assert_eq!(code, 64, "stdout: {stdout}\nstderr: {stderr}");
+    let want = format!(
+        "error: producer[0].shedule: unknown key `shedule`, did you mean `schedule`?
+  --> {file}:9:1
+   |
+ 9 | shedule = \"***\"
+   | ^^^^^^^
+
+error: producer[0].bucket_bits: expected an integer, found a string \"16\"
+  --> {file}:11:15
+   |
+11 | bucket_bits = \"16\"
+   |               ^^^^
+
+error: producer[0].unhealthy_after: must be at least 1, not 0
+  --> {file}:13:19
+   |
+13 | unhealthy_after = 0
+   |                   ^
+
+error: producer[0].snapshot.url: invalid URL \"htp//vendor.example/orders\": relative URL without a base
+  --> {file}:16:7
+   |
+16 | url = \"htp//vendor.example/orders\"
+   |       ^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+
+error: producer[0].webhook.secret: expected a string, found an integer
+  --> {file}:21:10
+   |
+21 | secret = ***
+   |          ^^^
+
+error: {file}: 5 problems
+"
+    );
+    assert_eq!(stderr, want);
+    assert!(!stderr.contains("sk_live_cli1") && !stderr.contains("= 42"));
+    assert!(!stderr.contains('\x1b'), "no colour without a terminal");
+    assert!(!db.exists(), "check opened the database");
+}
+
+/// README's "Configuration" shows a file and what `driftd check` prints for
+/// it: the binary, run on that file, prints exactly that.
+#[test]
+fn the_readme_shows_what_check_prints() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = &readme[readme.find("## Configuration").expect("the section")..];
+    let block = |fence: &str| {
+        let start = section.find(fence).expect("the block") + fence.len();
+        let len = section[start..].find("```").expect("its end");
+        section[start..start + len].to_string()
+    };
+    let (toml, shown) = (block("```toml\n"), block("exits 64:\n\n```\n"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("driftd.toml"), &toml).unwrap();
+    let out = Command::new(driftd_bin())
+        .args(["check", "--config", "driftd.toml"])
+        .current_dir(dir.path())
+        .env_remove("DRIFTD_CONFIG")
+        .env_remove("DRIFTD_ADMIN_TOKEN")
+        .output()
+        .expect("run driftd");
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), shown);
+    for secret in ["hunter2", "k_live_123", "whsec_live_123"] {
+        assert!(toml.contains(secret) && !shown.contains(secret), "{secret}");
+    }
+}
+
+/// A TOML syntax error is one problem, with its place, not a cascade.
+#[test]
+fn check_reports_a_syntax_error_once_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("driftd.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:7070\"\n\n[[producer]\nname = \"orders\"\n",
+    )
+    .unwrap();
+    let file = path.to_str().unwrap();
+    let (code, _, stderr) = run(&["check", "--config", file]);
+    assert_eq!(code, 64, "{stderr}");
+    assert_eq!(stderr.matches("error:").count(), 2, "{stderr}");
+    assert!(stderr.starts_with("error: invalid TOML: "), "{stderr}");
+    assert!(
+        stderr.contains(&format!(" --> {file}:4:")) && stderr.contains("4 | [[producer]\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with(&format!("error: {file}: 1 problem\n")),
+        "{stderr}"
+    );
+}
+
+crate::limited_test! {
+/// `listen` may name a host: `driftd run` resolves it when it binds.
+async fn run_listens_on_a_host_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("driftd.db");
+    let config = |addr: &str| {
+        let listen = addr.replace("127.0.0.1", "localhost");
+        format!(
+            "[server]\nlisten = \"{listen}\"\n[database]\nurl = \"sqlite://{}\"\n",
+            db.display()
+        )
+    };
+    let mut daemon = crate::support::DaemonProcess::spawn(dir.path(), "driftd", config, |_| {});
+    daemon.ready().await;
+    let config = std::fs::read_to_string(dir.path().join("driftd.toml")).unwrap();
+    assert!(config.contains("listen = \"localhost:"), "{config}");
+}
+}
+
 crate::limited_test! {
 async fn verify_fails_naming_the_altered_row() {
     let db = TestDb::sqlite();
