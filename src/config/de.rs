@@ -234,9 +234,24 @@ impl<'n, 'r> De<'n, 'r> {
         if self.secret || container {
             node.leaf_spans(&mut self.read.hidden);
         }
+        let mut message = format!("expected {expected}, found {}{shown}", node.kind.describe());
+        if expected == "an array" && matches!(node.kind, Kind::Table(_)) {
+            // `[producer]` for `[[producer]]`, the likeliest slip of all.
+            let mut header = String::new();
+            let mut skip = false;
+            for c in self.path.chars() {
+                match c {
+                    '[' => skip = true,
+                    ']' => skip = false,
+                    c if !skip => header.push(c),
+                    _ => {}
+                }
+            }
+            message.push_str(&format!(" (each table of an array is headed [[{header}]])"));
+        }
         self.read.poison(
             self.path.clone(),
-            format!("expected {expected}, found {}{shown}", node.kind.describe()),
+            message,
             node.span.clone().or(node.key.clone()),
         );
     }

@@ -131,7 +131,7 @@ impl Config {
                 return Err(fail(vec![Problem {
                     path: String::new(),
                     message: format!("invalid TOML: {}", e.message),
-                    at: e.span.map(|s| locate(text, &s, &[])),
+                    at: e.span.map(|s| report::locate_unparsed(text, &s)),
                 }]));
             }
         };

@@ -29,14 +29,20 @@ pub(super) struct Mask {
 /// Locates `span` in `text`, masking the values of `masks` on its line.
 pub(super) fn locate(text: &str, span: &Span, masks: &[Mask]) -> Location {
     let start = floor(text, span.start.min(text.len()));
-    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
-    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
-    let line_end = if text[..line_end].ends_with('\r') {
-        line_end - 1
-    } else {
-        line_end
-    };
+    let (line_start, line_end) = line_around(text, start);
     let end = floor(text, span.end.clamp(start, line_end.max(start)));
+    // A comment may hold anything, a secret commented out included.
+    let line = &text[line_start..line_end];
+    let mut masks = masks.to_vec();
+    if let (Some(hash), _) = scan_line(line) {
+        let from = hash + 1 + usize::from(line[hash + 1..].starts_with(' '));
+        if from < line.len() {
+            masks.push(Mask {
+                span: line_start + from..line_end,
+                whole: true,
+            });
+        }
+    }
 
     // The line cut into pieces, each either as written or masked.
     // Secrets first, so a secret that is also a URL is masked whole.
@@ -98,6 +104,65 @@ pub(super) fn locate(text: &str, span: &Span, masks: &[Mask]) -> Location {
     }
 }
 
+/// Locates `span` in text that did not parse: nothing is known of its values,
+/// so every value on the line (what follows the first `=`) is masked.
+pub(super) fn locate_unparsed(text: &str, span: &Span) -> Location {
+    let start = floor(text, span.start.min(text.len()));
+    let (line_start, line_end) = line_around(text, start);
+    let line = &text[line_start..line_end];
+    let (comment, equals) = scan_line(line);
+    let value_end = comment.unwrap_or(line.len());
+    let masks: Vec<Mask> = equals
+        .map(|eq| {
+            let from = eq
+                + 1
+                + (line[eq + 1..value_end].len() - line[eq + 1..value_end].trim_start().len());
+            let to = line[..value_end].trim_end().len().max(from);
+            Mask {
+                span: line_start + from..line_start + to,
+                whole: true,
+            }
+        })
+        .into_iter()
+        .collect();
+    locate(text, span, &masks)
+}
+
+/// The line around byte `at`, without its line ending.
+fn line_around(text: &str, at: usize) -> (usize, usize) {
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let end = if text[start..end].ends_with('\r') {
+        end - 1
+    } else {
+        end
+    };
+    (start, end.max(start))
+}
+
+/// In one line of TOML: where a comment starts (its `#`), and where the
+/// first `=` outside a string is.
+fn scan_line(line: &str) -> (Option<usize>, Option<usize>) {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut equals = None;
+    for (i, c) in line.char_indices() {
+        match quote {
+            Some('"') if escaped => escaped = false,
+            Some('"') if c == '\\' => escaped = true,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '=' if equals.is_none() => equals = Some(i),
+                '#' => return (Some(i), equals),
+                _ => {}
+            },
+        }
+    }
+    (None, equals)
+}
+
 /// The largest char boundary at or below `i`.
 fn floor(text: &str, mut i: usize) -> usize {
     while !text.is_char_boundary(i) {
@@ -126,7 +191,10 @@ fn mask(text: &str, piece: &Span, whole: &Span) -> String {
     } else {
         0
     };
-    let close = if piece.end == whole.end && raw.len() > open {
+    // Closing quotes only of a string: a piece that opened with quotes, or
+    // the last line of one that opened on an earlier line.
+    let string = open > 0 || piece.start != whole.start;
+    let close = if piece.end == whole.end && raw.len() > open && string {
         quote(&raw[open..], true)
     } else {
         0

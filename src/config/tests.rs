@@ -733,3 +733,33 @@ secret = { x = "nested1" }
     }
     assert_eq!(err.problems.len(), 8, "{rendered}");
 }
+
+/// A line printed for a TOML syntax error shows no value (nothing is known of
+/// which are secret), and no printed line shows a comment's text.
+#[test]
+fn syntax_errors_and_comments_show_no_value() {
+    let p = problems("[server]\nadmin_token = s3cret1 # was s3cret2\n");
+    assert_eq!(p.len(), 1);
+    let at = p[0].at.as_ref().unwrap();
+    assert_eq!(at.source, "admin_token = *** # ***");
+    assert_eq!((at.line, at.column, at.caret.clone()), (2, 15, 14..17));
+    let p =
+        problems("[server]\nadmin_token = \"s3cret1\"\nread_token = \"s3cret1\" # old: s3cret2\n");
+    let at = p[0].at.as_ref().unwrap();
+    assert_eq!(at.source, "read_token = \"***\" # ***");
+    // A `#` inside a string starts no comment.
+    let p = problems(&producer("timezone = \"Mars#Base\" # Mars"));
+    assert_eq!(
+        p[0].at.as_ref().unwrap().source,
+        "timezone = \"Mars#Base\" # ***"
+    );
+}
+
+#[test]
+fn a_table_where_an_array_of_tables_belongs_says_how_to_write_it() {
+    let text = "[producer]\nname = \"a\"\n";
+    assert_eq!(
+        shown(&problems(text)),
+        ["producer: expected an array, found a table (each table of an array is headed [[producer]])"]
+    );
+}
