@@ -50,7 +50,8 @@ pub(super) struct ConfigFile {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServerConfig {
-    /// Address the HTTP server binds (webhooks, inbound email, metrics, health).
+    /// `HOST:PORT` the HTTP server binds (webhooks, inbound email, metrics,
+    /// health); a host name is resolved when it binds.
     #[serde(default = "defaults::listen")]
     pub listen: String,
     /// Bearer token for the admin endpoints; admin endpoints are off without one.

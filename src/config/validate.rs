@@ -10,7 +10,7 @@ use super::types::*;
 use super::{parse_cron, Producer, Schedule};
 use crate::canonical::{check_pointer, RecordHasher};
 use crate::ingest::email::Rules;
-use crate::keyframe::fetch::Plan;
+use crate::keyframe::fetch::{Plan, BUCKET_BITS_MAX};
 
 struct Check<'a> {
     found: &'a mut Vec<Found>,
@@ -361,7 +361,12 @@ fn validate_all(
                 })
                 .ok(),
         };
-        c.bounded(format!("{at}.bucket_bits"), p.bucket_bits, 0, Some(24));
+        c.bounded(
+            format!("{at}.bucket_bits"),
+            p.bucket_bits,
+            0,
+            Some(BUCKET_BITS_MAX.into()),
+        );
         if !(p.max_drift_ratio > 0.0 && p.max_drift_ratio <= 1.0) {
             c.push(
                 format!("{at}.max_drift_ratio"),

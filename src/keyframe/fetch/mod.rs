@@ -69,6 +69,7 @@ use self::http::{fetch_page, Fetched};
 use self::index::RecordIndex;
 use self::pager::{Page, Pager};
 pub use self::plan::Plan;
+pub(crate) use self::plan::BUCKET_BITS_MAX;
 use self::sink::{parse_page, Sink};
 use crate::canonical::{Digest, RecordHash};
 

@@ -15,7 +15,7 @@ use crate::config::{PaginationStyle, SnapshotConfig};
 use crate::redact::redact_url;
 
 /// Largest bucket width `bucket_bits` may ask for (as the config validates).
-const BUCKET_BITS_MAX: u8 = 24;
+pub(crate) const BUCKET_BITS_MAX: u8 = 24;
 
 /// A producer's snapshot settings, checked and prepared once (validation
 /// builds it; every pull of the producer uses it).
