@@ -229,21 +229,9 @@ fn validate_all(
         None,
     );
     c.bounded(
-        "server.request_timeout_secs",
-        server.request_timeout_secs,
-        0,
-        None,
-    );
-    c.bounded(
         "server.header_read_timeout_secs",
         server.header_read_timeout_secs,
         1,
-        None,
-    );
-    c.bounded(
-        "server.idle_timeout_secs",
-        server.idle_timeout_secs,
-        0,
         None,
     );
     if c.usable(&["server.idle_timeout_secs", "server.request_timeout_secs"])
@@ -373,12 +361,6 @@ fn validate_all(
                 format!("max_drift_ratio {} must be in (0, 1]", p.max_drift_ratio),
             );
         }
-        c.bounded(
-            format!("{at}.max_drift_rows"),
-            p.max_drift_rows.unwrap_or(0),
-            0,
-            None,
-        );
         c.bounded(format!("{at}.unhealthy_after"), p.unhealthy_after, 1, None);
         let hasher = validate_snapshot(c, &format!("{at}.snapshot"), &p.snapshot);
         if let Some(w) = &p.webhook {
@@ -436,13 +418,6 @@ fn validate_snapshot(c: &mut Check<'_>, at: &str, s: &SnapshotConfig) -> Option<
     header_names(c, &format!("{at}.headers"), s.headers.keys());
     c.bounded(format!("{at}.timeout_secs"), s.timeout_secs, 1, None);
     c.bounded(format!("{at}.max_pages"), s.max_pages, 1, None);
-    c.bounded(format!("{at}.retries"), s.retries, 0, None);
-    c.bounded(
-        format!("{at}.retry_backoff_ms"),
-        s.retry_backoff_ms,
-        0,
-        None,
-    );
     if let Some(r) = s.rate_limit {
         if !(r > 0.0 && r.is_finite()) {
             c.push(
@@ -475,9 +450,6 @@ fn validate_snapshot(c: &mut Check<'_>, at: &str, s: &SnapshotConfig) -> Option<
     }
     if let Some(limit) = pg.limit {
         c.bounded(format!("{pat}.limit"), limit, 1, None);
-    }
-    if let Some(start) = pg.start {
-        c.bounded(format!("{pat}.start"), start, 0, None);
     }
     hasher
 }
@@ -557,7 +529,6 @@ fn validate_webhook(c: &mut Check<'_>, warnings: &mut Vec<Found>, at: &str, w: &
             c.pointer(format!("{at}.{field}"), p);
         }
     }
-    c.bounded(format!("{at}.tolerance_secs"), w.tolerance_secs, 0, None);
     if !w.delete_events.is_empty() && w.event.is_none() {
         c.push(format!("{at}.event"), "required when delete_events is set");
     }
@@ -623,7 +594,6 @@ fn validate_work(c: &mut Check<'_>, at: &str, w: &WorkConfig) {
         (Action::Http, Some(url)) => c.http_url(format!("{at}.url"), url),
         _ => {}
     }
-    c.bounded(format!("{at}.timeout_secs"), w.timeout_secs, 0, None);
     c.bounded(format!("{at}.max_attempts"), w.max_attempts, 1, None);
     c.bounded(format!("{at}.concurrency"), w.concurrency, 1, None);
     c.bounded(format!("{at}.lease_secs"), w.lease_secs, 1, None);
@@ -653,8 +623,6 @@ fn backoff(c: &mut Check<'_>, at: &str, base: u64, max: u64) {
         format!("{at}.backoff_base_ms"),
         format!("{at}.backoff_max_ms"),
     );
-    c.bounded(base_at.clone(), base, 0, None);
-    c.bounded(max_at.clone(), max, 0, None);
     if c.usable(&[&base_at, &max_at]) && base > max {
         c.push(base_at, format!("{base} exceeds backoff_max_ms {max}"));
     }
@@ -780,7 +748,6 @@ fn validate_fetch(c: &mut Check<'_>, at: &str, p: &ProducerConfig) {
             );
         }
         c.bounded(format!("{kat}.every_secs"), k.every_secs, 1, None);
-        c.bounded(format!("{kat}.overlap"), k.overlap, 0, None);
         if p.snapshot.version.is_none() {
             c.push(
                 kat.to_string(),
