@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,111 @@ use super::PRODUCER;
 use crate::metrics::Metrics;
 use crate::state::RunState;
 use crate::store::{RunRow, Store};
+
+/// Every line the demo prints fits this many columns.
+pub(super) const WIDTH: usize = 100;
+
+/// Where a story line continues when it is wrapped: under its text, past the stamp.
+const STORY_INDENT: &str = "           ";
+
+/// `text` broken at spaces into lines of at most `width` columns, each after
+/// the first starting with `indent`; leading spaces are kept. A single word
+/// longer than a line (a long path) stands on a line of its own, unbroken.
+pub(super) fn wrap(text: &str, width: usize, indent: &str) -> Vec<String> {
+    let cols = |s: &str| s.chars().count();
+    let body = text.trim_start_matches(' ');
+    let mut line = text[..text.len() - body.len()].to_string();
+    let mut has_word = false;
+    let mut lines = Vec::new();
+    for word in body.split(' ') {
+        if has_word && cols(&line) + 1 + cols(word) > width {
+            lines.push(std::mem::replace(&mut line, indent.to_string()));
+            has_word = false;
+            if word.is_empty() {
+                continue;
+            }
+        }
+        if has_word {
+            line.push(' ');
+        }
+        line.push_str(word);
+        has_word = true;
+    }
+    lines.push(line);
+    lines
+}
+
+/// Prints `text` (no stamp) wrapped to [`WIDTH`], continuing under `indent`.
+pub(super) fn print_wrapped(text: &str, indent: &str) {
+    for line in wrap(text, WIDTH, indent) {
+        println!("{line}");
+    }
+}
+
+/// How to run this same driftd from the directory the demo was started in:
+/// the executable's path, relative when it lies below that directory
+/// (`./target/release/driftd` after `cargo run --release`), quoted when it
+/// holds a character the shell would split or expand.
+pub(super) fn driftd_command() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "driftd".into();
+    };
+    let shown = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| {
+            exe.strip_prefix(cwd)
+                .ok()
+                .map(|rel| Path::new(".").join(rel))
+        })
+        .unwrap_or_else(|| exe.clone());
+    let shown = shown.display().to_string();
+    if shown
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+    {
+        shown
+    } else {
+        format!("'{}'", shown.replace('\'', r"'\''"))
+    }
+}
+
+/// How many items were open at `now`, and the most open at once from
+/// `since` to `now`, from each item's (opened, closed) times in ms. Items
+/// that open and close within the same millisecond count as open then.
+pub(super) fn open_and_peak(spans: &[(i64, Option<i64>)], since: i64, now: i64) -> (u64, u64) {
+    let open_at = |t: i64| {
+        spans
+            .iter()
+            .filter(|(o, c)| *o <= t && c.is_none_or(|c| c > t))
+            .count() as u64
+    };
+    // Opens (0) before closes (1) at the same instant.
+    let mut events: Vec<(i64, u8)> = Vec::new();
+    for (o, c) in spans {
+        if *o > since && *o <= now {
+            events.push((*o, 0));
+        }
+        if let Some(c) = c {
+            if *c > since && *c <= now {
+                events.push((*c, 1));
+            }
+        }
+    }
+    events.sort_unstable();
+    // Every close is of an item open at `since` or opened before it (opens
+    // sort first), so the count never goes below zero.
+    let mut count = open_at(since);
+    let mut peak = count;
+    for (_, kind) in events {
+        count = if kind == 0 {
+            count + 1
+        } else {
+            count.saturating_sub(1)
+        };
+        peak = peak.max(count);
+    }
+    (open_at(now), peak)
+}
 
 /// Prints the story: permanent lines, and a status line that refreshes in place on a terminal.
 pub(super) struct Console {
@@ -33,10 +138,15 @@ impl Console {
         format!("[{:>5.1}s]", self.start.elapsed().as_secs_f64())
     }
 
+    /// A permanent line, stamped, wrapped to [`WIDTH`].
     pub(super) fn say(&mut self, line: impl AsRef<str>) {
         let mut out = std::io::stdout().lock();
         let clear = if self.dirty { "\r\x1b[K" } else { "" };
-        let _ = writeln!(out, "{clear}{} {}", self.stamp(), line.as_ref());
+        let text = format!("{} {}", self.stamp(), line.as_ref());
+        let _ = write!(out, "{clear}");
+        for l in wrap(&text, WIDTH, STORY_INDENT) {
+            let _ = writeln!(out, "{l}");
+        }
         let _ = out.flush();
         self.dirty = false;
     }
@@ -45,7 +155,12 @@ impl Console {
     pub(super) fn status(&mut self, line: impl AsRef<str>, always: bool) {
         if self.tty {
             let mut out = std::io::stdout().lock();
-            let _ = write!(out, "\r\x1b[K{} {}", self.stamp(), line.as_ref());
+            // Redrawn with `\r`, so never wrapped: cut to the width.
+            let text: String = format!("{} {}", self.stamp(), line.as_ref())
+                .chars()
+                .take(WIDTH)
+                .collect();
+            let _ = write!(out, "\r\x1b[K{text}");
             let _ = out.flush();
             self.dirty = true;
         } else if always {
@@ -101,6 +216,8 @@ pub(super) struct Totals {
 pub(super) struct Correcting {
     pub(super) run: i64,
     pub(super) drift: u64,
+    /// When the run began (ms): its items opened after.
+    pub(super) started_at: i64,
     pub(super) since: Instant,
     /// Open drift was seen above zero: the run's work has been emitted.
     pub(super) seen_open: bool,
@@ -117,6 +234,10 @@ pub(super) struct Reporter {
     pub(super) metrics: Metrics,
     pub(super) stats: Arc<Stats>,
     pub(super) config_path: PathBuf,
+    /// How to run this driftd from where the demo started ([`driftd_command`]).
+    pub(super) driftd: String,
+    /// When the last status line was printed (ms): its open-drift peak starts there.
+    pub(super) last_status_ms: i64,
     pub(super) last_run: i64,
     pub(super) kinds: BTreeMap<i64, Kind>,
     pub(super) totals: Totals,
@@ -155,17 +276,29 @@ impl Reporter {
         }
         self.catchups().await?;
         if let Some(mut c) = self.correcting {
-            let open = self.open_drift().await?;
-            c.seen_open |= open > 0;
+            let spans = self.store.work_spans(PRODUCER, c.started_at).await?;
+            let open = spans.iter().filter(|(_, closed)| closed.is_none()).count();
+            c.seen_open |= !spans.is_empty();
             self.correcting = Some(c);
             if open == 0 && (c.seen_open || c.since.elapsed() >= EMIT_GRACE) {
                 self.correcting = None;
-                self.console.say(format!(
-                    "  run {}: the workers applied its {} corrections within {:.1}s; open drift 0",
-                    c.run,
-                    c.drift,
-                    c.since.elapsed().as_secs_f64()
-                ));
+                // From the first item queued to the last one done, as the work rows record it.
+                let first = spans.iter().map(|(o, _)| *o).min();
+                let last = spans.iter().filter_map(|(_, closed)| *closed).max();
+                let line = match (first, last) {
+                    (Some(first), Some(last)) => format!(
+                        "  run {}: the workers applied its {} corrections {:.2}s after they were \
+                         queued; open drift 0",
+                        c.run,
+                        c.drift,
+                        (last - first).max(0) as f64 / 1000.0
+                    ),
+                    _ => format!(
+                        "  run {}: its {} corrections are applied; open drift 0",
+                        c.run, c.drift
+                    ),
+                };
+                self.console.say(line);
             }
         }
         Ok(())
@@ -261,10 +394,11 @@ impl Reporter {
                 t.guarded += 1;
                 format!(
                     "{head}, drift found {drift} (missing {}, extra {}, changed {}): GUARDED, more than \
-                     max_drift_ratio allows; nothing corrected until `driftd approve {} --config {}`",
+                     max_drift_ratio allows; nothing corrected until `{} approve {} --config {}`",
                     c.missing,
                     c.extra,
                     c.changed,
+                    self.driftd,
                     r.id,
                     self.config_path.display()
                 )
@@ -284,6 +418,7 @@ impl Reporter {
             self.correcting = Some(Correcting {
                 run: r.id,
                 drift,
+                started_at: r.started_at,
                 since: Instant::now(),
                 seen_open: false,
             });
@@ -314,28 +449,42 @@ impl Reporter {
             .get()
     }
 
+    /// Webhooks sent and lost so far (duplicates and reorders are in the summary).
     pub(super) fn webhook_line(&self) -> String {
         let s = &self.stats;
         format!(
-            "webhooks sent {}, lost {}, duplicated {}, reordered {}",
+            "webhooks sent {}, lost {}",
             Stats::get(&s.sent),
             Stats::get(&s.lost),
-            Stats::get(&s.duplicated),
-            Stats::get(&s.reordered)
         )
     }
 
+    /// What driftd did with the deltas, for the summary.
     pub(super) fn driftd_deltas(&self) -> String {
-        let s = &self.stats;
-        if Stats::get(&s.accepted) == 0 && Stats::get(&s.not_found) > 0 {
-            return "webhooks refused: 404".into();
-        }
-        let mut parts = vec![format!(
+        self.deltas_line(format!(
             "deltas applied {}, stale {}, duplicate {}",
             self.delta_outcome("applied"),
             self.delta_outcome("stale"),
             self.delta_outcome("duplicate")
-        )];
+        ))
+    }
+
+    /// The status line's shorter part: the duplicates are in the summary.
+    fn status_deltas(&self) -> String {
+        self.deltas_line(format!(
+            "applied {}, stale {}",
+            self.delta_outcome("applied"),
+            self.delta_outcome("stale")
+        ))
+    }
+
+    /// `counts`, and the webhooks driftd refused or never answered, if any.
+    fn deltas_line(&self, counts: String) -> String {
+        let s = &self.stats;
+        if Stats::get(&s.accepted) == 0 && Stats::get(&s.not_found) > 0 {
+            return "webhooks refused: 404".into();
+        }
+        let mut parts = vec![counts];
         let refused = Stats::get(&s.refused) + Stats::get(&s.not_found);
         if refused > 0 {
             let status = match Stats::get(&s.refused) {
@@ -360,17 +509,24 @@ impl Reporter {
             .unwrap_or(0))
     }
 
-    /// The status line: what the vendor sent, what driftd holds, the open drift.
+    /// The status line: what the vendor sent, what driftd applied, and the
+    /// open drift (corrections queued and not yet carried out) now and at
+    /// most since the previous status line, from the work rows' times: a
+    /// keyframe's corrections are usually carried out before the next line,
+    /// so the number open at that moment alone would nearly always be 0.
     ///
-    /// A permanent line, not one refreshed in place: it is wider than many
-    /// terminals, and a wrapped line cannot be redrawn with `\r`.
+    /// A permanent line, not one refreshed in place: a line that wraps on a
+    /// narrow terminal cannot be redrawn with `\r`.
     pub(super) async fn status(&mut self) -> anyhow::Result<()> {
-        let entities = self.store.count_entities(PRODUCER).await?;
-        let open = self.open_drift().await?;
+        let now = crate::store::now_ms();
+        let since = self.last_status_ms;
+        let spans = self.store.work_spans(PRODUCER, since).await?;
+        let (open, peak) = open_and_peak(&spans, since, now);
+        self.last_status_ms = now;
         let line = format!(
-            "{} | driftd: {entities} orders, open drift {open}, {}",
+            "{} | driftd: {} | open drift {open} (peak {peak})",
             self.webhook_line(),
-            self.driftd_deltas()
+            self.status_deltas()
         );
         self.console.say(line);
         if !self.warned_not_found && Stats::get(&self.stats.not_found) > 0 {

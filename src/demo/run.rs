@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::churn::{churn, Sender, Stats};
-use super::reporter::{Console, Kind, Reporter, Totals};
+use super::reporter::{driftd_command, print_wrapped, Console, Kind, Reporter, Totals};
 use super::setup::{adaptive_toml, catchup_toml, config_toml, new_secret, prepare_dir};
 use super::vendor::{list_orders, Orders, Vendor};
 use super::verdict::finish;
@@ -98,13 +98,20 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
             args.keyframe_every
         )
     };
-    println!(
-        "driftd demo: {} mortgage orders at a simulated vendor, ~{} changes/s for {}s,\n  {pace} (seed {seed})",
-        args.records, args.rate, args.duration,
+    print_wrapped(
+        &format!(
+            "driftd demo: {} mortgage orders at a simulated vendor, ~{} changes/s for {}s,",
+            args.records, args.rate, args.duration,
+        ),
+        "  ",
     );
-    println!(
-        "  config:  {}  (passes `driftd check`; copy from it)",
-        config_path.display()
+    print_wrapped(&format!("  {pace} (seed {seed})"), "  ");
+    print_wrapped(
+        &format!(
+            "  config:  {}  (passes `driftd check`; copy from it)",
+            config_path.display()
+        ),
+        "           ",
     );
     println!("  vendor:  http://{vendor_addr}/orders  (cursor pagination)");
     println!("  metrics: http://{listen}/metrics");
@@ -143,6 +150,8 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         metrics: metrics.clone(),
         stats: Arc::new(Stats::default()),
         config_path: config_path.clone(),
+        driftd: driftd_command(),
+        last_status_ms: crate::store::now_ms(),
         last_run: 0,
         kinds: BTreeMap::new(),
         totals: Totals::default(),
@@ -243,10 +252,19 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     {
         eprintln!("warning: database connections still in use after {SHUTDOWN_TIMEOUT:?}");
     }
-    println!(
-        "files kept in {}; try `driftd status --config {}`",
-        dir.display(),
-        config_path.display()
+    print_wrapped(
+        &format!("files kept in {}; to look at them:", dir.display()),
+        "  ",
+    );
+    // The driftd that ran the demo, as a path that works from here (after
+    // `cargo run` no `driftd` need be on PATH).
+    print_wrapped(
+        &format!(
+            "  {} status --config {}",
+            reporter.driftd,
+            config_path.display()
+        ),
+        "    ",
     );
     outcome
 }

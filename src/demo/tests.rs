@@ -294,3 +294,62 @@ fn the_demo_config_with_adaptive_pacing_passes_check() {
     // At 10% of 30 changes a second lost, the floor's drift-seconds: 3 × 2² / 2.
     assert_eq!(a.target_drift_seconds, 6.0);
 }
+
+#[test]
+fn lines_wrap_at_spaces_within_the_width() {
+    use super::reporter::wrap;
+    let text = "[ 12.3s] keyframe run 3 (scheduled): 2997 records, drift found 14 (missing 2, \
+                extra 2, changed 10) -> queued as apply work; 4 changed during the pull";
+    let lines = wrap(text, 60, "           ");
+    assert!(lines.len() > 1, "{lines:?}");
+    for l in &lines {
+        assert!(l.chars().count() <= 60, "{l:?} of {lines:?}");
+    }
+    for l in &lines[1..] {
+        assert!(
+            l.starts_with("           ") && !l.starts_with("            "),
+            "{l:?}"
+        );
+    }
+    // Nothing lost or added but the breaks.
+    let joined: Vec<&str> = lines.iter().flat_map(|l| l.split_whitespace()).collect();
+    assert_eq!(joined, text.split_whitespace().collect::<Vec<_>>());
+    // Leading and inner runs of spaces are kept on a line that fits.
+    assert_eq!(wrap("  a:  b", 60, "    "), vec!["  a:  b"]);
+    // A word longer than the width stands alone, unbroken.
+    let long = format!("see {} now", "x".repeat(70));
+    assert_eq!(
+        wrap(&long, 60, "  "),
+        vec![
+            "see".to_string(),
+            format!("  {}", "x".repeat(70)),
+            "  now".into()
+        ]
+    );
+}
+
+#[test]
+fn open_drift_is_counted_now_and_at_its_peak() {
+    use super::reporter::open_and_peak;
+    // ms: a keyframe queues three items at 1000, done at 1003, 1005 and
+    // 1005; one more item queued at 1010 is still open; one closed before
+    // the window began.
+    let spans = [
+        (1000, Some(1003)),
+        (1000, Some(1005)),
+        (1000, Some(1005)),
+        (1010, None),
+        (500, Some(600)),
+    ];
+    assert_eq!(open_and_peak(&spans, 900, 2000), (1, 3));
+    // Window after the batch closed: only the one still open.
+    assert_eq!(open_and_peak(&spans, 1006, 2000), (1, 1));
+    // Window that starts while the batch is open counts it from the start.
+    assert_eq!(open_and_peak(&spans, 1004, 1007), (0, 2));
+    // Items done within the millisecond they were queued still count as open then.
+    assert_eq!(
+        open_and_peak(&[(1000, Some(1000)), (1000, Some(1000))], 900, 2000),
+        (0, 2)
+    );
+    assert_eq!(open_and_peak(&[], 0, 10), (0, 0));
+}

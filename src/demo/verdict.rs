@@ -211,7 +211,7 @@ pub(super) async fn finish(
     }
     r.console.done();
     for line in out {
-        println!("{line}");
+        super::reporter::print_wrapped(&line, "              ");
     }
     Ok(if equal {
         Outcome::Equal

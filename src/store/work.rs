@@ -652,6 +652,30 @@ impl Store {
         Ok(out)
     }
 
+    /// When each of the producer's items opened and, unless it is still open
+    /// (pending or running), when it closed: the items open at `since_ms` or
+    /// touched after it. The demo reads its open drift from these.
+    pub async fn work_spans(
+        &self,
+        producer: &str,
+        since_ms: i64,
+    ) -> Result<Vec<(i64, Option<i64>)>, StoreError> {
+        let e = db("read work item spans");
+        query(
+            "SELECT time, CASE WHEN state IN ('pending', 'running') THEN NULL ELSE updated_at END
+             FROM work WHERE producer = $1
+               AND (state IN ('pending', 'running') OR updated_at >= $2)",
+        )
+        .bind(producer)
+        .bind(At(since_ms))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(e)?
+        .iter()
+        .map(|r| Ok((r.try_get(0).map_err(e)?, r.try_get(1).map_err(e)?)))
+        .collect()
+    }
+
     /// Open items (pending or running) per producer: the open drift.
     pub async fn open_work_by_producer(&self) -> Result<BTreeMap<String, i64>, StoreError> {
         let mut out = BTreeMap::new();
