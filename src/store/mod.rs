@@ -155,7 +155,8 @@ pub enum StoreError {
         op: &'static str,
         source: sqlx::Error,
     },
-    #[error("{0}; run `driftd migrate` (or `driftd run`) to create it")]
+    /// A database that is missing or behind, with what to run about it.
+    #[error("{0}")]
     NotCreated(String),
     #[error("{0}")]
     Invalid(String),
@@ -338,9 +339,14 @@ impl Store {
         if applied < expected {
             store.close().await;
             return Err(StoreError::NotCreated(if applied == 0 {
-                "the database has no driftd tables".to_string()
+                "the database has no driftd tables; run `driftd migrate` (or `driftd run`) to \
+                 create them"
+                    .to_string()
             } else {
-                format!("the database schema is behind: {applied} of {expected} migrations applied")
+                format!(
+                    "the database schema is behind: {applied} of {expected} migrations applied; \
+                     run `driftd migrate` (or `driftd run`) to apply the rest"
+                )
             }));
         }
         Ok(store)
@@ -594,7 +600,8 @@ fn require_sqlite_file(url: &str) -> Result<(), StoreError> {
         let path = sqlite_path(url);
         if !path.is_empty() && path != ":memory:" && !std::path::Path::new(path).exists() {
             return Err(StoreError::NotCreated(format!(
-                "the SQLite database {path:?} does not exist"
+                "the SQLite database {path:?} does not exist; run `driftd migrate` (or `driftd \
+                 run`) to create it"
             )));
         }
     }

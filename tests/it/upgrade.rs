@@ -519,4 +519,79 @@ async fn a_populated_first_schema_database_upgrades_in_place(db: &TestDb) {
     upgraded.close().await;
 }
 
-crate::on_both_backends!(a_populated_first_schema_database_upgrades_in_place,);
+/// Migrations recorded as applied in `url`'s database.
+async fn applied(url: &str) -> i64 {
+    let store = Store::connect(url, 2).await.unwrap();
+    let n: i64 = driftd::store::sql::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    n
+}
+
+/// On a database an earlier driftd left behind, every command but `run`,
+/// `migrate` and `sync` refuses, saying how far behind it is and what to
+/// run, and migrates nothing; `migrate` brings it up to date (README's
+/// command table).
+async fn commands_refuse_a_database_behind_and_migrate_upgrades_it(db: &TestDb) {
+    let old = Store::connect(&db.url, 2).await.unwrap();
+    migrate_to_0001(old.pool()).await;
+    old.close().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"{}\"\n[[producer]]\nname = \"orders\"\n\
+             schedule = \"0 0 3 * * *\"\n[producer.snapshot]\nurl = \"http://127.0.0.1:9/x\"\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(crate::support::driftd_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("DRIFTD_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let commands: &[&[&str]] = &[
+        &["status"],
+        &["verify"],
+        &["work", "list"],
+        &["replay"],
+        &["approve", "1"],
+        &["keyframe", "orders"],
+        &["tail"],
+    ];
+    for args in commands {
+        let (code, stderr) = tokio::task::block_in_place(|| run(args));
+        assert_ne!(code, Some(0), "{args:?} must fail: {stderr}");
+        assert!(
+            stderr.contains("the database schema is behind: 1 of ")
+                && stderr.contains("run `driftd migrate` (or `driftd run`) to apply the rest"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(applied(&db.url).await, 1, "{args:?} migrated nothing");
+    }
+    let (code, stderr) = tokio::task::block_in_place(|| run(&["migrate"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let all = std::fs::read_dir(crate::support::repo_root().join("migrations/sqlite"))
+        .unwrap()
+        .count() as i64;
+    assert_eq!(applied(&db.url).await, all);
+    let (code, stderr) = tokio::task::block_in_place(|| run(&["status"]));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+crate::on_both_backends!(
+    a_populated_first_schema_database_upgrades_in_place,
+    commands_refuse_a_database_behind_and_migrate_upgrades_it,
+);
