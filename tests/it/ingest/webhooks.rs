@@ -6,8 +6,10 @@ use driftd::ingest::signature;
 use driftd::store::{Channel, InboxOutcome, InboxRow};
 use serde_json::{json, Value};
 
-use super::{inbox, orders_doc, start, BODY_LIMIT, MAIL_TOKEN, OTHER_SW_SECRET, SW_SECRET};
-use crate::support::{metric, TestDb};
+use super::{
+    config_text, inbox, orders_doc, start, BODY_LIMIT, MAIL_TOKEN, OTHER_SW_SECRET, SW_SECRET,
+};
+use crate::support::{config, metric, Daemon, TestDb};
 
 async fn signed_webhook_is_committed_and_applied(db: &TestDb) {
     let d = start(db).await;
@@ -410,6 +412,54 @@ async fn every_scheme_over_http(db: &TestDb) {
         .unwrap()
         .is_some());
     d.stop().await;
+}
+
+crate::limited_test! {
+/// What the server itself answers (README's endpoint table): 408 with an
+/// empty body for a request whose body stalls past `request_timeout_secs`
+/// (nothing committed), 405 for a method a path does not take, and a JSON
+/// 401 with `WWW-Authenticate: Bearer` on the email endpoint without its token.
+async fn the_server_answers_stalled_bodies_wrong_methods_and_missing_tokens() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&config_text(&db.url, "127.0.0.1:0", &dir.path().join("Maildir")));
+    cfg.server.request_timeout_secs = 1;
+    let d = Daemon::start_in(dir, cfg).await;
+
+    let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    s.write_all(b"POST /hooks/orders HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed without an answer: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 408"), "{answer}");
+    assert!(answer.contains("content-length: 0\r\n"), "{answer}");
+    assert!(inbox(&d.store).await.is_empty(), "a stalled body was committed");
+
+    let resp = d.http.get(format!("{}/hooks/orders", d.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
+
+    let resp = d
+        .http
+        .post(format!("{}/inbound-email/acme", d.base))
+        .body("From: a@b.c\r\n\r\nx")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body, json!({"error": "missing or wrong bearer token"}));
+    d.stop().await;
+}
 }
 
 crate::on_both_backends!(
