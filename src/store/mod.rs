@@ -450,7 +450,7 @@ impl Store {
     /// [`READINESS_ACQUIRE`] only; then one direct connection, as long again,
     /// answers the question (or tells why it cannot) and is closed.
     pub async fn readiness(&self) -> Result<(), String> {
-        let unreachable = |e: sqlx::Error| format!("database unreachable: {e}");
+        let unreachable = |e: sqlx::Error| format!("database unreachable: {}", connect_failure(&e));
         let pooled = query_scalar(APPLIED_MIGRATIONS).fetch_one::<i64>(&self.pool);
         let direct = async {
             match &self.pool {
