@@ -539,24 +539,32 @@ fn init_logging(format: LogFormat, default_filter: &str) {
     }
 }
 
-/// The log filter: `RUST_LOG` when set, else `default_filter`; either way
-/// PostgreSQL's notices to driftd's own statements (`relation
-/// "_sqlx_migrations" already exists, skipping`, which sqlx logs at INFO)
-/// are left out, unless `RUST_LOG` names their target. Its warnings stay.
+/// The log filter: `RUST_LOG` when set, else `default_filter`; either way,
+/// unless `RUST_LOG` names their target, two kinds of sqlx's own lines are
+/// left out: PostgreSQL's notices to driftd's statements (`relation
+/// "_sqlx_migrations" already exists, skipping`, at INFO; its warnings
+/// stay), and statements, which sqlx logs at DEBUG, or at WARN with their
+/// whole SQL text when one takes over a second (a large keyframe, a
+/// migration of a large table): nothing an operator acts on, and the
+/// metrics time what matters.
 fn log_directives(rust_log: Option<&str>, default_filter: &str) -> String {
-    let base = rust_log
+    let mut directives = rust_log
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .unwrap_or(default_filter);
-    if base.contains(PG_NOTICE) {
-        base.to_string()
-    } else {
-        format!("{base},{PG_NOTICE}=warn")
+        .unwrap_or(default_filter)
+        .to_string();
+    for (target, level) in [(PG_NOTICE, "warn"), (SQLX_QUERY, "error")] {
+        if !directives.contains(target) {
+            directives.push_str(&format!(",{target}={level}"));
+        }
     }
+    directives
 }
 
 /// The `tracing` target of the notices a PostgreSQL server sends.
 const PG_NOTICE: &str = "sqlx::postgres::notice";
+/// The `tracing` target of sqlx's statement lines.
+const SQLX_QUERY: &str = "sqlx::query";
 
 fn load(path: &Path) -> Result<Loaded, ExitCode> {
     Config::load(path).map_err(|e: ConfigError| {

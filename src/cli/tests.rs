@@ -3,22 +3,21 @@
 use super::*;
 
 #[test]
-fn the_log_filter_leaves_out_postgres_notices_unless_asked() {
-    assert_eq!(
-        log_directives(None, "info"),
-        "info,sqlx::postgres::notice=warn"
-    );
+fn the_log_filter_leaves_out_sqlx_notices_and_statements_unless_asked() {
+    let quiet = ",sqlx::postgres::notice=warn,sqlx::query=error";
+    assert_eq!(log_directives(None, "info"), format!("info{quiet}"));
     assert_eq!(
         log_directives(Some("debug"), "info"),
-        "debug,sqlx::postgres::notice=warn"
+        format!("debug{quiet}")
     );
-    assert_eq!(
-        log_directives(Some("  "), "warn"),
-        "warn,sqlx::postgres::notice=warn"
-    );
+    assert_eq!(log_directives(Some("  "), "warn"), format!("warn{quiet}"));
     assert_eq!(
         log_directives(Some("info,sqlx::postgres::notice=debug"), "info"),
-        "info,sqlx::postgres::notice=debug"
+        "info,sqlx::postgres::notice=debug,sqlx::query=error"
+    );
+    assert_eq!(
+        log_directives(Some("info,sqlx::query=warn"), "info"),
+        "info,sqlx::query=warn,sqlx::postgres::notice=warn"
     );
     // The result is a filter tracing accepts.
     for d in [

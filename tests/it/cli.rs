@@ -886,3 +886,69 @@ async fn refresh_prints_each_key_in_columns() {
     assert_eq!(r["outcome"], "unchanged", "{stdout}");
 }
 }
+
+crate::limited_test! {
+/// A statement that takes over a second (here, waiting on a lock the test
+/// holds) is not logged with its SQL unless `RUST_LOG` asks for sqlx's lines.
+async fn a_slow_statement_is_not_logged_unless_asked() {
+    use sqlx::Connection;
+    let db = TestDb::postgres().await;
+    db.store().await.close().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("driftd.toml");
+    std::fs::write(&config, format!("[database]\nurl = \"{}\"\n", db.url)).unwrap();
+    let cfg = config.to_str().unwrap();
+    for (rust_log, shown) in [(None, false), (Some("info,sqlx::query=warn"), true)] {
+        let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let watcher = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect(&db.url)
+            .await
+            .unwrap();
+        let mut tx = holder.begin().await.unwrap();
+        sqlx::query("LOCK TABLE work IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let mut cmd = tokio::process::Command::new(driftd_bin());
+        cmd.args(["work", "list", "--config", cfg])
+            .env_remove("DRIFTD_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(filter) = rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        let child = cmd.spawn().unwrap();
+        crate::support::eventually("driftd waiting on the lock", || {
+            let conn = watcher.clone();
+            async move {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&conn)
+                .await
+                .unwrap();
+                (waiting > 0).then_some(())
+            }
+        })
+        .await;
+        // Held past sqlx's one-second threshold for a slow statement.
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        tx.commit().await.unwrap();
+        let out = child.wait_with_output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(
+            stderr.contains("slow statement") && stderr.contains("FROM work"),
+            shown,
+            "RUST_LOG={rust_log:?}:\n{stderr}"
+        );
+        holder.close().await.unwrap();
+        watcher.close().await;
+    }
+}
+}
