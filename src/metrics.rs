@@ -150,7 +150,8 @@ impl Metrics {
                     Opts::new(
                         "driftd_keyframe_expected_interval_seconds",
                         "The longest time the producer's schedule lets pass between keyframes \
-                         (a cron's longest gap between ticks, or adaptive max_interval_secs).",
+                         (a cron's longest gap between ticks; adaptive: max_interval_secs, or a \
+                         day over max_pulls_per_day if longer).",
                     ),
                     &["producer"],
                 )

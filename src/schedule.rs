@@ -26,7 +26,8 @@ const GAP_HORIZON: chrono::TimeDelta = chrono::TimeDelta::days(8);
 const GAP_TICKS: usize = 10_000;
 
 /// The longest time, in seconds, that `p`'s schedule lets pass between two
-/// keyframes: an adaptive producer's `max_interval_secs`, or the longest gap
+/// keyframes: an adaptive producer's `max_interval_secs` (or a day over
+/// `max_pulls_per_day` when that floor is longer: pacing lets it win), or the longest gap
 /// between a cron's ticks from `now` over the next eight days (at least one
 /// gap, however far apart the first two ticks are). `None` for a cron with
 /// fewer than two future ticks. Exported as
@@ -34,7 +35,10 @@ const GAP_TICKS: usize = 10_000;
 /// `DriftdKeyframeStale` alert measures the last success.
 pub(crate) fn expected_interval_secs(p: &Producer, now: DateTime<Utc>) -> Option<f64> {
     if let Some(a) = &p.adaptive {
-        return Some(a.max_interval_secs);
+        let per_day = a
+            .max_pulls_per_day
+            .map_or(0.0, |n| 86_400.0 / f64::from(n.max(1)));
+        return Some(a.max_interval_secs.max(per_day));
     }
     let schedule = p.schedule();
     let horizon = now + GAP_HORIZON;

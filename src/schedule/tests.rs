@@ -41,4 +41,11 @@ fn a_cron_expects_its_longest_gap_and_adaptive_its_maximum() {
          target_drift_seconds = 60.0\n",
     );
     assert_eq!(expected_interval_secs(&adaptive, now), Some(900.0));
+    // Four pulls a day at most: a floor of six hours, longer than the maximum.
+    let quota = producer(
+        "adaptive",
+        "[producer.adaptive]\nmin_interval_secs = 5.0\nmax_interval_secs = 900.0\n\
+         target_drift_seconds = 60.0\nmax_pulls_per_day = 4\n",
+    );
+    assert_eq!(expected_interval_secs(&quota, now), Some(21_600.0));
 }
