@@ -111,10 +111,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// One keyframe of PRODUCER, then the work it left open carried out
-    /// (`apply`: written; `http`: sent to the application; `none`: left for
-    /// it), for cron instead of the daemon. Exit 0 all closed, 1 a failed
-    /// keyframe or any item failed or left open, 3 guarded.
+    /// One keyframe of PRODUCER and the work it left open carried out, for cron instead of the daemon (exit 0 all closed, 1 failed or left open, 3 guarded).
+    ///
+    /// `apply` items are written into the mirror, `http` items sent to the
+    /// application as the daemon's workers send them, `none` items left for
+    /// the application. Waits until every item is done, dead or cancelled,
+    /// or the timeout. Migrates an existing database; creates none.
     Sync {
         #[command(flatten)]
         config: ConfigArg,
@@ -188,7 +190,7 @@ pub enum WorkCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Put a dead item back in the queue.
+    /// Put a dead item back in the queue, or make a pending one due now.
     Retry {
         #[command(flatten)]
         config: ConfigArg,
