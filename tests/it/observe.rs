@@ -528,3 +528,42 @@ async fn the_readme_metrics_table_names_every_family_with_its_type_and_labels() 
     assert!(checked >= 25, "only {checked} driftd_ families were served");
 }
 }
+
+/// The provisioned data source is not Grafana's default, and the dashboard's
+/// `DS_PROMETHEUS` variable is saved selecting it by its uid (README).
+#[test]
+fn the_dashboard_selects_the_provisioned_data_source_by_uid() {
+    let root = repo_root();
+    let provisioning =
+        std::fs::read_to_string(root.join("dashboards/provisioning/datasources/driftd.yml"))
+            .unwrap();
+    let setting = |key: &str| {
+        provisioning
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.trim().strip_prefix(':'))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {key} in the provisioned data source"))
+    };
+    assert_eq!(setting("isDefault"), "false");
+    let uid = setting("uid");
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("dashboards/driftd.json")).unwrap(),
+    )
+    .unwrap();
+    let var = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "DS_PROMETHEUS")
+        .expect("the DS_PROMETHEUS variable");
+    assert_eq!(var["type"], "datasource");
+    assert_eq!(var["current"]["value"], uid, "{var}");
+    // Every panel and the producer variable read through it.
+    for panel in dash["panels"].as_array().unwrap() {
+        assert_eq!(
+            panel["datasource"]["uid"], "${DS_PROMETHEUS}",
+            "{}",
+            panel["title"]
+        );
+    }
+}
