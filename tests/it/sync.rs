@@ -285,6 +285,15 @@ async fn sigterm_during_the_keyframe_records_it_failed(db: &TestDb) {
         }
     })
     .await;
+    // A second sync meanwhile finds the keyframe running and does nothing.
+    let (code, stdout, stderr) = run_async(&["sync", "--config", &cfg, "orders"]).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some("error: a keyframe of producer \"orders\" is already running"),
+        "{stderr}"
+    );
+    assert_eq!(stdout, "");
     crate::support::signal(pid, "TERM");
     let out = child.wait_with_output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
