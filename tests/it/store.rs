@@ -512,7 +512,71 @@ async fn an_ingest_batch_settles_each_delta_in_order(db: &TestDb) {
     );
 }
 
+/// Work items by producer and state (the `driftd_work_items` gauge), and
+/// each item's open and close times (the demo's open drift), on both
+/// backends' column types.
+async fn work_counts_and_spans_per_producer(db: &TestDb) {
+    use driftd::state::WorkState;
+    use driftd::store::NewWork;
+    let store = db.store().await;
+    let item = |key: &str| NewWork {
+        key: key.into(),
+        action: "apply".into(),
+        spec: json!({"producer": "orders", "key": key}).to_string(),
+        dedup_key: format!("dk-{key}"),
+    };
+    let before = driftd::store::now_ms();
+    store
+        .emit_work("orders", &[item("a"), item("b"), item("c")], 5, 0)
+        .await
+        .unwrap();
+    store
+        .emit_work("billing", &[item("x")], 5, 0)
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_work("orders", "w", 2, 60_000, driftd::store::now_ms())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert!(store.complete_work(&claimed[0], "w").await.unwrap());
+
+    let counts = store.work_counts_by_producer().await.unwrap();
+    let n = |p: &str, s: WorkState| counts.get(&(p.to_string(), s)).copied().unwrap_or(0);
+    assert_eq!(
+        (
+            n("orders", WorkState::Pending),
+            n("orders", WorkState::Running),
+            n("orders", WorkState::Done),
+            n("billing", WorkState::Pending),
+        ),
+        (1, 1, 1, 1),
+        "{counts:?}"
+    );
+
+    let spans = store.work_spans("orders", before).await.unwrap();
+    assert_eq!(spans.len(), 3, "{spans:?}");
+    assert!(
+        spans.iter().all(|(opened, _)| *opened >= before),
+        "{spans:?}"
+    );
+    let closed: Vec<(i64, i64)> = spans
+        .iter()
+        .filter_map(|(o, c)| Some((*o, (*c)?)))
+        .collect();
+    assert_eq!(closed.len(), 1, "one done: {spans:?}");
+    assert!(
+        closed[0].1 >= closed[0].0,
+        "closed after it opened: {spans:?}"
+    );
+    // From a later time on, only the items still open.
+    let later = store.work_spans("orders", closed[0].1 + 1).await.unwrap();
+    assert_eq!(later.len(), 2, "{later:?}");
+    assert!(later.iter().all(|(_, c)| c.is_none()), "{later:?}");
+}
+
 crate::on_both_backends!(
+    work_counts_and_spans_per_producer,
     an_ingest_batch_settles_each_delta_in_order,
     one_batch_with_repeated_keys,
     prune_deletes_old_history_and_keeps_what_matters,
