@@ -413,11 +413,14 @@ async fn a_restarted_daemon_exports_the_last_success_at_once(db: &TestDb) {
             .await
             .unwrap();
     }
-    let ok = d.store.runs("orders", 1).await.unwrap().remove(0);
-    assert_eq!(ok.state.as_str(), "ok", "{ok:?}");
-    let failed = d.store.runs("broken", 1).await.unwrap().remove(0);
-    assert_eq!(failed.state.as_str(), "failed", "{failed:?}");
     d.stop().await;
+    // Read once the daemon is stopped: the newest runs it left.
+    let store = db.store().await;
+    let ok = store.runs("orders", 1).await.unwrap().remove(0);
+    assert_eq!(ok.state.as_str(), "ok", "{ok:?}");
+    let failed = store.runs("broken", 1).await.unwrap().remove(0);
+    assert_eq!(failed.state.as_str(), "failed", "{failed:?}");
+    store.close().await;
 
     let before_restart = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
