@@ -260,11 +260,7 @@ pub fn main() -> ExitCode {
             dry_run,
             json,
         } => with_store(&config.config, move |loaded, store| async move {
-            let Some(p) = loaded.config.producer(&producer) else {
-                eprintln!(
-                    "unknown producer {producer:?}; configured: {}",
-                    producer_names(&loaded.config)
-                );
+            let Some(p) = configured(&loaded.config, &producer) else {
                 return Ok(ExitCode::from(EXIT_USAGE));
             };
             // SIGINT/SIGTERM interrupt the run: it is recorded `failed` and
@@ -298,11 +294,7 @@ pub fn main() -> ExitCode {
             keys,
             json,
         } => with_store(&config.config, move |loaded, store| async move {
-            let Some(p) = loaded.config.producer(&producer) else {
-                eprintln!(
-                    "unknown producer {producer:?}; configured: {}",
-                    producer_names(&loaded.config)
-                );
+            let Some(p) = configured(&loaded.config, &producer) else {
                 return Ok(ExitCode::from(EXIT_USAGE));
             };
             if p.fetch.is_none() {
@@ -376,11 +368,7 @@ pub fn main() -> ExitCode {
             json,
         } => {
             with_store(&config.config, move |loaded, store| async move {
-                let Some(p) = loaded.config.producer(&producer) else {
-                    eprintln!(
-                        "unknown producer {producer:?}; configured: {}",
-                        producer_names(&loaded.config)
-                    );
+                let Some(p) = configured(&loaded.config, &producer) else {
                     return Ok(ExitCode::from(EXIT_USAGE));
                 };
                 if p.catchup.is_none() {
@@ -431,11 +419,7 @@ pub fn main() -> ExitCode {
             &config.config,
             Open::Upgrade,
             move |loaded, store| async move {
-                let Some(p) = loaded.config.producer(&producer) else {
-                    eprintln!(
-                        "unknown producer {producer:?}; configured: {}",
-                        producer_names(&loaded.config)
-                    );
+                let Some(p) = configured(&loaded.config, &producer) else {
                     return Ok(ExitCode::from(EXIT_USAGE));
                 };
                 // SIGINT/SIGTERM stop the keyframe or the workers the
@@ -478,14 +462,8 @@ pub fn main() -> ExitCode {
             json,
         } => with_store(&config.config, move |loaded, store| async move {
             let names: Vec<String> = match producer {
-                Some(p) if loaded.config.producer(&p).is_some() => vec![p],
-                Some(p) => {
-                    eprintln!(
-                        "unknown producer {p:?}; configured: {}",
-                        producer_names(&loaded.config)
-                    );
-                    return Ok(ExitCode::from(EXIT_USAGE));
-                }
+                Some(p) if configured(&loaded.config, &p).is_some() => vec![p],
+                Some(_) => return Ok(ExitCode::from(EXIT_USAGE)),
                 None => loaded
                     .config
                     .producers
@@ -682,6 +660,19 @@ where
             }
         }
     })
+}
+
+/// The producer named `name`, or `None` after saying on stderr which
+/// producers the config has.
+fn configured<'a>(c: &'a Config, name: &str) -> Option<&'a crate::config::Producer> {
+    let p = c.producer(name);
+    if p.is_none() {
+        eprintln!(
+            "unknown producer {name:?}; configured: {}",
+            producer_names(c)
+        );
+    }
+    p
 }
 
 fn producer_names(c: &Config) -> String {
@@ -915,11 +906,7 @@ fn replay(
     };
     with_store(path, move |loaded, store| async move {
         if let Some(p) = &producer {
-            if loaded.config.producer(p).is_none() {
-                eprintln!(
-                    "unknown producer {p:?}; configured: {}",
-                    producer_names(&loaded.config)
-                );
+            if configured(&loaded.config, p).is_none() {
                 return Ok(ExitCode::from(EXIT_USAGE));
             }
         }
