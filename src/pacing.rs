@@ -12,7 +12,10 @@
 //! - it grows at most 2× a keyframe, and stays within
 //!   `[max(min_interval, 1 day / max_pulls_per_day, the vendor's quota), max_interval]`;
 //! - a failed or guarded run keeps the estimate and doubles the interval (a
-//!   vendor in trouble or an operator deciding is not helped by more pulls).
+//!   vendor in trouble or an operator deciding is not helped by more pulls);
+//! - the next keyframe is due one interval after this one was due, or after
+//!   it began if it was not scheduled or started an interval late
+//!   ([`next_at`]).
 //!
 //! Why it is stable: the drift found in an interval is an unbiased measure
 //! of the rate whatever the interval (each lost delta is found by the next
@@ -179,6 +182,23 @@ pub fn next(
         interval_secs: interval,
         rate,
         reason,
+    }
+}
+
+/// When the keyframe after one that began at `started_at_ms` (serving the
+/// due time `due_ms`, if scheduled) is due, given the `pace` it set (ms).
+///
+/// A run that started late but within its interval is timed from when it
+/// was due, so the time a busy process takes to start a run (the lease, the
+/// tick claim, the layout check) does not stretch every interval: the
+/// keyframes keep the cadence the pace asks for. A run by hand, or one that
+/// started more than an interval late (the process was down or stalled), is
+/// timed from its start, so it is never followed by a run at once.
+pub(crate) fn next_at(due_ms: Option<i64>, started_at_ms: i64, pace: &Pace) -> i64 {
+    let interval_ms = (pace.interval_secs * 1000.0).round() as i64;
+    match due_ms {
+        Some(due) if due <= started_at_ms && started_at_ms < due + interval_ms => due + interval_ms,
+        _ => started_at_ms + interval_ms,
     }
 }
 

@@ -100,6 +100,9 @@ pub struct Summary {
     /// When the run began (ms), before its pull.
     #[serde(skip)]
     pub(crate) started_at_ms: i64,
+    /// The schedule tick (ms) the run served; `None` for a run started by hand.
+    #[serde(skip)]
+    pub(crate) scheduled_for: Option<i64>,
     /// An adaptive producer's next pace, set by this run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pace: Option<Pace>,
@@ -404,6 +407,7 @@ impl Keyframer {
             causes: BTreeMap::new(),
             detected: BTreeMap::new(),
             started_at_ms: started_at,
+            scheduled_for: tick,
             pace: None,
             duration_ms: 0,
             error: None,
@@ -827,7 +831,7 @@ impl Keyframer {
             .quota_wait()
             .map(|d| d.as_secs_f64());
         let pace = pacing::next(cfg, previous.as_ref(), observed, quota);
-        let next_at = summary.started_at_ms + (pace.interval_secs * 1000.0).round() as i64;
+        let next_at = pacing::next_at(summary.scheduled_for, summary.started_at_ms, &pace);
         self.store.record_pacing(&p.name, &pace, next_at).await?;
         self.metrics.set_pacing(&p.name, &pace);
         info!(

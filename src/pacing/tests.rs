@@ -236,3 +236,22 @@ fn adaptive_pacing_follows_a_loss_step_with_fewer_pulls_and_no_more_drift() {
         fixed.pulls
     );
 }
+
+#[test]
+fn a_late_start_does_not_stretch_the_interval() {
+    let pace = Pace {
+        interval_secs: 0.25,
+        rate: 2.0,
+        reason: Reason::DriftRate,
+    };
+    // Due at 10,000 ms, started 40 ms late: the next is due 250 ms after 10,000.
+    assert_eq!(next_at(Some(10_000), 10_040, &pace), 10_250);
+    // On time.
+    assert_eq!(next_at(Some(10_000), 10_000, &pace), 10_250);
+    // More than an interval late (the process was down): from the start.
+    assert_eq!(next_at(Some(10_000), 10_250, &pace), 10_500);
+    assert_eq!(next_at(Some(10_000), 70_000, &pace), 70_250);
+    // By hand, or a start before its due time (another replica's clock): from the start.
+    assert_eq!(next_at(None, 10_040, &pace), 10_290);
+    assert_eq!(next_at(Some(10_100), 10_040, &pace), 10_290);
+}
