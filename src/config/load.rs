@@ -107,7 +107,7 @@ impl Config {
             file: file.clone(),
             problems: vec![Problem {
                 path: String::new(),
-                message: format!("cannot read config file: {e}"),
+                message: format!("cannot read config file {file}: {e}"),
                 at: None,
             }],
         })?;

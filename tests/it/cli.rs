@@ -26,6 +26,22 @@ fn check_accepts_the_example_config() {
 }
 
 #[test]
+fn a_missing_config_file_is_named_once_by_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nowhere.toml");
+    let path = path.to_str().unwrap();
+    for cmd in ["check", "status", "migrate", "run"] {
+        let (code, _, stderr) = run(&[cmd, "--config", path]);
+        assert_eq!(code, 64, "{cmd}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot read config file {path}: No such file")),
+            "{cmd}: {stderr}"
+        );
+    }
+    assert!(!std::path::Path::new(path).exists());
+}
+
+#[test]
 fn check_lists_every_problem_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
