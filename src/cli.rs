@@ -62,7 +62,8 @@ pub enum Command {
         #[arg(long)]
         probe: bool,
     },
-    /// Apply database migrations.
+    /// Create the database if it is missing and apply every pending migration
+    /// (`run` does the same on start).
     Migrate(ConfigArg),
     /// Walk the hash-chained `changes` log and report the first broken link.
     Verify(ConfigArg),
