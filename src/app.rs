@@ -351,11 +351,14 @@ pub(crate) async fn refresh_once(
     config: &Config,
     started_ms: i64,
 ) -> anyhow::Result<()> {
-    let open = store.open_work_by_producer().await?;
+    // One scan of the queue gives both the items per state and the open
+    // drift (pending and running items).
+    let counts = store.work_counts_by_producer().await?;
     let health = store.producer_health().await?;
     let guarded = store.guarded_runs().await?;
     let backlog = store.fetch_backlog().await?;
     for p in &config.producers {
+        let count = |state| counts.get(&(p.name.clone(), state)).copied().unwrap_or(0);
         if p.fetch.is_some() {
             metrics
                 .fetch_backlog
@@ -373,7 +376,7 @@ pub(crate) async fn refresh_once(
         metrics
             .drift_open
             .with_label_values(&[&p.name])
-            .set(open.get(&p.name).copied().unwrap_or(0));
+            .set(count(WorkState::Pending) + count(WorkState::Running));
         // From the database, so a restart (or another replica's keyframe)
         // shows the real last success, never 0 or nothing.
         let succeeded = store.keyframe_succeeded_at(&p.name).await?;
@@ -391,14 +394,11 @@ pub(crate) async fn refresh_once(
                 .with_label_values(&[&p.name, h.as_str()])
                 .set(i64::from(*h == current));
         }
-    }
-    let counts = store.work_counts_by_producer().await?;
-    for p in &config.producers {
         for state in [WorkState::Pending, WorkState::Running, WorkState::Dead] {
             metrics
                 .work_items
                 .with_label_values(&[&p.name, state.as_str()])
-                .set(counts.get(&(p.name.clone(), state)).copied().unwrap_or(0));
+                .set(count(state));
         }
     }
     Ok(())

@@ -205,10 +205,7 @@ impl Store {
             {
                 let key: String = r.try_get(0).map_err(db("read open work of entities"))?;
                 let state: String = r.try_get(1).map_err(db("read open work of entities"))?;
-                let state = WorkState::parse(&state).ok_or_else(|| StoreError::Corrupt {
-                    table: "work",
-                    reason: format!("unknown state {state:?}"),
-                })?;
+                let state = super::work::work_state(&state)?;
                 out.insert(key, state);
             }
         }

@@ -53,6 +53,14 @@ const WORK_COLUMNS: &str =
     "id, time, producer, key, action, state, run_at, attempts, max_attempts, \
      last_error, locked_by, dedup_key, spec";
 
+/// A work item's state as stored; anything else is a corrupt row.
+pub(super) fn work_state(state: &str) -> Result<WorkState, StoreError> {
+    WorkState::parse(state).ok_or_else(|| StoreError::Corrupt {
+        table: "work",
+        reason: format!("unknown state {state:?}"),
+    })
+}
+
 fn work_from_row(r: &Row) -> Result<WorkRow, StoreError> {
     let e = db("read a work item");
     let state: String = r.try_get(5).map_err(e)?;
@@ -62,10 +70,7 @@ fn work_from_row(r: &Row) -> Result<WorkRow, StoreError> {
         producer: r.try_get(2).map_err(e)?,
         key: r.try_get(3).map_err(e)?,
         action: r.try_get(4).map_err(e)?,
-        state: WorkState::parse(&state).ok_or_else(|| StoreError::Corrupt {
-            table: "work",
-            reason: format!("unknown state {state:?}"),
-        })?,
+        state: work_state(&state)?,
         run_at: r.try_get(6).map_err(e)?,
         attempts: r.try_get(7).map_err(e)?,
         max_attempts: r.try_get(8).map_err(e)?,
@@ -572,17 +577,8 @@ impl Store {
     /// Item counts by state (all states present, zero when none).
     pub async fn work_counts(&self) -> Result<BTreeMap<WorkState, i64>, StoreError> {
         let mut out: BTreeMap<WorkState, i64> = WorkState::ALL.iter().map(|s| (*s, 0)).collect();
-        for r in query("SELECT state, COUNT(*) FROM work GROUP BY state")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("count work"))?
-        {
-            let state: String = r.try_get(0).map_err(db("count work"))?;
-            let state = WorkState::parse(&state).ok_or_else(|| StoreError::Corrupt {
-                table: "work",
-                reason: format!("unknown state {state:?}"),
-            })?;
-            out.insert(state, r.try_get(1).map_err(db("count work"))?);
+        for ((_, state), n) in self.work_counts_by_producer().await? {
+            *out.entry(state).or_default() += n;
         }
         Ok(out)
     }
@@ -599,10 +595,7 @@ impl Store {
         {
             let producer: String = r.try_get(0).map_err(db("count work per producer"))?;
             let state: String = r.try_get(1).map_err(db("count work per producer"))?;
-            let state = WorkState::parse(&state).ok_or_else(|| StoreError::Corrupt {
-                table: "work",
-                reason: format!("unknown state {state:?}"),
-            })?;
+            let state = work_state(&state)?;
             out.insert(
                 (producer, state),
                 r.try_get(2).map_err(db("count work per producer"))?,
@@ -641,10 +634,7 @@ impl Store {
                 .map_err(db("count work items by state"))?
             {
                 let state: String = r.try_get(0).map_err(db("count work items by state"))?;
-                let state = WorkState::parse(&state).ok_or_else(|| StoreError::Corrupt {
-                    table: "work",
-                    reason: format!("unknown state {state:?}"),
-                })?;
+                let state = work_state(&state)?;
                 let n: i64 = r.try_get(1).map_err(db("count work items by state"))?;
                 *out.entry(state).or_default() += n.unsigned_abs();
             }
