@@ -101,10 +101,8 @@ impl App {
                     .with_label_values(&[&p.name])
                     .set(secs);
             }
-            match p.work.action {
-                crate::config::Action::Apply => metrics.init_action(&p.name, "apply"),
-                crate::config::Action::Http => metrics.init_action(&p.name, "http"),
-                crate::config::Action::None => {}
+            if p.work.action != crate::config::Action::None {
+                metrics.init_action(&p.name, p.work.action.as_str());
             }
         }
         Self {

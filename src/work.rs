@@ -68,14 +68,6 @@ impl WorkSpec {
     }
 }
 
-fn action_name(a: Action) -> &'static str {
-    match a {
-        Action::Apply => "apply",
-        Action::Http => "http",
-        Action::None => "none",
-    }
-}
-
 /// Emits one work item per drift of run `run_id`; returns the items written.
 pub async fn emit_run(store: &Store, p: &Producer, run_id: i64) -> Result<u64, StoreError> {
     let pull_began = store
@@ -131,7 +123,7 @@ fn new_work(p: &Producer, run_id: i64, d: DriftRow) -> NewWork {
         expected_hash: d.remote_hash.map(|h| h.to_hex()),
         local_hash: d.local_hash.map(|h| h.to_hex()),
         run_id,
-        action: action_name(p.work.action).to_string(),
+        action: p.work.action.as_str().to_string(),
         record,
         version,
     };
@@ -254,7 +246,7 @@ async fn perform(
         Action::Http => post(&spec, item, p, client).await,
         Action::Apply | Action::None => Err(Failure::Intransient(format!(
             "action {:?} is not carried out one item at a time",
-            action_name(p.work.action)
+            p.work.action.as_str()
         ))),
     }
 }
@@ -622,7 +614,7 @@ impl Workers {
         f: &Failure,
         now: i64,
     ) -> Result<(), StoreError> {
-        let action = action_name(p.work.action);
+        let action = p.work.action.as_str();
         let (next, run_at) = after_failure(
             f,
             item.attempts,
@@ -659,7 +651,7 @@ impl Workers {
     /// Carries out one `http` item, renewing its lease while the call runs,
     /// and records the outcome. Errors are logged here, where they end.
     async fn carry_out(&self, p: &Producer, item: WorkRow) {
-        let action = action_name(p.work.action);
+        let action = p.work.action.as_str();
         let started = Instant::now();
         let result = tokio::select! {
             r = perform(&item, p, &self.client) => r,

@@ -106,7 +106,7 @@ pub(super) async fn sync(
     };
     let report = Report {
         producer: p.name.clone(),
-        action: action_name(p.work.action),
+        action: p.work.action.as_str(),
         keyframe: summary,
         work,
     };
@@ -178,14 +178,6 @@ fn exit_code(keyframe: RunState, work: Option<&WorkOutcome>) -> ExitCode {
         Some(w) if w.failed > 0 => ExitCode::FAILURE,
         Some(w) if w.left_open > 0 && w.ended != Ended::LeftForApplication => ExitCode::FAILURE,
         _ => ExitCode::SUCCESS,
-    }
-}
-
-fn action_name(a: Action) -> &'static str {
-    match a {
-        Action::Apply => "apply",
-        Action::Http => "http",
-        Action::None => "none",
     }
 }
 

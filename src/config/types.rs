@@ -448,6 +448,17 @@ pub enum Action {
     None,
 }
 
+impl Action {
+    /// The action as written in the config (and in the work metrics' label).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Apply => "apply",
+            Self::Http => "http",
+            Self::None => "none",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkConfig {
     #[serde(default)]
