@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::keyframe::holder::Holder;
 use crate::keyframe::run::Keyframer;
 use crate::metrics::Metrics;
 use crate::server::{router, AppState};
@@ -144,11 +145,7 @@ impl App {
             client: self.client.clone(),
             metrics: self.metrics.clone(),
             wake: wake.clone(),
-            id: format!(
-                "worker-{}-{:08x}",
-                std::process::id(),
-                rand::random::<u32>()
-            ),
+            id: Holder::current().to_string(),
         };
         for p in &self.config.producers {
             tasks.spawn(crate::schedule::run_schedule(

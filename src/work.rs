@@ -18,6 +18,7 @@ use crate::canonical::RecordHash;
 use crate::config::{Action, Producer};
 use crate::entity::{Change, EntityWrite, Source, WriteRule};
 use crate::keyframe::compare::DriftKind;
+use crate::keyframe::holder::Holder;
 use crate::metrics::Metrics;
 use crate::redact::{redact_url, request_error};
 use crate::state::WorkState;
@@ -361,6 +362,9 @@ pub struct Workers {
     pub client: reqwest::Client,
     pub metrics: Metrics,
     pub wake: std::sync::Arc<Notify>,
+    /// Written into the leases of the items this worker holds: the
+    /// process's identity (`keyframe::holder::Holder`) lets another process
+    /// on the same machine take them back at once if this one is killed.
     pub id: String,
 }
 
@@ -503,7 +507,10 @@ impl Workers {
         calls.abandon(self).await;
     }
 
-    /// Returns items whose lease expired to the queue.
+    /// Returns to the queue the items whose lease expired, and at once those
+    /// of a worker whose process stopped without releasing them (SIGKILL, a
+    /// crash), when this process can tell (the same process table, see
+    /// `keyframe/holder.rs`); elsewhere their leases' expiry decides.
     async fn reclaim(&self) -> Result<(), StoreError> {
         let reclaimed = self.store.reclaim_expired_work(now_ms()).await?;
         if reclaimed > 0 {
@@ -511,6 +518,19 @@ impl Workers {
                 reclaimed,
                 "work items with expired leases returned to the queue"
             );
+        }
+        let Some(me) = Holder::parse(&self.id) else {
+            return Ok(());
+        };
+        for holder in self.store.work_holders().await? {
+            if Holder::parse(&holder).is_some_and(|h| me.sees_stopped(&h)) {
+                let released = self.store.release_work_of(&holder, now_ms()).await?;
+                info!(
+                    released,
+                    holder = %holder,
+                    "work items of a worker that stopped without releasing them returned to the queue"
+                );
+            }
         }
         Ok(())
     }

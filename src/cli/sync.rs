@@ -98,7 +98,7 @@ pub(super) async fn sync(
                 client,
                 metrics,
                 wake,
-                id: format!("sync-{}-{:08x}", std::process::id(), rand::random::<u32>()),
+                id: crate::keyframe::holder::Holder::current().to_string(),
             };
             Some(carry_out(&workers, p, timeout, &shutdown).await?)
         }

@@ -49,6 +49,13 @@ pub struct WorkRow {
     pub spec: String,
 }
 
+/// Returns a running item to the queue (`dead` once out of attempts), due
+/// at `$1`; completed by the `last_error` expression and a `WHERE`.
+const RETURN_RUNNING: &str = "UPDATE work SET
+       state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
+       locked_by = NULL, locked_until = NULL, run_at = $1, updated_at = $1,
+       last_error =";
+
 const WORK_COLUMNS: &str =
     "id, time, producer, key, action, state, run_at, attempts, max_attempts, \
      last_error, locked_by, dedup_key, spec";
@@ -530,17 +537,42 @@ impl Store {
     /// milliseconds) to `pending` (or `dead` once out of attempts), due at
     /// `now`. Returns how many were reclaimed.
     pub async fn reclaim_expired_work(&self, now: i64) -> Result<u64, StoreError> {
-        let done = query(
-            "UPDATE work SET
-               state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
-               last_error = 'lease expired: the worker holding it stopped (' || COALESCE(locked_by, '?') || ')',
-               locked_by = NULL, locked_until = NULL, run_at = $1, updated_at = $1
-             WHERE state = 'running' AND locked_until < $1",
-        )
+        let done = query(&format!(
+            "{RETURN_RUNNING} 'lease expired: the worker holding it stopped (' || COALESCE(locked_by, '?') || ')'
+             WHERE state = 'running' AND locked_until < $1"
+        ))
         .bind(At(now))
         .execute(&self.pool)
         .await
         .map_err(db("reclaim expired work"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// The workers holding running items (their ids), for a worker to tell
+    /// which of them stopped without releasing their items.
+    pub(crate) async fn work_holders(&self) -> Result<Vec<String>, StoreError> {
+        query_scalar(
+            "SELECT DISTINCT locked_by FROM work WHERE state = 'running' AND locked_by IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read work lease holders"))
+    }
+
+    /// Returns the running items of `holder`, a worker whose process stopped
+    /// without releasing them (SIGKILL, a crash), to the queue as an expired
+    /// lease would, due at `now`, without waiting for the lease to expire.
+    /// Returns how many.
+    pub(crate) async fn release_work_of(&self, holder: &str, now: i64) -> Result<u64, StoreError> {
+        let done = query(&format!(
+            "{RETURN_RUNNING} 'the worker holding it stopped without releasing it (' || locked_by || ')'
+             WHERE state = 'running' AND locked_by = $2"
+        ))
+        .bind(At(now))
+        .bind(holder)
+        .execute(&self.pool)
+        .await
+        .map_err(db("release the work of a stopped worker"))?;
         Ok(done.rows_affected())
     }
 

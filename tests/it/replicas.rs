@@ -189,9 +189,10 @@ async fn a_worker_killed_mid_item_is_finished_by_another_once() {
     let (vendor, addr) = Vendor::start(50).await;
     let snapshot = crate::support::snapshot_toml("none", addr);
     // The lease outlasts a call (as `driftd check` requires) and is renewed
-    // while A's call hangs; A is killed long before its call times out.
+    // while A's call hangs; A is killed long before its call times out, and
+    // its lease would hold the item for five minutes.
     let work = format!(
-        "action = \"http\"\nurl = \"{app_url}\"\ntimeout_secs = 5\nlease_secs = 6\nbackoff_base_ms = 10\nbackoff_max_ms = 100"
+        "action = \"http\"\nurl = \"{app_url}\"\ntimeout_secs = 100\nlease_secs = 300\nbackoff_base_ms = 10\nbackoff_max_ms = 100"
     );
     let p = producer(&snapshot, &format!("[producer.work]\n{work}"));
     seed(&store, &p, &vendor.snapshot()).await;
@@ -217,9 +218,10 @@ async fn a_worker_killed_mid_item_is_finished_by_another_once() {
     assert_eq!(running.state, driftd::state::WorkState::Running);
     a.kill();
 
-    // Daemon B takes the item over once A's lease expires, and finishes it.
+    // Daemon B, on the same machine, sees that A's process is gone and takes
+    // the item over at once (not when A's lease expires), and finishes it.
     let _b = spawn_daemon_with(dir.path(), "b", &db.url, &snapshot, &work, yearly);
-    crate::support::wait_for("daemon B to finish the item", 60, || {
+    crate::support::wait_for("daemon B to take the item over and finish it", 60, || {
         let store = store.clone();
         async move {
             store.work_item(item.id).await.unwrap().unwrap().state == driftd::state::WorkState::Done

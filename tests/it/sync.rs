@@ -1,4 +1,4 @@
-//! `driftd sync` through the real binary on both backends: the mirror equals the loopback vendor after it exits 0 (`apply` and `http`), `none` items are left open, a guarded keyframe exits 3, a dead item exits 1, and SIGTERM leaves runs and items recorded.
+//! `driftd sync` through the real binary on both backends: the mirror equals the loopback vendor after it exits 0 (`apply` and `http`), `none` items are left open, a guarded keyframe exits 3, a dead item exits 1, SIGTERM leaves runs and items recorded, and after a SIGKILL the next sync takes the items back at once.
 
 use std::time::Duration;
 
@@ -256,6 +256,61 @@ async fn sigterm_during_the_work_returns_the_items(db: &TestDb) {
     }
 }
 
+/// SIGKILL while the application holds the calls: the process records
+/// nothing on its way out, yet the next sync on this machine sees it gone,
+/// takes its four items back at once (not when their ten-minute leases
+/// expire) and closes all six.
+async fn sigkill_during_the_work_leaves_the_items_to_the_next_sync(db: &TestDb) {
+    let (_vendor, addr) = Vendor::start(6).await;
+    // The killed process's four calls hang; every later one answers at once.
+    let (app, url) = AppStandIn::start(Answers::after(|n, _| {
+        Duration::from_secs(if n < 4 { 60 } else { 0 })
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        db,
+        addr,
+        &format!("action = \"http\"\nurl = \"{url}\"\ntimeout_secs = 120\nlease_secs = 600\nconcurrency = 4"),
+    );
+    assert_eq!(run_async(&["migrate", "--config", &cfg]).await.0, 0);
+    let mut child = tokio::process::Command::new(crate::support::driftd_bin())
+        .args(["sync", "--config", &cfg, "orders"])
+        .env_remove("DRIFTD_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    crate::support::eventually("four calls in flight", || {
+        let app = app.clone();
+        async move { (app.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 4).then_some(()) }
+    })
+    .await;
+    crate::support::signal(pid, "KILL");
+    child.wait().await.unwrap();
+    let store = db.store().await;
+    let running = store
+        .list_work(Some(driftd::state::WorkState::Running), 100)
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 4, "{running:?}");
+
+    let (code, report, stderr) = sync_json(&cfg).await;
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    assert_eq!(report["work"]["ended"], "closed", "{report}");
+    let items = store.list_work(None, 100).await.unwrap();
+    store.close().await;
+    assert_eq!(items.len(), 6);
+    for w in &items {
+        assert_eq!(w.state, driftd::state::WorkState::Done, "{w:?}");
+    }
+    // The four taken over were called again (same Idempotency-Key), the
+    // other two once.
+    assert_eq!(app.calls.load(std::sync::atomic::Ordering::SeqCst), 10);
+}
+
 /// SIGTERM during the keyframe's pull: the run is recorded `failed`, its
 /// lease released (the next sync runs at once), and nothing is carried out.
 async fn sigterm_during_the_keyframe_records_it_failed(db: &TestDb) {
@@ -319,5 +374,6 @@ crate::on_both_backends!(
     http_sync_sends_the_work_and_reports_what_failed,
     none_sync_leaves_the_items_to_the_application,
     sigterm_during_the_work_returns_the_items,
+    sigkill_during_the_work_leaves_the_items_to_the_next_sync,
     sigterm_during_the_keyframe_records_it_failed,
 );
