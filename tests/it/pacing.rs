@@ -104,16 +104,6 @@ version = "/version"
     )
 }
 
-/// What one producer went through.
-#[derive(Debug, Default)]
-struct Seen {
-    /// Open drift sampled every 100 ms, integrated: until each drift is
-    /// corrected, the keyframe's own time and the correction included.
-    sampled_drift_seconds: f64,
-    /// `(seconds since the churn began, interval chosen)` per keyframe.
-    paced: Vec<(f64, f64)>,
-}
-
 /// What a schedule made of the lost deltas.
 #[derive(Debug)]
 struct Outcome {
@@ -210,10 +200,13 @@ async fn adaptive_pacing_follows_the_loss_rate(db: &TestDb) {
         phase_ends.push(end as f64);
     }
     let started = Instant::now();
-    let mut seen: BTreeMap<&str, Seen> = BTreeMap::new();
-    let mut last_update: BTreeMap<&str, i64> = BTreeMap::new();
+    // `(seconds since the churn began, interval chosen)` per adaptive
+    // keyframe, read every 50 ms (the floor is 125 ms), so the test's own
+    // reads stay light beside the daemon's.
+    let mut paced: Vec<(f64, f64)> = Vec::new();
+    let mut last_update = None;
+    let mut polled = Instant::now();
     let mut lost_at: Vec<i64> = Vec::new();
-    let mut sample = Instant::now();
     // When each phase began, by the clock (later than due if the machine lags).
     let mut phase_began: Vec<f64> = Vec::new();
     for change in 1..=end * PER_SEC {
@@ -236,63 +229,43 @@ async fn adaptive_pacing_follows_the_loss_rate(db: &TestDb) {
             assert_eq!(d.send("adaptive", &a, &id).await.0, 200);
             assert_eq!(d.send("fixed", &f, &id).await.0, 200);
         }
-        // Every pace chosen, and the open drift every 100 ms.
-        let dt = sample.elapsed().as_secs_f64();
-        let sampling = dt >= 0.1;
-        if sampling {
-            sample = Instant::now();
-        }
-        for (name, vendor) in [("adaptive", &adaptive), ("fixed", &fixed)] {
-            let s = seen.entry(name).or_default();
-            if let Some(p) = d.store.pacing(name).await.unwrap() {
-                if last_update.get(name) != Some(&p.updated_at) {
-                    last_update.insert(name, p.updated_at);
-                    s.paced
-                        .push((started.elapsed().as_secs_f64(), p.pace.interval_secs));
+        if polled.elapsed() >= Duration::from_millis(50) {
+            polled = Instant::now();
+            if let Some(p) = d.store.pacing("adaptive").await.unwrap() {
+                if last_update != Some(p.updated_at) {
+                    last_update = Some(p.updated_at);
+                    paced.push((started.elapsed().as_secs_f64(), p.pace.interval_secs));
                 }
-            }
-            if sampling {
-                let open = differing(&d.store, name, &vendor.records).await.len();
-                s.sampled_drift_seconds += open as f64 * dt;
             }
         }
     }
     let churn_secs = started.elapsed().as_secs_f64();
     let a_out = outcome(&d, "adaptive", a0, &lost_at).await;
     let f_out = outcome(&d, "fixed", f0, &lost_at).await;
-    let (a, f) = (&seen["adaptive"], &seen["fixed"]);
     eprintln!(
         "{} deltas lost over {churn_secs:.0} s; fixed {FIXED_SECS} s: {} pulls, {:.2} drift-seconds until found, \
-         {:.2} until corrected, keyframes {:.1} ms late; adaptive {MIN_SECS}..{MAX_SECS} s: {} pulls ({:.2}×), \
-         {:.2} until found ({:.2}×), {:.2} until corrected, keyframes {:.1} ms late",
+         keyframes {:.1} ms late; adaptive {MIN_SECS}..{MAX_SECS} s: {} pulls ({:.2}×), \
+         {:.2} until found ({:.2}×), keyframes {:.1} ms late",
         lost_at.len(),
         f_out.pulls,
         f_out.drift_seconds,
-        f.sampled_drift_seconds,
         f_out.late_ms,
         a_out.pulls,
         a_out.pulls as f64 / f_out.pulls as f64,
         a_out.drift_seconds,
         a_out.drift_seconds / f_out.drift_seconds,
-        a.sampled_drift_seconds,
         a_out.late_ms,
     );
     let (up, down) = (phase_began[1], phase_began[2]);
     // Quiet before the step up: near the ceiling.
-    let before: Vec<f64> = a
-        .paced
-        .iter()
-        .filter(|(t, _)| *t < up)
-        .map(|p| p.1)
-        .collect();
+    let before: Vec<f64> = paced.iter().filter(|(t, _)| *t < up).map(|p| p.1).collect();
     assert!(
         *before.last().unwrap() >= MAX_SECS / 2.0,
         "before the step up: {before:?}"
     );
     // Within three keyframes of the step up (the first of which may come a
     // whole quiet interval later): at most twice the floor.
-    let after_up: Vec<f64> = a
-        .paced
+    let after_up: Vec<f64> = paced
         .iter()
         .filter(|(t, _)| *t >= up)
         .map(|p| p.1)
@@ -306,8 +279,7 @@ async fn adaptive_pacing_follows_the_loss_rate(db: &TestDb) {
     // estimate halves), and back again after each dip that one lost delta
     // in a thousand brings (never more than 8 keyframes below it, unless
     // the churn ends in one), so the ceiling is most of the quiet phase.
-    let after_down: Vec<f64> = a
-        .paced
+    let after_down: Vec<f64> = paced
         .iter()
         .filter(|(t, _)| *t >= down)
         .map(|p| p.1)
