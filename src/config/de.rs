@@ -115,6 +115,44 @@ pub(super) fn read<T: DeserializeOwned>(root: &Node) -> (Option<T>, Read) {
     }
 }
 
+/// `a`, `a or b`, `a, b or c`.
+fn one_of(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// The field names serde's derived `Deserialize` of `T` reads, if `T` is
+/// a struct (else none): asked by a deserializer that only records them.
+pub(super) fn fields_of<'de, T: de::Deserialize<'de>>() -> &'static [&'static str] {
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("fields recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
+
 /// The nearest of `candidates` to `word`, when one is close enough to be what was meant.
 pub(super) fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let limit = word.chars().count().max(3) / 3;
@@ -488,9 +526,17 @@ impl<'de> de::Deserializer<'de> for De<'_, '_> {
                         out.push((key.clone(), Some(value)));
                         continue;
                     }
-                    let message = match suggest(key, fields) {
-                        Some(s) => format!("unknown key `{key}`, did you mean `{s}`?"),
-                        None => format!("unknown key `{key}`"),
+                    let homes: Vec<&str> = super::types::tables()
+                        .into_iter()
+                        .filter(|(_, keys)| keys.contains(&key.as_str()))
+                        .map(|(table, _)| table)
+                        .collect();
+                    let message = match (homes.as_slice(), suggest(key, fields)) {
+                        ([], Some(s)) => format!("unknown key `{key}`, did you mean `{s}`?"),
+                        ([], None) => format!("unknown key `{key}`"),
+                        (homes, _) => {
+                            format!("unknown key `{key}` here, it belongs in {}", one_of(homes))
+                        }
                     };
                     // What follows an unknown key may be a mistyped secret.
                     value.leaf_spans(&mut self.read.hidden);

@@ -412,6 +412,29 @@ fn problems_point_at_the_line_and_column() {
         .contains("\x1b[1;31merror"));
 }
 
+/// A valid key in the wrong table names the tables it belongs in.
+#[test]
+fn a_key_in_the_wrong_table_says_where_it_belongs() {
+    let text = "listen = \"127.0.0.1:1\"\n".to_string()
+        + &producer("lease_secs = 30\ntimeout_secs = 5")
+        + "[producer.work]\naction = \"apply\"\nitems = \"/data\"\n";
+    assert_eq!(
+        shown(&problems(&text)),
+        [
+            "listen: unknown key `listen` here, it belongs in [server]",
+            "producer[0].lease_secs: unknown key `lease_secs` here, it belongs in [producer.work]",
+            "producer[0].timeout_secs: unknown key `timeout_secs` here, it belongs in \
+             [producer.snapshot], [producer.work] or [producer.fetch]",
+            "producer[0].work.items: unknown key `items` here, it belongs in \
+             [producer.snapshot] or [producer.webhook]",
+        ]
+    );
+    // Every table's keys are read from its type.
+    for (table, keys) in super::types::tables() {
+        assert!(!keys.is_empty(), "{table}");
+    }
+}
+
 #[test]
 fn unknown_keys_and_values_suggest_the_nearest() {
     let text = "[server]\nlistn = \"127.0.0.1:1\"\n[databse]\n".to_string()

@@ -37,6 +37,29 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Every table of the file, as its header is written, with its keys (from
+/// the types' own field lists): where a key unknown in one table belongs.
+pub(super) fn tables() -> [(&'static str, &'static [&'static str]); 12] {
+    use super::de::fields_of;
+    [
+        ("[server]", fields_of::<ServerConfig>()),
+        ("[database]", fields_of::<DatabaseConfig>()),
+        ("[[producer]]", fields_of::<ProducerConfig>()),
+        ("[producer.snapshot]", fields_of::<SnapshotConfig>()),
+        (
+            "[producer.snapshot.pagination]",
+            fields_of::<PaginationConfig>(),
+        ),
+        ("[producer.webhook]", fields_of::<WebhookConfig>()),
+        ("[producer.email]", fields_of::<EmailConfig>()),
+        ("[[producer.email.rule]]", fields_of::<EmailRule>()),
+        ("[producer.work]", fields_of::<WorkConfig>()),
+        ("[producer.fetch]", fields_of::<FetchConfig>()),
+        ("[producer.catchup]", fields_of::<CatchupConfig>()),
+        ("[producer.adaptive]", fields_of::<AdaptiveConfig>()),
+    ]
+}
+
 /// The file as written, before validation compiles its producers.
 #[derive(Debug, Clone, Deserialize)]
 pub(super) struct ConfigFile {
