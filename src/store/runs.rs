@@ -63,6 +63,14 @@ const RUN_COLUMNS: &str =
      buckets_mismatched, rows_read, missing, extra, changed, skipped_races, error, approved_at, \
      scheduled_for";
 
+/// A stored run state, or the row is corrupt.
+fn run_state(state: &str) -> Result<RunState, StoreError> {
+    RunState::parse(state).ok_or_else(|| StoreError::Corrupt {
+        table: "keyframe_runs",
+        reason: format!("unknown state {state:?}"),
+    })
+}
+
 fn run_from_row(r: &Row) -> Result<RunRow, StoreError> {
     let e = db("read a keyframe run");
     let n = |i: usize| r.try_get::<i64>(i).map(|v| v as u64).map_err(e);
@@ -70,10 +78,7 @@ fn run_from_row(r: &Row) -> Result<RunRow, StoreError> {
     Ok(RunRow {
         id: r.try_get(0).map_err(e)?,
         producer: r.try_get(1).map_err(e)?,
-        state: RunState::parse(&state).ok_or_else(|| StoreError::Corrupt {
-            table: "keyframe_runs",
-            reason: format!("unknown state {state:?}"),
-        })?,
+        state: run_state(&state)?,
         started_at: r.try_get(3).map_err(e)?,
         finished_at: r.try_get(4).map_err(e)?,
         counts: RunCounts {
@@ -312,11 +317,7 @@ impl Store {
         row.map(|r| {
             let e = db("find a newer keyframe run");
             let state: String = r.try_get(1).map_err(e)?;
-            let state = RunState::parse(&state).ok_or_else(|| StoreError::Corrupt {
-                table: "keyframe_runs",
-                reason: format!("unknown state {state:?}"),
-            })?;
-            Ok((r.try_get(0).map_err(e)?, state))
+            Ok((r.try_get(0).map_err(e)?, run_state(&state)?))
         })
         .transpose()
     }
