@@ -529,13 +529,17 @@ impl Store {
         before_id: i64,
         limit: i64,
     ) -> Result<Vec<InboxRow>, StoreError> {
+        // The outcome is written into the statement, not bound: only then can
+        // either database use the partial index of that outcome's rows
+        // (`inbox_pending_by_producer`, `inbox_refused`) instead of walking
+        // every delta the producer ever sent.
         let sql = format!(
-            "SELECT {COLUMNS} FROM inbox WHERE producer = $1 AND outcome = $2 AND id < $3
-             ORDER BY id DESC LIMIT $4"
+            "SELECT {COLUMNS} FROM inbox WHERE producer = $1 AND outcome = '{}' AND id < $2
+             ORDER BY id DESC LIMIT $3",
+            outcome.as_str()
         );
         let rows = query(&sql)
             .bind(producer)
-            .bind(outcome.as_str())
             .bind(before_id)
             .bind(limit)
             .fetch_all(&self.pool)

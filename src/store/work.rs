@@ -50,7 +50,10 @@ pub struct WorkRow {
 }
 
 /// Returns a running item to the queue (`dead` once out of attempts), due
-/// at `$1`; completed by the `last_error` expression and a `WHERE`.
+/// at `$1`; completed by the `last_error` expression and a `WHERE`. Those
+/// `WHERE`s name `state IN ('pending', 'running')` as well as `running`:
+/// SQLite uses the partial index of open items only when a query repeats
+/// its condition, and otherwise reads the whole table, done items included.
 const RETURN_RUNNING: &str = "UPDATE work SET
        state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
        locked_by = NULL, locked_until = NULL, run_at = $1, updated_at = $1,
@@ -539,7 +542,7 @@ impl Store {
     pub async fn reclaim_expired_work(&self, now: i64) -> Result<u64, StoreError> {
         let done = query(&format!(
             "{RETURN_RUNNING} 'lease expired: the worker holding it stopped (' || COALESCE(locked_by, '?') || ')'
-             WHERE state = 'running' AND locked_until < $1"
+             WHERE state IN ('pending', 'running') AND state = 'running' AND locked_until < $1"
         ))
         .bind(At(now))
         .execute(&self.pool)
@@ -552,7 +555,8 @@ impl Store {
     /// which of them stopped without releasing their items.
     pub(crate) async fn work_holders(&self) -> Result<Vec<String>, StoreError> {
         query_scalar(
-            "SELECT DISTINCT locked_by FROM work WHERE state = 'running' AND locked_by IS NOT NULL",
+            "SELECT DISTINCT locked_by FROM work
+             WHERE state IN ('pending', 'running') AND state = 'running' AND locked_by IS NOT NULL",
         )
         .fetch_all(&self.pool)
         .await
@@ -566,7 +570,7 @@ impl Store {
     pub(crate) async fn release_work_of(&self, holder: &str, now: i64) -> Result<u64, StoreError> {
         let done = query(&format!(
             "{RETURN_RUNNING} 'the worker holding it stopped without releasing it (' || locked_by || ')'
-             WHERE state = 'running' AND locked_by = $2"
+             WHERE state IN ('pending', 'running') AND state = 'running' AND locked_by = $2"
         ))
         .bind(At(now))
         .bind(holder)
