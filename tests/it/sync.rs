@@ -208,17 +208,20 @@ async fn none_sync_leaves_the_items_to_the_application(db: &TestDb) {
     assert_eq!(pending.len(), 5);
 }
 
-/// SIGTERM while the application holds the calls: the process exits 1,
-/// the keyframe run stays recorded, and every item is back in the queue
-/// (pending, no lease) instead of waiting for its lease to expire.
-async fn sigterm_during_the_work_returns_the_items(db: &TestDb) {
-    let (_vendor, addr) = Vendor::start(6).await;
-    let (app, url) = AppStandIn::start(Answers::after(|_, _| Duration::from_secs(60))).await;
-    let dir = tempfile::tempdir().unwrap();
+/// Writes an `http` config for `app` (six items, four calls at a time,
+/// ten-minute leases), migrates, and starts `driftd sync --json`; returns
+/// the config's path and the process once four calls are in flight.
+async fn sync_with_four_calls_in_flight(
+    db: &TestDb,
+    dir: &std::path::Path,
+    vendor: std::net::SocketAddr,
+    app: &AppStandIn,
+    url: &str,
+) -> (String, tokio::process::Child) {
     let cfg = write_config(
-        dir.path(),
+        dir,
         db,
-        addr,
+        vendor,
         &format!("action = \"http\"\nurl = \"{url}\"\ntimeout_secs = 120\nlease_secs = 600\nconcurrency = 4"),
     );
     assert_eq!(run_async(&["migrate", "--config", &cfg]).await.0, 0);
@@ -229,13 +232,23 @@ async fn sigterm_during_the_work_returns_the_items(db: &TestDb) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id().unwrap();
     crate::support::eventually("four calls in flight", || {
-        let app = app.clone();
-        async move { (app.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 4).then_some(()) }
+        let in_flight = app.in_flight.clone();
+        async move { (in_flight.load(std::sync::atomic::Ordering::SeqCst) == 4).then_some(()) }
     })
     .await;
-    crate::support::signal(pid, "TERM");
+    (cfg, child)
+}
+
+/// SIGTERM while the application holds the calls: the process exits 1,
+/// the keyframe run stays recorded, and every item is back in the queue
+/// (pending, no lease) instead of waiting for its lease to expire.
+async fn sigterm_during_the_work_returns_the_items(db: &TestDb) {
+    let (_vendor, addr) = Vendor::start(6).await;
+    let (app, url) = AppStandIn::start(Answers::after(|_, _| Duration::from_secs(60))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_cfg, child) = sync_with_four_calls_in_flight(db, dir.path(), addr, &app, &url).await;
+    crate::support::signal(child.id().unwrap(), "TERM");
     let out = child.wait_with_output().await.unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -268,28 +281,9 @@ async fn sigkill_during_the_work_leaves_the_items_to_the_next_sync(db: &TestDb) 
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        db,
-        addr,
-        &format!("action = \"http\"\nurl = \"{url}\"\ntimeout_secs = 120\nlease_secs = 600\nconcurrency = 4"),
-    );
-    assert_eq!(run_async(&["migrate", "--config", &cfg]).await.0, 0);
-    let mut child = tokio::process::Command::new(crate::support::driftd_bin())
-        .args(["sync", "--config", &cfg, "orders"])
-        .env_remove("DRIFTD_CONFIG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    crate::support::eventually("four calls in flight", || {
-        let app = app.clone();
-        async move { (app.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 4).then_some(()) }
-    })
-    .await;
-    crate::support::signal(pid, "KILL");
-    child.wait().await.unwrap();
+    let (cfg, child) = sync_with_four_calls_in_flight(db, dir.path(), addr, &app, &url).await;
+    crate::support::signal(child.id().unwrap(), "KILL");
+    child.wait_with_output().await.unwrap();
     let store = db.store().await;
     let running = store
         .list_work(Some(driftd::state::WorkState::Running), 100)
