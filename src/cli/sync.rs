@@ -144,9 +144,17 @@ async fn carry_out(
     let deadline = tokio::time::Instant::now() + timeout;
     let watched: anyhow::Result<Ended> = async {
         loop {
-            let states = store.work_states(&ids).await?;
-            if WorkOutcome::new(ids.len(), &states, Ended::Closed).left_open == 0 {
-                return Ok(Ended::Closed);
+            // A database that does not answer for a moment is waited out, as
+            // the worker loop beside it does; the deadline still holds.
+            match store.work_states(&ids).await {
+                Ok(states) => {
+                    if WorkOutcome::new(ids.len(), &states, Ended::Closed).left_open == 0 {
+                        return Ok(Ended::Closed);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(producer = %p.name, error = %e, "cannot read the items' states; trying again");
+                }
             }
             tokio::select! {
                 () = &mut run => anyhow::bail!("the worker loop of {:?} stopped by itself", p.name),
