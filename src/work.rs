@@ -523,7 +523,7 @@ impl Workers {
             return Ok(());
         };
         for holder in self.store.work_holders().await? {
-            if Holder::parse(&holder).is_some_and(|h| me.sees_stopped(&h)) {
+            if me.sees_stopped_id(&holder) {
                 let released = self.store.release_work_of(&holder, now_ms()).await?;
                 info!(
                     released,

@@ -77,6 +77,13 @@ impl Holder {
             && self.pidns == other.pidns
     }
 
+    /// Whether the process behind the lease holder written as `id` has
+    /// stopped, as far as `self` can tell ([`Self::sees_stopped`]); an id
+    /// that is not a holder (written by hand, or by an older driftd) never is.
+    pub(crate) fn sees_stopped_id(&self, id: &str) -> bool {
+        Holder::parse(id).is_some_and(|other| self.sees_stopped(&other))
+    }
+
     /// Whether `other`'s process has stopped, as far as `self` can tell: only
     /// when they share a process table. `self`'s own pid with another start
     /// time is an earlier process that had the same pid (a restarted container).

@@ -232,7 +232,7 @@ impl Keyframer {
             .await?;
         if !taken {
             if let Some(current) = self.store.lease_holder(&lease.name).await? {
-                if Holder::parse(&current).is_some_and(|h| self.holder.sees_stopped(&h)) {
+                if self.holder.sees_stopped_id(&current) {
                     taken = self
                         .store
                         .take_over_lease(&lease.name, &current, &lease.holder, ttl, now_ms())

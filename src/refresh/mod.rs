@@ -166,11 +166,7 @@ impl Refresher {
     async fn take_over_stopped(&self, p: &Producer) -> Result<(), StoreError> {
         let me = Holder::parse(&self.id);
         for holder in self.store.fetch_holders(&p.name, now_ms()).await? {
-            let stopped = match (&me, Holder::parse(&holder)) {
-                (Some(me), Some(h)) => me.sees_stopped(&h),
-                _ => false,
-            };
-            if stopped {
+            if me.as_ref().is_some_and(|me| me.sees_stopped_id(&holder)) {
                 let n = self.store.release_fetches_of(&p.name, &holder).await?;
                 info!(producer = %p.name, keys = n, holder = %holder,
                     "released the fetches of a process that stopped without releasing them");
